@@ -1,0 +1,87 @@
+"""Numerical gradient checking (float64 central differences).
+
+Two tools, as in CS231n's ``gradient_check.py`` and early tinygrad's ``gradcheck.py``:
+
+* :func:`check_vjp` — the vector–Jacobian form. For an op ``y = f(x)`` and a random upstream
+  gradient ``dout``, the backward pass claims ``dx = J(x)^T dout``. Entry ``i`` of that is the
+  directional derivative of the scalar ``<dout, f(x)>`` along ``e_i``, which central differences
+  estimate as ``(<dout, f(x + h e_i)> - <dout, f(x - h e_i)>) / 2h`` with error O(h^2).
+  Checked on every entry of small arrays or on a random subset of big ones.
+* :func:`full_jacobian` — the whole Jacobian of a tiny op by finite differences, for checking
+  that forward and backward agree *as linear maps*, not just along one ``dout``.
+
+Relative error is ``|a - b| / max(1e-8, |a| + |b|)``; with float64 and ``h = 1e-6`` a correct
+backward typically gives 1e-9..1e-7, a wrong one 1e-2 or worse.
+"""
+import numpy as np
+
+
+def rel_error(a, b):
+    """Elementwise-max relative error ``|a-b| / max(1e-8, |a|+|b|)``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def numerical_vjp(f, x, dout, h=1e-6, idx=None):
+    """Central-difference estimate of ``J(x)^T dout`` for the array ``x`` (perturbed in place).
+
+    Inputs:
+    - f: callable with no arguments returning the output array (reads ``x``).
+    - x: float64 array that ``f`` depends on; restored after each perturbation.
+    - dout: upstream gradient, same shape as ``f()``.
+    - idx: optional iterable of flat indices to check (default: all).
+    Returns: (indices, values) of the estimated gradient entries.
+    """
+    flat = x.reshape(-1)
+    if idx is None:
+        idx = range(flat.size)
+    idx = np.asarray(list(idx), dtype=np.int64)
+    vals = np.empty(idx.size)
+    for j, i in enumerate(idx):
+        old = flat[i]
+        flat[i] = old + h
+        fp = np.sum(np.asarray(f()) * dout)
+        flat[i] = old - h
+        fm = np.sum(np.asarray(f()) * dout)
+        flat[i] = old
+        vals[j] = (fp - fm) / (2 * h)
+    return idx, vals
+
+
+def check_vjp(f, x, analytic, dout, h=1e-6, max_entries=None, rng=None):
+    """Relative error between an analytic gradient and central differences.
+
+    Inputs:
+    - f: callable, no arguments, returning the op output computed from the current ``x``.
+    - x: float64 input array (perturbed in place and restored).
+    - analytic: the backward pass's gradient w.r.t. ``x`` for upstream ``dout``.
+    - dout: upstream gradient used for ``analytic``.
+    - max_entries: check at most this many random entries (None = all).
+    Returns: the maximum relative error over the checked entries.
+    """
+    if x.dtype != np.float64:
+        raise TypeError("gradient checks need float64 inputs (float32 round-off swamps h^2)")
+    n = x.size
+    idx = None
+    if max_entries is not None and n > max_entries:
+        rng = np.random.default_rng(0) if rng is None else rng
+        idx = rng.choice(n, size=max_entries, replace=False)
+    idx, num = numerical_vjp(f, x, dout, h=h, idx=idx)
+    ana = np.asarray(analytic, dtype=np.float64).reshape(-1)[idx]
+    return rel_error(ana, num)
+
+
+def full_jacobian(f, x, h=1e-6):
+    """Finite-difference Jacobian ``d f(x).ravel() / d x.ravel()`` of shape (out.size, x.size)."""
+    flat = x.reshape(-1)
+    cols = []
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = np.array(f(), dtype=np.float64).reshape(-1)
+        flat[i] = old - h
+        fm = np.array(f(), dtype=np.float64).reshape(-1)
+        flat[i] = old
+        cols.append((fp - fm) / (2 * h))
+    return np.stack(cols, axis=1)

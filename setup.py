@@ -1,0 +1,21 @@
+"""Install regnp: `pip install -e .` (library) or `pip install -e ".[test]"` (with pytest)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="regnp",
+    version="0.1.0",
+    description=("Learning-based image registration with meta-regularization "
+                 "(Al Safadi & Song, CVPR 2021), written out by hand in NumPy/SciPy/Numba"),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["regnp", "regnp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "numba>=0.58",
+        "matplotlib>=3.6",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
