@@ -1,0 +1,130 @@
+"""Numba kernels for the memory-bound passes around the convolution GEMMs (see ``conv.py``).
+
+Each is one parallel pass over an activation-sized array:
+
+* ``to_phases``      x (N,C,H,W) -> zero-padded, stride-phase-split, flattened source rows
+* ``from_phases``    the adjoint gather: phase rows -> (N,C,H,W), plus an optional bias
+* ``crop_bias_act``  wide GEMM output (rows of width Wq) -> (N,Co,Ho,Wo), + bias, + LeakyReLU
+* ``prep_grad``      dout (N,Co,Ho,Wo) -> zero-margined wide rows (× LeakyReLU slope mask),
+                     plus the per-row sums that make the bias gradient
+
+Layout of a "phase row" (see ``conv.py`` for the why): for stride s, padding p, the padded
+image xp[y, x] = x[y - p, x - p] (0 outside) is split into s·s phases
+``phase[a, b][r, c] = xp[s·r + a, s·c + b]``, each (Hq, Wq), flattened row-major into a row of
+length S >= Hq·Wq (the tail is zero).
+"""
+import numba
+import numpy as np
+
+
+@numba.njit(parallel=True, cache=True)
+def to_phases(x, s, p, Hq, Wq, src):
+    """x (N,C,H,W) -> src (N, s*s, C, S): padded phases, flattened; every entry written."""
+    N, C, H, W = x.shape
+    S = src.shape[3]
+    for job in numba.prange(N * C):
+        n = job // C
+        c = job % C
+        for a in range(s):
+            for b in range(s):
+                row = src[n, a * s + b, c]                       # (S,)
+                # columns cc whose source column s*cc + b - p lies inside [0, W)
+                lo = max(0, -((b - p) // s))
+                hi = min(Wq, (W - 1 - b + p) // s + 1) if W - 1 - b + p >= 0 else 0
+                hi = max(hi, lo)
+                for r in range(Hq):
+                    y = s * r + a - p
+                    base = r * Wq
+                    if y < 0 or y >= H:
+                        for cc in range(Wq):
+                            row[base + cc] = 0.0
+                        continue
+                    for cc in range(lo):
+                        row[base + cc] = 0.0
+                    off = b - p
+                    for cc in range(lo, hi):
+                        row[base + cc] = x[n, c, y, s * cc + off]
+                    for cc in range(hi, Wq):
+                        row[base + cc] = 0.0
+                for k in range(Hq * Wq, S):
+                    row[k] = 0.0
+
+
+@numba.njit(parallel=True, cache=True)
+def from_phases(dsrc, s, p, Hq, Wq, bias, use_bias, out):
+    """Adjoint of ``to_phases``: out[n,c,y,x] = dsrc[n, phase, c, flat] (+ bias[c]).
+
+    Walks the output the same way ``to_phases`` walks its input (by phase row, then by phase
+    column), so the inner loop has no divisions. Pixels whose padded position lies beyond the
+    phase grid were never read by the convolution: their value (gradient) is 0 (+ bias).
+    """
+    N, C, H, W = out.shape
+    for job in numba.prange(N * C):
+        n = job // C
+        c = job % C
+        bc = bias[c] if use_bias else 0.0
+        for y in range(H):
+            r = (y + p) // s
+            a = (y + p) - r * s
+            if r >= Hq:
+                for xx in range(W):
+                    out[n, c, y, xx] = bc
+                continue
+            for b in range(s):
+                row = dsrc[n, a * s + b, c]                      # (S,)
+                base = r * Wq
+                # output columns xx = s*cc + b - p for cc in [lo, hi)
+                lo = max(0, -((b - p) // s))
+                hi = min(Wq, (W - 1 - b + p) // s + 1) if W - 1 - b + p >= 0 else 0
+                off = b - p
+                for cc in range(lo, hi):
+                    out[n, c, y, s * cc + off] = row[base + cc] + bc
+            # columns beyond the phase grid (never read by the convolution)
+            for xx in range(s * Wq - p, W):
+                out[n, c, y, xx] = bc
+
+
+@numba.njit(parallel=True, cache=True)
+def crop_bias_act(wide, Wq, bias, use_bias, slope, use_act, out):
+    """wide (N,Co,>=Ho*Wq) -> out (N,Co,Ho,Wo) = wide[.., i*Wq + j] + bias, then LeakyReLU."""
+    N, Co, Ho, Wo = out.shape
+    for job in numba.prange(N * Co):
+        n = job // Co
+        c = job % Co
+        bc = bias[c] if use_bias else 0.0
+        for i in range(Ho):
+            base = i * Wq
+            for j in range(Wo):
+                v = wide[n, c, base + j] + bc
+                if use_act and v < 0:
+                    v = v * slope
+                out[n, c, i, j] = v
+
+
+@numba.njit(parallel=True, cache=True)
+def prep_grad(dout, y, slope, use_act, Wq, M, gpad, rowsum):
+    """dout (N,Co,Ho,Wo) -> gpad (N,Co,G): zeros, then at M + i*Wq + j the value
+    dz = dout * (1 if y > 0 else slope) (just dout without the activation), zeros elsewhere.
+    rowsum[n, c] = sum of dz over the image (for the bias gradient)."""
+    N, Co, Ho, Wo = dout.shape
+    G = gpad.shape[2]
+    for job in numba.prange(N * Co):
+        n = job // Co
+        c = job % Co
+        row = gpad[n, c]
+        for k in range(M):
+            row[k] = 0.0
+        acc = 0.0
+        for i in range(Ho):
+            base = M + i * Wq
+            for j in range(Wo):
+                g = dout[n, c, i, j]
+                if use_act and y[n, c, i, j] <= 0:
+                    g = g * slope
+                row[base + j] = g
+                acc += g
+            for j in range(Wo, Wq):
+                row[base + j] = 0.0
+        for k in range(M + Ho * Wq, G):
+            row[k] = 0.0
+        rowsum[n, c] = acc
