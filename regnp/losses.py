@@ -1,0 +1,447 @@
+"""Losses as forward/backward pairs: similarity (MSE, local NCC), smoothness (diffusion, TV),
+and the paper's meta-regularization penalty on the 13×13 filters (eq. 12).
+
+Every loss returns a Python float and a cache; its backward takes ``dloss`` (the upstream
+gradient of the scalar, 1.0 when the loss is the final objective) and returns gradients with the
+inputs' shapes and dtypes. Sums are accumulated in float64 even for float32 inputs.
+
+Reductions (stated once more in each docstring):
+
+=================  ==========================================================================
+``mse``            mean over all N·C·H·W entries of ``(pred - target)²``
+``ncc``            ``-mean`` over all N·C·H·W pixels of the squared local correlation ``cc``
+``diffusion``      ``(mean(dy²) + mean(dx²)) / 2`` over the forward differences (VoxelMorph's
+                   ``Grad('l2')`` normalisation)
+``tv``             ``(mean(ρ(dy)) + mean(ρ(dx))) / 2`` with ``ρ(d) = sqrt(d² + eps²) - eps``
+``meta_penalty``   a *sum* over the filters of eq. 12
+=================  ==========================================================================
+"""
+import numba
+import numpy as np
+
+from ._checks import check_array, check_same_shape, check_positive_int
+
+__all__ = ["mse_forward", "mse_backward", "ncc_forward", "ncc_backward", "ncc_forward_reference",
+           "diffusion_forward", "diffusion_backward", "tv_forward", "tv_backward",
+           "meta_penalty_forward", "meta_penalty_backward", "psd_from_factor_forward",
+           "psd_from_factor_backward", "exchange_matrix"]
+
+
+def _check_pair(pred, target):
+    check_array("pred", pred, ndim=4)
+    check_array("target", target, ndim=4, dtype=pred.dtype)
+    check_same_shape("pred", pred, "target", target)
+
+
+def _check_dloss(dloss):
+    d = float(dloss)
+    if not np.isfinite(d):
+        raise ValueError(f"dloss must be a finite number, got {dloss!r}")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# MSE
+# ---------------------------------------------------------------------------------------------
+def mse_forward(pred, target):
+    """Mean squared error, **mean** over all entries.
+
+    Inputs: pred, target ``(N, C, H, W)`` of one float dtype.
+    Returns: ``loss = mean((pred - target)²)`` (float), cache.
+    """
+    _check_pair(pred, target)
+    diff = pred - target                                              # (N, C, H, W)
+    loss = float(np.dot(diff.ravel().astype(np.float64), diff.ravel().astype(np.float64)))
+    return loss / diff.size, (diff,)
+
+
+def mse_backward(cache, dloss=1.0):
+    """Returns ``(dpred, dtarget)``: ``dpred = 2 (pred - target) / size · dloss = -dtarget``."""
+    (diff,) = cache
+    g = diff * diff.dtype.type(2.0 * _check_dloss(dloss) / diff.size)  # (N, C, H, W)
+    return g, -g
+
+
+# ---------------------------------------------------------------------------------------------
+# local normalised cross-correlation (VoxelMorph's NCC)
+# ---------------------------------------------------------------------------------------------
+# The five window sums ΣI, ΣJ, ΣI², ΣJ², ΣIJ are separable box filters: a horizontal pass over
+# each row (fused with forming the products) and a vertical pass (fused with the per-pixel
+# formula). Everything after the inputs is float64: var = ΣI² − (ΣI)²/n cancels digits.
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _ncc_rows(I, J, r, Hs):
+    """Hs[q, m, i, j] = Σ_{|d|<=r} (I, J, I², J², IJ)[q][m, i, j+d], zero padded. I, J: (M, H, W)."""
+    M, H, W = I.shape
+    for t in numba.prange(M * H):
+        m = t // H
+        i = t - m * H
+        xp = np.zeros((5, W + 2 * r))                       # padded product rows
+        for j in range(W):
+            a = np.float64(I[m, i, j])
+            b = np.float64(J[m, i, j])
+            xp[0, j + r] = a
+            xp[1, j + r] = b
+            xp[2, j + r] = a * a
+            xp[3, j + r] = b * b
+            xp[4, j + r] = a * b
+        acc = np.zeros((5, W))
+        for q in range(5):
+            for d in range(2 * r + 1):
+                for j in range(W):                          # vectorised
+                    acc[q, j] += xp[q, j + d]
+            for j in range(W):
+                Hs[q, m, i, j] = acc[q, j]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _ncc_cols_cc(Hs, r, n, eps, S, cc):
+    """Vertical box pass S = Σ_{|d|<=r} Hs[:, :, i+d, :] and the per-pixel cc (clamped to [0, 1])."""
+    _, M, H, W = Hs.shape
+    for t in numba.prange(M * H):
+        m = t // H
+        i = t - m * H
+        for q in range(5):
+            for j in range(W):
+                S[q, m, i, j] = 0.0
+            for y in range(max(0, i - r), min(H, i + r + 1)):
+                for j in range(W):
+                    S[q, m, i, j] += Hs[q, m, y, j]
+        for j in range(W):
+            sI = S[0, m, i, j]
+            sJ = S[1, m, i, j]
+            cross = S[4, m, i, j] - sI * sJ / n
+            vI = max(S[2, m, i, j] - sI * sI / n, 0.0)
+            vJ = max(S[3, m, i, j] - sJ * sJ / n, 0.0)
+            cc[m, i, j] = min(cross * cross / (vI * vJ + eps), 1.0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _ncc_coeff_rows(S, r, n, eps, scale, Gh):
+    """Per-pixel chain-rule coefficients G = scale · d cc / d(ΣI, ΣJ, ΣI², ΣJ², ΣIJ) (0 where a
+    clamp is active), then their horizontal box sums Gh."""
+    _, M, H, W = S.shape
+    for t in numba.prange(M * H):
+        m = t // H
+        i = t - m * H
+        gp = np.zeros((5, W + 2 * r))                       # padded coefficient rows
+        for j in range(W):
+            sI = S[0, m, i, j]
+            sJ = S[1, m, i, j]
+            cross = S[4, m, i, j] - sI * sJ / n
+            vI_raw = S[2, m, i, j] - sI * sI / n
+            vJ_raw = S[3, m, i, j] - sJ * sJ / n
+            vI = max(vI_raw, 0.0)
+            vJ = max(vJ_raw, 0.0)
+            inv = 1.0 / (vI * vJ + eps)
+            c2 = cross * cross * inv
+            if c2 > 1.0:                                    # clamped at 1: flat, zero gradient
+                continue
+            d_cross = 2.0 * cross * inv
+            d_vI = -c2 * vJ * inv if vI_raw > 0 else 0.0
+            d_vJ = -c2 * vI * inv if vJ_raw > 0 else 0.0
+            gp[0, j + r] = scale * (-d_cross * sJ - 2.0 * d_vI * sI) / n
+            gp[1, j + r] = scale * (-d_cross * sI - 2.0 * d_vJ * sJ) / n
+            gp[2, j + r] = scale * d_vI
+            gp[3, j + r] = scale * d_vJ
+            gp[4, j + r] = scale * d_cross
+        acc = np.zeros((5, W))
+        for q in range(5):
+            for d in range(2 * r + 1):
+                for j in range(W):
+                    acc[q, j] += gp[q, j + d]
+            for j in range(W):
+                Gh[q, m, i, j] = acc[q, j]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _ncc_cols_combine(Gh, r, I, J, dI, dJ):
+    """Vertical box pass B of the coefficients, then dI = B0 + 2 I B2 + J B4 and
+    dJ = B1 + 2 J B3 + I B4 (the adjoint of the window sums of I, J, I², J², IJ)."""
+    _, M, H, W = Gh.shape
+    for t in numba.prange(M * H):
+        m = t // H
+        i = t - m * H
+        B = np.zeros((5, W))
+        for q in range(5):
+            for y in range(max(0, i - r), min(H, i + r + 1)):
+                for j in range(W):
+                    B[q, j] += Gh[q, m, y, j]
+        for j in range(W):
+            a = np.float64(I[m, i, j])
+            b = np.float64(J[m, i, j])
+            dI[m, i, j] = B[0, j] + 2.0 * a * B[2, j] + b * B[4, j]
+            dJ[m, i, j] = B[1, j] + 2.0 * b * B[3, j] + a * B[4, j]
+
+
+def _check_win(win, eps):
+    win = check_positive_int("win", win)
+    if win % 2 == 0:
+        raise ValueError(f"win must be odd (a window centred on each pixel), got {win}")
+    eps = float(eps)
+    if not eps > 0 or not np.isfinite(eps):
+        raise ValueError(f"eps must be a positive number (it keeps flat patches at cc = 0 instead "
+                         f"of 0/0), got {eps!r}")
+    return win, eps
+
+
+def ncc_forward(pred, target, win=9, eps=1e-5):
+    """Local (windowed) normalised cross-correlation loss, as in VoxelMorph.
+
+    For every pixel p of every image/channel, with the sums Σ over the ``win × win`` window
+    centred on p (zero padding: pixels outside the image count as 0, and the window always has
+    ``n = win²`` entries), ``I = pred``, ``J = target``::
+
+        cross = ΣIJ - ΣI ΣJ / n          (n × local covariance)
+        varI  = ΣI² - (ΣI)² / n          (n × local variance, clamped at >= 0 against round-off)
+        varJ  = ΣJ² - (ΣJ)² / n
+        cc    = min(cross² / (varI varJ + eps), 1)      ∈ [0, 1]
+
+    and ``loss = -mean(cc)`` over all N·C·H·W pixels, so ``loss ∈ [-1, 0]``; it is never below -1
+    (Cauchy–Schwarz gives cross² <= varI varJ; the ``min`` only guards round-off).
+
+    * An image compared with itself gives ``cc = varI² / (varI² + eps) ≈ 1`` wherever it has
+      texture, so ``loss ≈ -1``.
+    * Flat patches (``varI = 0`` or ``varJ = 0``) give ``cc = 0`` (never NaN): they add nothing
+      to the similarity, and they still count in the mean's denominator. Because of the zero
+      padding, a non-zero constant image is *not* flat in windows that overlap the border.
+
+    Inputs:
+    - pred, target: ``(N, C, H, W)``, one float dtype (each channel is compared separately).
+    - win: odd window size (default 9, VoxelMorph's 2-D default).
+    - eps: added to the denominator (default 1e-5, VoxelMorph's), in units of window sums.
+
+    Returns: loss (float), cache.
+    """
+    _check_pair(pred, target)
+    win, eps = _check_win(win, eps)
+    N, C, H, W = pred.shape
+    M = N * C
+    I = np.ascontiguousarray(pred).reshape(M, H, W)                   # (M, H, W), M = N*C
+    J = np.ascontiguousarray(target).reshape(M, H, W)
+    Hs = np.empty((5, M, H, W))                                       # horizontal sums, float64
+    S = np.empty((5, M, H, W))                                        # window sums
+    cc = np.empty((M, H, W))
+    _ncc_rows(I, J, win // 2, Hs)
+    _ncc_cols_cc(Hs, win // 2, float(win * win), eps, S, cc)
+    loss = -float(cc.sum()) / cc.size
+    return loss, (pred, target, S, win, eps)
+
+
+def ncc_backward(cache, dloss=1.0):
+    """Gradients of :func:`ncc_forward` (loss = -mean(cc)); returns ``(dpred, dtarget)``.
+
+    Chain rule through the per-pixel formula gives coefficients for the five window sums; the
+    adjoint of a (symmetric, zero-padded) box sum is the same box sum, so
+    ``dI = box(g_ΣI) + 2 I box(g_ΣI²) + J box(g_ΣIJ)`` and symmetrically for ``dJ``.
+    """
+    pred, target, S, win, eps = cache
+    d = _check_dloss(dloss)
+    N, C, H, W = pred.shape
+    M = N * C
+    I = np.ascontiguousarray(pred).reshape(M, H, W)
+    J = np.ascontiguousarray(target).reshape(M, H, W)
+    Gh = np.empty_like(S)                                             # (5, M, H, W)
+    _ncc_coeff_rows(S, win // 2, float(win * win), eps, -d / (M * H * W), Gh)
+    dI = np.empty((M, H, W))
+    dJ = np.empty((M, H, W))
+    _ncc_cols_combine(Gh, win // 2, I, J, dI, dJ)
+    return (dI.reshape(pred.shape).astype(pred.dtype, copy=False),
+            dJ.reshape(pred.shape).astype(pred.dtype, copy=False))
+
+
+def ncc_forward_reference(pred, target, win=9, eps=1e-5):
+    """Slow loop version of :func:`ncc_forward` (returns only the loss)."""
+    N, C, H, W = pred.shape
+    r = win // 2
+    n = win * win
+    total = 0.0
+    for b in range(N):
+        for c in range(C):
+            Ip = np.zeros((H + 2 * r, W + 2 * r)); Ip[r:r + H, r:r + W] = pred[b, c]
+            Jp = np.zeros((H + 2 * r, W + 2 * r)); Jp[r:r + H, r:r + W] = target[b, c]
+            for i in range(H):
+                for j in range(W):
+                    a = Ip[i:i + win, j:j + win]
+                    t = Jp[i:i + win, j:j + win]
+                    cross = np.sum(a * t) - a.sum() * t.sum() / n
+                    vI = max(np.sum(a * a) - a.sum() ** 2 / n, 0.0)
+                    vJ = max(np.sum(t * t) - t.sum() ** 2 / n, 0.0)
+                    total += min(cross ** 2 / (vI * vJ + eps), 1.0)
+    return -total / (N * C * H * W)
+
+
+# ---------------------------------------------------------------------------------------------
+# smoothness of a displacement field: diffusion (p = 2) and total variation (p = 1)
+# ---------------------------------------------------------------------------------------------
+def _check_field(u):
+    check_array("u", u, ndim=4)
+    if u.shape[2] < 2 or u.shape[3] < 2:
+        raise ValueError(f"u has spatial size {u.shape[2:]}; forward differences need at least 2 "
+                         f"pixels along each axis")
+
+
+def diffusion_forward(u):
+    """Diffusion regularizer (eq. 3 with p = 2) on forward differences.
+
+    ``dy = u[:, :, 1:, :] - u[:, :, :-1, :]``, ``dx = u[:, :, :, 1:] - u[:, :, :, :-1]``;
+    ``loss = (mean(dy²) + mean(dx²)) / 2`` — each mean over all its entries (all channels), then
+    averaged over the two directions, as VoxelMorph's ``Grad('l2')``. A constant field gives 0;
+    ``u_x = a·x`` gives ``a²/2``.
+
+    Inputs: u ``(N, C, H, W)`` (normally C = 2), H, W >= 2. Returns: loss (float), cache.
+    """
+    _check_field(u)
+    dy = np.diff(u, axis=2)                                           # (N, C, H-1, W)
+    dx = np.diff(u, axis=3)                                           # (N, C, H, W-1)
+    loss = 0.5 * (float(np.mean(np.square(dy, dtype=np.float64)))
+                  + float(np.mean(np.square(dx, dtype=np.float64))))
+    return loss, (u.shape, u.dtype, dy, dx)
+
+
+def _adjoint_diff(gy, gx, shape, dtype):
+    """Transpose of the forward differences: du = D_yᵀ gy + D_xᵀ gx."""
+    du = np.zeros(shape, dtype=dtype)                                 # (N, C, H, W)
+    du[:, :, 1:, :] += gy
+    du[:, :, :-1, :] -= gy
+    du[:, :, :, 1:] += gx
+    du[:, :, :, :-1] -= gx
+    return du
+
+
+def diffusion_backward(cache, dloss=1.0):
+    """Returns ``du`` (u's shape): ``dloss · (D_yᵀ dy / |dy| + D_xᵀ dx / |dx|)``."""
+    shape, dtype, dy, dx = cache
+    d = _check_dloss(dloss)
+    gy = dy * dtype.type(d / dy.size)                                 # 0.5 · 2 · dy / |dy|
+    gx = dx * dtype.type(d / dx.size)
+    return _adjoint_diff(gy, gx, shape, dtype)
+
+
+def tv_forward(u, eps=1e-3):
+    """Smoothed anisotropic total variation (eq. 3 with p = 1) on forward differences.
+
+    ``|d|`` is replaced by the Charbonnier function ``ρ(d) = sqrt(d² + eps²) - eps`` (smooth,
+    ``ρ(0) = 0``, ``ρ(d) -> |d|`` for ``|d| >> eps``) so the loss is differentiable at 0;
+    ``loss = (mean(ρ(dy)) + mean(ρ(dx))) / 2``, the same normalisation as :func:`diffusion_forward`.
+
+    Inputs: u ``(N, C, H, W)``, H, W >= 2; eps > 0 (pixels). Returns: loss (float), cache.
+    """
+    _check_field(u)
+    eps = float(eps)
+    if not eps > 0 or not np.isfinite(eps):
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    dy = np.diff(u, axis=2).astype(np.float64)                        # (N, C, H-1, W)
+    dx = np.diff(u, axis=3).astype(np.float64)                        # (N, C, H, W-1)
+    ry = np.sqrt(dy * dy + eps * eps)
+    rx = np.sqrt(dx * dx + eps * eps)
+    loss = 0.5 * (float(np.mean(ry - eps)) + float(np.mean(rx - eps)))
+    return loss, (u.shape, u.dtype, dy, dx, ry, rx)
+
+
+def tv_backward(cache, dloss=1.0):
+    """Returns ``du``: ``dloss/2 · (D_yᵀ (dy/ρ_y) / |dy| + D_xᵀ (dx/ρ_x) / |dx|)``."""
+    shape, dtype, dy, dx, ry, rx = cache
+    d = _check_dloss(dloss)
+    gy = (0.5 * d / dy.size) * dy / ry
+    gx = (0.5 * d / dx.size) * dx / rx
+    return _adjoint_diff(gy.astype(dtype), gx.astype(dtype), shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# meta-regularization penalty (eq. 12) and the PSD factorisation K = U Uᵀ
+# ---------------------------------------------------------------------------------------------
+def exchange_matrix(k, dtype=np.float64):
+    """The k×k exchange matrix J (ones on the anti-diagonal): ``J K`` flips rows, ``K J`` columns."""
+    return np.eye(k, dtype=dtype)[::-1].copy()
+
+
+def _check_filters(name, K):
+    if not isinstance(K, np.ndarray) or K.ndim not in (2, 3):
+        shape = getattr(K, "shape", None)
+        raise ValueError(f"{name} must be a (k, k) filter or a (C, k, k) stack, got "
+                         f"{type(K).__name__} with shape {shape}")
+    K3 = K[None] if K.ndim == 2 else K
+    check_array(name, K3, ndim=3)
+    if K3.shape[1] != K3.shape[2]:
+        raise ValueError(f"{name} must hold square filters, got shape {K.shape}")
+    return K3
+
+
+def meta_penalty_forward(K, rho1, rho2):
+    """Meta-regularization penalty, eq. 12 of the paper, summed over filters::
+
+        M(K) = ρ1 (‖K − Kᵀ‖² + ‖KJ − JK‖²) − ρ2 (Tr K + Tr JK)
+
+    ‖·‖ is the Frobenius norm and J the exchange matrix. ``K − Kᵀ`` vanishes for filters
+    symmetric about the main diagonal; ``KJ − JK`` vanishes for filters unchanged by a 180°
+    rotation (``K[i, j] = K[k-1-i, k-1-j]``); both vanish for radially symmetric filters (e.g. a
+    Gaussian stencil). ``Tr JK = Σ_i K[k-1-i, i]`` is the anti-diagonal sum. Note the trace term
+    is a *reward* that is unbounded below on its own: keep ρ2 small or constrain the filter.
+
+    Inputs:
+    - K: ``(k, k)`` or ``(C, k, k)`` float filters.
+    - rho1, rho2: non-negative weights (the paper tunes ρ1 ∈ {0.1..1000}, ρ2 ∈ {1e-5..0.1}).
+
+    Returns: loss (float), cache — a dict whose ``"parts"`` entry holds the unweighted sums over
+    filters ``sym``, ``antisym``, ``trace``, ``antitrace`` and the filters' total ``sum``, for
+    logging.
+    """
+    K3 = _check_filters("K", K)
+    rho1, rho2 = float(rho1), float(rho2)
+    if not (np.isfinite(rho1) and np.isfinite(rho2) and rho1 >= 0 and rho2 >= 0):
+        raise ValueError(f"rho1 and rho2 must be non-negative numbers, got {rho1!r}, {rho2!r}")
+    Kd = K3.astype(np.float64)                                        # (C, k, k)
+    Jm = exchange_matrix(Kd.shape[1])
+    A = Kd - Kd.transpose(0, 2, 1)                                    # K − Kᵀ
+    B = Kd @ Jm - Jm @ Kd                                             # KJ − JK
+    parts = {"sym": float(np.sum(A * A)), "antisym": float(np.sum(B * B)),
+             "trace": float(np.trace(Kd, axis1=1, axis2=2).sum()),
+             "antitrace": float(np.trace(Jm @ Kd, axis1=1, axis2=2).sum()),
+             "sum": float(Kd.sum())}
+    loss = rho1 * (parts["sym"] + parts["antisym"]) - rho2 * (parts["trace"] + parts["antitrace"])
+    return loss, {"A": A, "B": B, "J": Jm, "rho1": rho1, "rho2": rho2, "shape": K.shape,
+                  "dtype": K.dtype, "parts": parts}
+
+
+def meta_penalty_backward(cache, dloss=1.0):
+    """Returns ``dK`` (K's shape): ``dloss · (ρ1 (4 (K − Kᵀ) + 2 (BJ − JB)) − ρ2 (I + J))``
+    with ``B = KJ − JK``."""
+    d = _check_dloss(dloss)
+    A, B, Jm = cache["A"], cache["B"], cache["J"]
+    k = Jm.shape[0]
+    g = cache["rho1"] * (4.0 * A + 2.0 * (B @ Jm - Jm @ B)) - cache["rho2"] * (np.eye(k) + Jm)
+    g = (d * g).astype(cache["dtype"])                                # (C, k, k)
+    return g.reshape(cache["shape"])
+
+
+def psd_from_factor_forward(U):
+    """A PSD filter ``K = Ũ Ũᵀ`` from an unconstrained factor ``U`` (the paper's Sec. 4.3).
+
+    ``Ũ`` keeps the strict upper triangle of ``U``, takes ``|U_ii|`` on the diagonal and zeros
+    the lower triangle. ``Ũ Ũᵀ`` is PSD for *any* ``Ũ``; the absolute value just picks the
+    factor with a non-negative diagonal as the paper asks. ``|·|`` is differentiable except at
+    0, where the backward uses the right-hand derivative (+1), so a diagonal entry that reaches 0
+    is never stuck there. A zero diagonal is allowed, so a rank-1 ``g gᵀ`` is reachable exactly
+    (``U`` = ``g`` in the last column, zeros elsewhere).
+
+    Inputs: U ``(k, k)`` or ``(C, k, k)``. Returns: K (U's shape and dtype), cache.
+    """
+    U3 = _check_filters("U", U)
+    k = U3.shape[1]
+    upper = np.triu(np.ones((k, k), dtype=bool), 1)                   # strict upper triangle
+    diag = np.eye(k, dtype=bool)
+    Ut = np.where(upper, U3, 0) + np.where(diag, np.abs(U3), 0)       # (C, k, k)
+    K = Ut @ Ut.transpose(0, 2, 1)                                    # (C, k, k)
+    sign = np.where(U3 >= 0, 1.0, -1.0).astype(U3.dtype)
+    return K.reshape(U.shape), (Ut, upper, diag, sign, U.shape)
+
+
+def psd_from_factor_backward(dK, cache):
+    """Returns ``dU`` (U's shape): ``dŨ = (dK + dKᵀ) Ũ``, masked to the upper triangle, times
+    ``sign(U_ii)`` (``+1`` at 0) on the diagonal."""
+    Ut, upper, diag, sign, shape = cache
+    check_array("dK", dK, dtype=Ut.dtype, shape=shape)
+    dK3 = dK.reshape(Ut.shape)
+    dUt = (dK3 + dK3.transpose(0, 2, 1)) @ Ut                         # (C, k, k)
+    dU = np.where(upper, dUt, 0) + np.where(diag, sign * dUt, 0)
+    return dU.astype(Ut.dtype, copy=False).reshape(shape)
