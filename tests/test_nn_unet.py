@@ -1,0 +1,78 @@
+"""Whole-U-Net gradient checks (float64, tiny widths) and behaviour."""
+import numpy as np
+import pytest
+
+from regnp.gradcheck import check_vjp
+from regnp.nn.unet import UNet
+
+
+def tiny(full_size=True, upsample="nearest", seed=0):
+    net = UNet(in_ch=2, enc=(3, 4, 4), dec=(4, 4, 3, 3, 3, 2), full_size=full_size,
+               upsample=upsample, rng=np.random.default_rng(seed), dtype=np.float64)
+    # a realistic flow-head scale so every path carries gradient of a testable size
+    net.flow.params["w"][...] = np.random.default_rng(seed + 1).normal(0, 0.3, net.flow.params["w"].shape)
+    return net
+
+
+@pytest.mark.parametrize("full_size", [True, False])
+@pytest.mark.parametrize("upsample", ["nearest", "transpose"])
+def test_unet_gradients(full_size, upsample):
+    rng = np.random.default_rng(3)
+    net = tiny(full_size, upsample)
+    x = rng.standard_normal((2, 2, 16, 24))                    # batch 2, non-square
+    y = net.forward(x)
+    assert y.shape == ((2, 2, 16, 24) if full_size else (2, 2, 8, 12))
+    dout = rng.standard_normal(y.shape)
+    net.zero_grad()
+    dx = net.backward(dout)
+    assert check_vjp(lambda: net.forward(x), x, dx, dout, max_entries=60, rng=rng) < 1e-6
+    for name, p, g in net.named_parameters():
+        err = check_vjp(lambda: net.forward(x), p, g, dout, max_entries=12, rng=rng)
+        assert err < 1e-6, f"{name}: {err}"
+
+
+def test_transpose_decoder_starts_as_nearest_upsampling():
+    """Both decoders start as the same function up to the small symmetry-breaking noise."""
+    x = np.random.default_rng(0).standard_normal((2, 2, 16, 16))
+    a = UNet(enc=(4, 4), dec=(4, 4, 4, 4), upsample="nearest", rng=np.random.default_rng(1),
+             dtype=np.float64)
+    b = UNet(enc=(4, 4), dec=(4, 4, 4, 4), upsample="transpose", rng=np.random.default_rng(1),
+             dtype=np.float64)
+    # copy a's conv weights into b (same names for the shared convs) and zero b's noise
+    pb = dict((n, p) for n, p, _ in b.named_parameters())
+    for n, p, _ in a.named_parameters():
+        pb[n][...] = p
+    for n, p in pb.items():
+        if n.startswith("ups.") or n.startswith("final_up."):
+            if n.endswith(".w"):
+                c = p.shape[0]
+                p[...] = 0
+                p[np.arange(c), np.arange(c)] = 1.0
+    a.flow.params["w"][...] = 0.1
+    b.flow.params["w"][...] = 0.1
+    np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_size_not_divisible_is_explained():
+    net = UNet(rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"not divisible by 2\^4 = 16.*pad or resize"):
+        net.forward(np.zeros((1, 2, 100, 96), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        net.forward(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_bad_decoder_spec():
+    with pytest.raises(ValueError, match="decoder needs at least"):
+        UNet(enc=(4, 4, 4), dec=(4, 4))
+    with pytest.raises(ValueError, match="upsample"):
+        UNet(upsample="bilinear")
+
+
+def test_default_is_voxelmorph2_and_flow_starts_near_zero():
+    net = UNet(rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).random((2, 2, 32, 32), dtype=np.float32)
+    u = net.forward(x)
+    assert u.shape == (2, 2, 32, 32) and u.dtype == np.float32
+    assert np.abs(u).max() < 1e-2                              # training starts at u ≈ 0
+    # the published VoxelMorph-2 2-D network has about 100k parameters
+    assert 90_000 < net.num_parameters() < 120_000
