@@ -1,0 +1,65 @@
+"""Regenerate every figure in ``figures/`` by running the lessons in order.
+
+Usage::
+
+    python -m regnp.figures            # all lessons, full mode
+    python -m regnp.figures --quick    # shortened runs (what the test suite does)
+    python -m regnp.figures --only 03  # lessons whose file name contains "03"
+
+Each lesson is a script ``lessons/NN_topic.py`` with ``main(quick, out_dir)``; it is run in a fresh
+Python process so one lesson's state (imports, RNG, Numba threads) cannot leak into the next.
+"""
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+LESSONS = REPO / "lessons"
+
+
+def lesson_files(only=None):
+    files = sorted(LESSONS.glob("[0-9][0-9]_*.py"))
+    if only:
+        files = [f for f in files if only in f.name]
+    return files
+
+
+def run_lesson(path, quick=False, out_dir=None, timeout=None):
+    """Run one lesson script in a subprocess; returns (returncode, seconds, output)."""
+    cmd = [sys.executable, str(path)]
+    if quick:
+        cmd.append("--quick")
+    if out_dir is not None:
+        cmd += ["--out", str(out_dir)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    return proc.returncode, time.perf_counter() - t0, proc.stdout + proc.stderr
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Regenerate figures/ by running every lesson.")
+    p.add_argument("--quick", action="store_true", help="run the lessons' shortened versions")
+    p.add_argument("--only", default=None, help="run only lessons whose name contains this")
+    p.add_argument("--out", default=None, help="write figures here instead of figures/")
+    a = p.parse_args(argv)
+    files = lesson_files(a.only)
+    if not files:
+        sys.exit(f"no lessons found in {LESSONS} matching {a.only!r}")
+    failed = []
+    for f in tqdm(files, desc="lessons", unit="lesson"):
+        rc, sec, out = run_lesson(f, quick=a.quick, out_dir=a.out)
+        tqdm.write(f"{f.name}: {'ok' if rc == 0 else 'FAILED'} in {sec:.1f} s")
+        if rc:
+            failed.append(f.name)
+            tqdm.write(out[-3000:])
+    if failed:
+        sys.exit(f"{len(failed)} lesson(s) failed: {', '.join(failed)}")
+    print(f"all {len(files)} lessons ran; figures in {a.out or REPO / 'figures'}")
+
+
+if __name__ == "__main__":
+    main()
