@@ -93,3 +93,23 @@ def load_checkpoint(path):
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(f"cannot read {npz}: {e}; the file is corrupt") from None
     return arrays, config
+
+
+def load_model(path):
+    """Rebuild a trained model from a training checkpoint; returns ``(model, config)``.
+
+    The architecture comes from the checkpoint's ``model``/``model_options`` entries, the weights
+    from its ``model.*`` arrays (names and shapes must match exactly).
+    """
+    from .models import build_model
+    arrays, config = load_checkpoint(path)
+    if "model" not in config or "model_options" not in config:
+        raise CheckpointError(f"{path} holds no model description (was it written by "
+                              f"python -m regnp.train?)")
+    model = build_model(config["model"], **config["model_options"])
+    state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return model, config

@@ -1,0 +1,110 @@
+"""python -m regnp.register on the user's own images: outputs, padding, warnings, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regnp.register import pad_to_multiple, register_with_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from regnp.train import config_from_args, parse_args, train
+    out = tmp_path_factory.mktemp("ck")
+    cfg = config_from_args(parse_args(["--size", "32", "--enc", "4,8", "--dec", "8,8,8,8",
+                                       "--kernel-size", "5", "--pairs", "4"]))
+    train(cfg, 3, out, save_every=3, val_every=0, progress=False)
+    return out / "checkpoint.npz"
+
+
+def blob_pair(H, W):
+    yy, xx = np.mgrid[:H, :W]
+    F = np.exp(-((yy - H / 2) ** 2 + (xx - W / 2) ** 2) / (2 * (H / 6) ** 2))
+    M = np.exp(-((yy - H / 2 - 2) ** 2 + (xx - W / 2 + 3) ** 2) / (2 * (H / 6) ** 2))
+    return F, M
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "regnp.register", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_pad_to_multiple():
+    p, hw = pad_to_multiple(np.ones((70, 33)), 16)
+    assert p.shape == (80, 48) and hw == (70, 33) and p[:70, :33].all() and not p[70:].any()
+
+
+def test_register_odd_size_png_and_npy(tmp_path, checkpoint):
+    F, M = blob_pair(70, 90)                                  # not divisible by 4
+    Image.fromarray((F * 255).astype(np.uint8)).save(tmp_path / "F.png")
+    np.save(tmp_path / "M.npy", M)
+    Fm = (F > 0.5).astype(np.uint8)
+    Mm = (M > 0.5).astype(np.uint8)
+    Image.fromarray(Fm).save(tmp_path / "Fm.png")
+    Image.fromarray(Mm).save(tmp_path / "Mm.png")
+    r = run("--fixed", "F.png", "--moving", "M.npy", "--checkpoint", str(checkpoint),
+            "--fixed-mask", "Fm.png", "--moving-mask", "Mm.png", "--out", "res", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "res"
+    u = np.load(out / "displacement.npy")
+    assert u.shape == (2, 70, 90) and u.dtype == np.float32
+    assert np.load(out / "warped.npy").shape == (70, 90)
+    assert np.load(out / "jacobian.npy").shape == (70, 90)
+    assert Image.open(out / "warped.png").size == (90, 70)
+    assert (out / "registration.png").stat().st_size > 10000
+    res = json.loads((out / "result.json").read_text())
+    assert 0 <= res["dice_after"]["mean"] <= 1 and res["pct_positive_jacobian"] > 50
+    assert "Dice" in r.stdout
+
+
+def test_colour_png_warns(tmp_path, checkpoint):
+    F, M = blob_pair(32, 32)
+    Image.fromarray((F * 255).astype(np.uint8)).save(tmp_path / "F.png")
+    Image.fromarray((M * 255).astype(np.uint8)).convert("RGB").save(tmp_path / "M.png")
+    r = run("--fixed", "F.png", "--moving", "M.png", "--checkpoint", str(checkpoint), "--out",
+            "res", cwd=tmp_path)
+    assert r.returncode == 0 and "converting it to grayscale" in r.stderr
+
+
+def test_register_function_matches_model_forward(checkpoint):
+    from regnp.checkpoint import load_model
+    model, _ = load_model(checkpoint)
+    F, M = blob_pair(32, 32)
+    u, sec = register_with_model(model, F.astype(np.float32), M.astype(np.float32))
+    _, u2, _ = model.forward(F[None, None].astype(np.float32), M[None, None].astype(np.float32))
+    np.testing.assert_allclose(u, u2[0], atol=1e-6)
+    assert sec > 0
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing", "not found"), ("size", "resample them"), ("nomask", "both --fixed-mask"),
+    ("nockpt", "--checkpoint is required"), ("badckpt", "corrupt"), ("badext", "unsupported"),
+])
+def test_errors_are_one_line(tmp_path, checkpoint, case, msg):
+    F, M = blob_pair(32, 32)
+    np.save(tmp_path / "F.npy", F)
+    np.save(tmp_path / "M.npy", M)
+    np.save(tmp_path / "M40.npy", np.ones((40, 32)))
+    ck = ["--checkpoint", str(checkpoint)]
+    args = {"missing": ["--fixed", "nope.png", "--moving", "M.npy", *ck],
+            "size": ["--fixed", "F.npy", "--moving", "M40.npy", *ck],
+            "nomask": ["--fixed", "F.npy", "--moving", "M.npy", "--fixed-mask", "F.npy", *ck],
+            "nockpt": ["--fixed", "F.npy", "--moving", "M.npy"],
+            "badckpt": ["--fixed", "F.npy", "--moving", "M.npy", "--checkpoint", "bad.npz"],
+            "badext": ["--fixed", "F.tif", "--moving", "M.npy", *ck]}[case]
+    if case == "badckpt":
+        import shutil
+        shutil.copy(checkpoint, tmp_path / "bad.npz")
+        shutil.copy(checkpoint.with_suffix(".json"), tmp_path / "bad.json")
+        data = bytearray((tmp_path / "bad.npz").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (tmp_path / "bad.npz").write_bytes(bytes(data))
+    if case == "badext":
+        (tmp_path / "F.tif").write_bytes(b"II*\x00")
+    r = run(*args, "--out", "res", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and msg in last, r.stderr

@@ -1,0 +1,121 @@
+"""Training: a tiny run learns, resume is exact, NaN stops cleanly, and the CLIs fail clearly."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from regnp.checkpoint import load_checkpoint
+from regnp.train import TrainingError, config_from_args, parse_args, train
+
+TINY = ["--size", "32", "--enc", "4,8", "--dec", "8,8,8,8", "--kernel-size", "5", "--pairs", "16",
+        "--val-pairs", "4"]
+
+
+def tiny_config(*extra):
+    return config_from_args(parse_args(TINY + list(extra)))
+
+
+def test_tiny_training_lowers_loss_and_beats_identity(tmp_path):
+    """Seconds of training on 4 pairs: the loss on those pairs falls and their Dice beats the
+    identity (u = 0, i.e. Dice before registration)."""
+    from regnp.data import load_dataset
+    from regnp.evaluate import evaluate_pairs
+    from regnp.models import Objective, build_model
+    cfg = tiny_config("--lr", "3e-3", "--sigma", "24", "--pairs", "4")
+    ds = load_dataset("phantom", "train", size=32, sigma=24, n_pairs=4)
+    batch = ds.batch(range(4))
+    obj = Objective(**cfg["objective"])
+    untrained = build_model(cfg["model"], **cfg["model_options"])
+    loss0 = obj(untrained, batch["fixed"], batch["moving"])[0]["loss"]
+    res = train(cfg, 80, tmp_path, save_every=80, val_every=0, log_every=10, progress=False)
+    assert res["history"][-1]["step"] == 80
+    loss1 = obj(res["model"], batch["fixed"], batch["moving"])[0]["loss"]
+    assert loss1 < 0.7 * loss0, (loss0, loss1)
+    recs = evaluate_pairs(res["model"], ds, range(4))
+    before = np.mean([r["dice_before"] for r in recs])
+    after = np.mean([r["dice_after"] for r in recs])
+    assert after > before + 0.02, (before, after)
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = tiny_config()
+    a = train(dict(cfg), 12, tmp_path / "a", save_every=100, val_every=0, progress=False)
+    train(dict(cfg), 5, tmp_path / "b", save_every=5, val_every=0, progress=False)
+    b = train(dict(cfg), 12, tmp_path / "b", resume=True, save_every=100, val_every=0,
+              progress=False)
+    sa, sb = a["model"].state_dict(), b["model"].state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+    arrays, config = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert config["step"] == 12 and int(arrays["optim.t"]) == 12
+
+
+def test_nan_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    train(dict(cfg), 4, tmp_path, save_every=4, val_every=0, progress=False)
+    before, _ = load_checkpoint(tmp_path / "checkpoint.npz")
+    from regnp.models import objective
+
+    real = objective.Objective.__call__
+
+    def poisoned(self, model, F, M):
+        terms, w, u = real(self, model, F, M)
+        terms["sim"] = float("nan")
+        return terms, w, u
+    monkeypatch.setattr(objective.Objective, "__call__", poisoned)
+    with pytest.raises(TrainingError, match="NaN/Inf at step 5.*last good checkpoint"):
+        train(dict(cfg), 8, tmp_path, resume=True, save_every=1, val_every=0, progress=False)
+    after, config = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert config["step"] == 4
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_cli_train_evaluate_and_errors(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("regnp.train", *TINY, "--steps", "6", "--val-every", "3", "--out", str(out),
+                "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Dice before" in r.stdout and (out / "loss_curve.png").stat().st_size > 5000
+    r = run_cli("regnp.evaluate", "--checkpoint", str(out / "checkpoint.npz"), "--pairs", "3",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "metrics.json").read_text())
+    assert len(res["pairs"]) == 3 and "| Method |" in (out / "table.md").read_text()
+    # bad inputs: one clear line, non-zero exit
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    for args, msg in [
+        (("regnp.evaluate", "--checkpoint", str(tmp_path / "missing.npz")), "not found"),
+        (("regnp.evaluate", "--checkpoint", str(bad)), "not found"),         # no .json beside it
+        (("regnp.train", *TINY, "--size", "34", "--steps", "2", "--out", str(tmp_path / "x"),
+          "--no-progress"), "not divisible"),
+        (("regnp.train", *TINY, "--steps", "2", "--resume", "--out", str(tmp_path / "none"),
+          "--no-progress"), "not found"),
+    ]:
+        r = run_cli(*args, cwd=tmp_path)
+        assert r.returncode != 0
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error:") and msg in last, r.stderr[-1500:]
+        assert "Traceback" not in r.stderr
+
+
+def test_corrupt_checkpoint_is_one_clear_line(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("regnp.train", *TINY, "--steps", "2", "--val-every", "0", "--out", str(out),
+                "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = out / "checkpoint.npz"
+    data = bytearray(ck.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    ck.write_bytes(bytes(data))
+    r = run_cli("regnp.evaluate", "--checkpoint", str(ck), cwd=tmp_path)
+    assert r.returncode != 0 and "corrupt" in r.stderr and "Traceback" not in r.stderr
