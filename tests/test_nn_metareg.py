@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from regnp.gradcheck import check_vjp
-from regnp.nn.metareg import MetaRegConv, filter_diagnostics, gaussian_stencil
+from regnp.nn.metareg import MetaRegConv, gaussian_stencil
+from regnp.rkhs.reduced import filter_diagnostics
 
 OPTIONS = [(shared, param, norm) for shared in (True, False) for param in ("free", "psd")
            for norm in ("unit_sum", "none")]
@@ -44,11 +45,12 @@ def test_gaussian_init_is_radially_symmetric_psd_unit_sum():
         K = layer.effective_filter()[0]
         np.testing.assert_allclose(K, gaussian_stencil(13, 2.0), atol=1e-12)
         d = filter_diagnostics(K)
-        assert abs(d["sum"] - 1) < 1e-12 and d["sym_err"] < 1e-12 and d["rot_err"] < 1e-12
-        assert d["min_eig"] > -1e-12                          # PSD as a 13×13 matrix ...
+        assert abs(d.sum - 1) < 1e-12 and d.transpose_asym < 1e-12 and d.antidiag_asym < 1e-12
+        assert d.radial_asym < 1e-12 and d.rank == 1          # separable: an outer product
+        assert d.eig_min > -1e-12 and d.psd_matrix            # PSD as a 13×13 matrix ...
         # ... but truncating a Gaussian (σ = 2 px) at ±6 px ripples its spectrum: as a
         # convolution *operator* it is marginally indefinite (min of the 2-D DFT ≈ −7.5e-4).
-        assert -1e-3 < d["min_fourier"] < 0
+        assert -1e-3 < d.symbol_min < 0 and not d.psd_operator
         value, parts = layer.penalty(10.0, 0.0)
         assert abs(value) < 1e-20 and parts["sym"] < 1e-20 and parts["antisym"] < 1e-20
 
@@ -56,7 +58,7 @@ def test_gaussian_init_is_radially_symmetric_psd_unit_sum():
 def test_delta_init_is_identity():
     layer = MetaRegConv(k=13, init="delta", dtype=np.float64)
     d = layer.diagnostics()[0]
-    assert d["min_fourier"] == pytest.approx(1.0) and d["min_eig"] == pytest.approx(0.0)
+    assert d.symbol_min == pytest.approx(1.0) and d.eig_min == pytest.approx(0.0)
     g = np.random.default_rng(0).standard_normal((2, 2, 16, 16))
     np.testing.assert_allclose(layer.forward(g), g, atol=1e-12)
 
@@ -97,7 +99,7 @@ def test_psd_parametrisation_stays_psd():
     layer = perturbed(MetaRegConv(k=9, param="psd", shared=False, dtype=np.float64),
                       np.random.default_rng(2), 0.5)
     for d in layer.diagnostics():
-        assert d["min_eig"] > -1e-10
+        assert d.eig_min > -1e-10 and d.psd_matrix
 
 
 def test_bad_options():

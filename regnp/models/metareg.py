@@ -60,6 +60,6 @@ class MetaReg(RegistrationModel):
         if self.meta is None:
             return {}
         d = self.meta.diagnostics()[0]                     # the first (or shared) filter
-        return {"k_sum": d["sum"], "k_trace": d["trace"], "k_center": d["center"],
-                "k_sym_err": d["sym_err"], "k_rot_err": d["rot_err"],
-                "k_min_eig": d["min_eig"], "k_min_fourier": d["min_fourier"]}
+        return {"k_sum": d.sum, "k_trace": d.trace, "k_center": d.centre,
+                "k_sym_err": d.transpose_asym, "k_rot_err": d.antidiag_asym,
+                "k_min_eig": d.eig_min, "k_min_fourier": d.symbol_min}

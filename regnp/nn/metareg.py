@@ -36,6 +36,7 @@ import numpy as np
 from ..losses import (meta_penalty_backward, meta_penalty_forward, psd_from_factor_backward,
                       psd_from_factor_forward)
 from ..ops.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+from ..rkhs.reduced import filter_diagnostics
 from .module import Module
 
 
@@ -45,42 +46,6 @@ def gaussian_stencil(k, sigma, dtype=np.float64):
     g = np.exp(-0.5 * (r / sigma) ** 2)
     G = np.outer(g, g)
     return (G / G.sum()).astype(dtype)
-
-
-def filter_diagnostics(K):
-    """Properties of a k×k filter (or (C,k,k) stack; one dict per filter).
-
-    sum (DC gain), centre tap, trace and anti-trace, relative symmetry errors ‖K−Kᵀ‖/‖K‖ and
-    ‖KJ−JK‖/‖K‖, smallest eigenvalue of the symmetric part as a matrix ("matrix PSD", the
-    paper's condition), and the minimum over frequencies of the filter's 2-D Fourier transform
-    on a 64×64 grid ("operator PSD": the convolution itself is a PSD operator iff this is ≥ 0
-    for a symmetric filter).
-    """
-    K = np.asarray(K, dtype=np.float64)
-    stack = K[None] if K.ndim == 2 else K
-    out = []
-    for F in stack:
-        k = F.shape[0]
-        J = np.eye(k)[::-1]
-        nrm = max(np.linalg.norm(F), 1e-300)
-        spec = np.fft.fft2(_centred(F, 64))                    # real for symmetric F
-        out.append({
-            "sum": float(F.sum()), "center": float(F[k // 2, k // 2]),
-            "trace": float(np.trace(F)), "antitrace": float(np.trace(J @ F)),
-            "sym_err": float(np.linalg.norm(F - F.T) / nrm),
-            "rot_err": float(np.linalg.norm(F @ J - J @ F) / nrm),
-            "min_eig": float(np.linalg.eigvalsh(0.5 * (F + F.T)).min()),
-            "min_fourier": float(spec.real.min()),
-        })
-    return out[0] if K.ndim == 2 else out
-
-
-def _centred(F, n):
-    """Embed filter F in an n×n periodic grid with its centre tap at index (0, 0)."""
-    k = F.shape[0]
-    big = np.zeros((n, n))
-    big[:k, :k] = F
-    return np.roll(big, (-(k // 2), -(k // 2)), axis=(0, 1))
 
 
 class MetaRegConv(Module):
@@ -180,4 +145,7 @@ class MetaRegConv(Module):
         return value, cache["parts"]
 
     def diagnostics(self):
-        return filter_diagnostics(self.effective_filter())
+        """One :class:`regnp.rkhs.reduced.FilterDiagnostics` per applied filter: sum, trace,
+        symmetry errors, matrix eigenvalues (matrix PSD) and the 2-D Fourier transform's range
+        (operator PSD)."""
+        return filter_diagnostics(np.ascontiguousarray(self.effective_filter(), np.float64))
