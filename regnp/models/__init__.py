@@ -2,6 +2,8 @@
 FCN-SS and the fixed-RKHS network. ``build_model(name, **options)`` makes any of them;
 ``model.options`` rebuilds the same architecture from a checkpoint."""
 from .base import RegistrationModel
+from .dirnet import DIRNet
+from .fcnss import FCNSS
 from .metareg import MetaReg
 from .objective import Objective
 from .voxelmorph import VoxelMorph
@@ -22,16 +24,8 @@ def _builders():
         "vm2": lambda **kw: VoxelMorph(variant=2, **{k: v for k, v in kw.items() if k != "variant"}),
         "ablated": lambda **kw: _ablated(**{k: v for k, v in kw.items() if k != "name"}),
     }
-    try:
-        from .dirnet import DIRNet
-        b["dirnet"] = lambda **kw: DIRNet(**kw)
-    except ImportError:
-        pass
-    try:
-        from .fcnss import FCNSS
-        b["fcnss"] = lambda **kw: FCNSS(**kw)
-    except ImportError:
-        pass
+    b["dirnet"] = lambda **kw: DIRNet(**kw)
+    b["fcnss"] = lambda **kw: FCNSS(**kw)
     try:
         from .rkhs_net import RKHSNet
         b["rkhs"] = lambda **kw: RKHSNet(**kw)
@@ -52,4 +46,4 @@ def build_model(name, **options):
     return builders[name](**options)
 
 
-__all__ = ["RegistrationModel", "MetaReg", "VoxelMorph", "Objective", "build_model", "MODEL_NAMES"]
+__all__ = ["RegistrationModel", "MetaReg", "VoxelMorph", "DIRNet", "FCNSS", "Objective", "build_model", "MODEL_NAMES"]

@@ -11,7 +11,8 @@ Architecture choices (the paper gives few details; see also MetaRegConv's docstr
   convolutions (sec. 5.4.3), initialised to nearest upsampling.
 * Filter: one 13×13 filter shared by both displacement components (``shared``), free weights
   (``param="free"``) or K̃ = UUᵀ (``"psd"``), initialised as a unit-sum Gaussian (σ = 2 px);
-  ``normalize="unit_sum"`` (default, well-posed) or ``"none"`` (eq. 12 exactly as printed).
+  ``normalize="unit_sum"`` + ``trace="hinge"`` (default, well-posed) or ``normalize="none"`` +
+  ``trace="linear"`` (eq. 12 exactly as printed).
 
 The **ablated network** of Table 5 is this model with ρ1 = ρ2 = 0 and an unconstrained filter
 (``normalize="none"``), or without the filter at all (``filter=False``).
@@ -27,18 +28,20 @@ from .voxelmorph import VM2_DEC
 class MetaReg(RegistrationModel):
     def __init__(self, enc=(16, 32, 32, 32), dec=VM2_DEC, upsample="transpose", kernel_size=13,
                  shared=True, param="free", init="gaussian", init_sigma=2.0, normalize="unit_sum",
-                 filter=True, seed=0, dtype=np.float32, name="metareg"):
+                 trace="hinge", filter=True, seed=0, dtype=np.float32, name="metareg"):
         super().__init__()
         self.name = name
         self.unet = UNet(in_ch=2, enc=enc, dec=dec, full_size=True, upsample=upsample,
                          rng=np.random.default_rng(seed), dtype=dtype)
         self.meta = (MetaRegConv(channels=2, k=kernel_size, shared=shared, param=param, init=init,
-                                 init_sigma=init_sigma, normalize=normalize, dtype=dtype)
+                                 init_sigma=init_sigma, normalize=normalize, trace=trace,
+                                 dtype=dtype)
                      if filter else None)
         self.levels = len(enc)
         self.options = {"enc": list(enc), "dec": list(dec), "upsample": upsample,
                         "kernel_size": kernel_size, "shared": shared, "param": param,
                         "init": init, "init_sigma": init_sigma, "normalize": normalize,
+                        "trace": trace,
                         "filter": filter, "name": name}
 
     def displacement(self, x):
