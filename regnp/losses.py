@@ -367,7 +367,7 @@ def _check_filters(name, K):
     return K3
 
 
-def meta_penalty_forward(K, rho1, rho2):
+def meta_penalty_forward(K, rho1, rho2, trace="linear"):
     """Meta-regularization penalty, eq. 12 of the paper, summed over filters::
 
         M(K) = ρ1 (‖K − Kᵀ‖² + ‖KJ − JK‖²) − ρ2 (Tr K + Tr JK)
@@ -381,6 +381,10 @@ def meta_penalty_forward(K, rho1, rho2):
     Inputs:
     - K: ``(k, k)`` or ``(C, k, k)`` float filters.
     - rho1, rho2: non-negative weights (the paper tunes ρ1 ∈ {0.1..1000}, ρ2 ∈ {1e-5..0.1}).
+    - trace: ``"linear"`` — eq. 12 as printed, ``−ρ2 (Tr K + Tr JK)``, a reward without a lower
+      bound; or ``"hinge"`` — ``ρ2 (max(0, −Tr K) + max(0, −Tr JK))``, which only penalises a
+      negative trace. The hinge is what sec. 4.3 describes in words ("a non-negativity trace
+      penalty": Tr K̃ ≥ 0 is the necessary condition for PSD) and is bounded below by 0.
 
     Returns: loss (float), cache — a dict whose ``"parts"`` entry holds the unweighted sums over
     filters ``sym``, ``antisym``, ``trace``, ``antitrace`` and the filters' total ``sum``, for
@@ -388,6 +392,8 @@ def meta_penalty_forward(K, rho1, rho2):
     """
     K3 = _check_filters("K", K)
     rho1, rho2 = float(rho1), float(rho2)
+    if trace not in ("linear", "hinge"):
+        raise ValueError(f"trace must be 'linear' (eq. 12 as printed) or 'hinge', got {trace!r}")
     if not (np.isfinite(rho1) and np.isfinite(rho2) and rho1 >= 0 and rho2 >= 0):
         raise ValueError(f"rho1 and rho2 must be non-negative numbers, got {rho1!r}, {rho2!r}")
     Kd = K3.astype(np.float64)                                        # (C, k, k)
@@ -398,18 +404,29 @@ def meta_penalty_forward(K, rho1, rho2):
              "trace": float(np.trace(Kd, axis1=1, axis2=2).sum()),
              "antitrace": float(np.trace(Jm @ Kd, axis1=1, axis2=2).sum()),
              "sum": float(Kd.sum())}
-    loss = rho1 * (parts["sym"] + parts["antisym"]) - rho2 * (parts["trace"] + parts["antitrace"])
+    tr = np.trace(Kd, axis1=1, axis2=2)                               # (C,) per filter
+    atr = np.trace(Jm @ Kd, axis1=1, axis2=2)
+    if trace == "linear":
+        t_term = -(parts["trace"] + parts["antitrace"])
+        w_tr, w_atr = -np.ones_like(tr), -np.ones_like(atr)           # d t_term / d Tr
+    else:
+        t_term = float(np.maximum(0, -tr).sum() + np.maximum(0, -atr).sum())
+        w_tr, w_atr = -(tr < 0).astype(np.float64), -(atr < 0).astype(np.float64)
+    loss = rho1 * (parts["sym"] + parts["antisym"]) + rho2 * t_term
     return loss, {"A": A, "B": B, "J": Jm, "rho1": rho1, "rho2": rho2, "shape": K.shape,
-                  "dtype": K.dtype, "parts": parts}
+                  "dtype": K.dtype, "parts": parts, "w_tr": w_tr, "w_atr": w_atr}
 
 
 def meta_penalty_backward(cache, dloss=1.0):
-    """Returns ``dK`` (K's shape): ``dloss · (ρ1 (4 (K − Kᵀ) + 2 (BJ − JB)) − ρ2 (I + J))``
-    with ``B = KJ − JK``."""
+    """Returns ``dK`` (K's shape): ``dloss · (ρ1 (4 (K − Kᵀ) + 2 (BJ − JB)) + ρ2 (a I + b J))``
+    with ``B = KJ − JK`` and, per filter, ``a = b = −1`` (linear) or ``a = −[Tr K < 0]``,
+    ``b = −[Tr JK < 0]`` (hinge; at exactly 0 the one-sided derivative 0 is used)."""
     d = _check_dloss(dloss)
     A, B, Jm = cache["A"], cache["B"], cache["J"]
     k = Jm.shape[0]
-    g = cache["rho1"] * (4.0 * A + 2.0 * (B @ Jm - Jm @ B)) - cache["rho2"] * (np.eye(k) + Jm)
+    I = np.eye(k)
+    trace_grad = (cache["w_tr"][:, None, None] * I + cache["w_atr"][:, None, None] * Jm)
+    g = cache["rho1"] * (4.0 * A + 2.0 * (B @ Jm - Jm @ B)) + cache["rho2"] * trace_grad
     g = (d * g).astype(cache["dtype"])                                # (C, k, k)
     return g.reshape(cache["shape"])
 

@@ -136,9 +136,13 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="trained network (regnp.train checkpoint)")
     p.add_argument("--method", default="network", choices=("network", "rkhs"),
                    help="network (needs --checkpoint) or rkhs: the classical solver of eq. 6")
-    p.add_argument("--kernel", default="gaussian", help="rkhs: kernel name")
-    p.add_argument("--kernel-width", type=float, default=4.0, help="rkhs: kernel width (px)")
-    p.add_argument("--lambda", dest="lam", type=float, default=0.01, help="rkhs: regularisation weight")
+    p.add_argument("--kernel", default="gaussian",
+                   help="rkhs: gaussian | wendland | matern32 | exponential | imq")
+    p.add_argument("--kernel-width", type=float, default=16.0, help="rkhs: kernel width (px)")
+    p.add_argument("--gram", default="auto", choices=("auto", "kronecker", "fft", "dense", "conv13"),
+                   help="rkhs: how K·α is computed (exact forms, or the 13×13 approximation)")
+    p.add_argument("--lambda", dest="lam", type=float, default=1e-4,
+                   help="rkhs: regularisation weight of the RKHS norm")
     p.add_argument("--iterations", type=int, default=200, help="rkhs: L-BFGS iterations per level")
     p.add_argument("--fixed-mask", default=None)
     p.add_argument("--moving-mask", default=None)
@@ -160,10 +164,10 @@ def main(argv=None):
         else:
             from .rkhs.solver import register_rkhs
             t0 = time.perf_counter()
-            res = register_rkhs(fixed, moving, kernel=a.kernel, width=a.kernel_width, lam=a.lam,
-                                max_iter=a.iterations)
+            res = register_rkhs(fixed, moving, kernel=a.kernel, width=a.kernel_width, gram=a.gram,
+                                lam=a.lam, max_iter=a.iterations, progress=True)
             seconds = time.perf_counter() - t0
-            u = np.asarray(res["u"], dtype=np.float32).reshape(2, *fixed.shape)
+            u = np.ascontiguousarray(res.u[0], dtype=np.float32)          # (2, H, W)
         warped = warp_forward(moving[None, None], u[None])[0][0, 0]
         det = jacobian_determinant(u)
         fold = folding_stats(u)

@@ -42,7 +42,10 @@ def parse_args(argv=None):
     g.add_argument("--filter-param", default="free", choices=("free", "psd"))
     g.add_argument("--filter-init", default="gaussian", choices=("gaussian", "delta"))
     g.add_argument("--filter-normalize", default="unit_sum", choices=("unit_sum", "none"),
-                   help="unit_sum (default, well-posed) or none (eq. 12 exactly as printed)")
+                   help="unit_sum (default) or none; the paper's exact form is "
+                        "--filter-normalize none --trace-term linear")
+    g.add_argument("--trace-term", default="hinge", choices=("hinge", "linear"),
+                   help="hinge (default): penalise a negative trace; linear: eq. 12's reward")
     g.add_argument("--per-channel-filter", action="store_true",
                    help="one filter per displacement channel instead of one shared")
     g.add_argument("--no-filter", action="store_true", help="ablated model without the 13x13 layer")
@@ -92,6 +95,7 @@ def config_from_args(a):
                      shared=not a.per_channel_filter)
         if is_meta:
             mopts["normalize"] = a.filter_normalize
+            mopts["trace"] = a.trace_term
         if a.no_filter:
             if is_meta:
                 raise TrainingError("--no-filter is for --model ablated (Meta-Reg is the filter)")

@@ -206,6 +206,28 @@ def test_meta_penalty_gradients_and_shapes():
         meta_penalty_forward(np.zeros(4), 1.0, 1.0)
 
 
+def test_meta_penalty_hinge_trace():
+    """The hinge only penalises negative (anti-)traces: zero for a Gaussian, ρ2·|Tr| below 0,
+    bounded below by 0 — unlike the linear reward, which falls without bound as K grows."""
+    G = gaussian_stencil()
+    assert meta_penalty_forward(G, 0.0, 1.0, trace="hinge")[0] == 0.0
+    assert meta_penalty_forward(100 * G, 0.0, 1.0, trace="linear")[0] < \
+        meta_penalty_forward(G, 0.0, 1.0, trace="linear")[0] - 1
+    N = -G
+    val = meta_penalty_forward(N, 0.0, 2.0, trace="hinge")[0]
+    assert val == pytest.approx(2.0 * (np.trace(G) + np.trace(G[::-1])))
+    rng = np.random.default_rng(11)
+    K = rng.standard_normal((3, 5, 5))
+    K[0] -= 3 * np.eye(5)                     # filter 0: negative trace and anti-trace
+    K[1] += 3 * np.eye(5) + 3 * np.eye(5)[::-1]   # filter 1: both positive (inactive)
+    _, cache = meta_penalty_forward(K, 2.0, 0.7, trace="hinge")
+    dK = meta_penalty_backward(cache, dloss=1.3)
+    f = lambda: np.array(1.3 * meta_penalty_forward(K, 2.0, 0.7, trace="hinge")[0])
+    assert check_vjp(f, K, dK, ONE, h=1e-4) < 1e-6
+    with pytest.raises(ValueError, match="trace must be"):
+        meta_penalty_forward(K, 1.0, 1.0, trace="abs")
+
+
 def test_psd_from_factor():
     rng = np.random.default_rng(9)
     U = rng.standard_normal((3, 6, 6))

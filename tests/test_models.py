@@ -13,7 +13,8 @@ CONFIGS = {
     "vm1": dict(dec=(4, 4, 4, 3)),
     "metareg": dict(dec=(4, 4, 4, 4, 3), kernel_size=5),
     "metareg-psd-perchannel": dict(dec=(4, 4, 4, 4, 3), kernel_size=5, param="psd", shared=False),
-    "metareg-paper-form": dict(dec=(4, 4, 4, 4, 3), kernel_size=5, normalize="none"),
+    "metareg-paper-form": dict(dec=(4, 4, 4, 4, 3), kernel_size=5, normalize="none",
+                               trace="linear"),
     "ablated": dict(dec=(4, 4, 4, 4, 3), kernel_size=5),
     "ablated-nofilter": dict(dec=(4, 4, 4, 4, 3), filter=False),
 }

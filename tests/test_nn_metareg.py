@@ -8,6 +8,7 @@ from regnp.rkhs.reduced import filter_diagnostics
 
 OPTIONS = [(shared, param, norm) for shared in (True, False) for param in ("free", "psd")
            for norm in ("unit_sum", "none")]
+TRACE = {"unit_sum": "hinge", "none": "linear"}       # our default, and the paper's exact form
 
 
 def perturbed(layer, rng, scale=0.05):
@@ -20,7 +21,7 @@ def perturbed(layer, rng, scale=0.05):
 def test_forward_backward_and_penalty_gradients(shared, param, norm):
     rng = np.random.default_rng(0)
     layer = perturbed(MetaRegConv(k=5, shared=shared, param=param, normalize=norm,
-                                  dtype=np.float64), rng)
+                                  trace=TRACE[norm], dtype=np.float64), rng)
     g = rng.standard_normal((2, 2, 9, 7))
     u = layer.forward(g)
     dout = rng.standard_normal(u.shape)
@@ -71,7 +72,7 @@ def test_unit_sum_removes_the_free_scale_direction():
     divided by its sum) or changes u (free filter, projected), never both."""
     rng = np.random.default_rng(1)
     g = rng.standard_normal((2, 2, 12, 10))
-    paper = MetaRegConv(k=7, normalize="none", dtype=np.float64)
+    paper = MetaRegConv(k=7, normalize="none", trace="linear", dtype=np.float64)
     u = paper.forward(g)
     v1 = paper.penalty(10.0, 1e-3)[0]
     for c in (2.0, 10.0):
@@ -102,6 +103,26 @@ def test_psd_parametrisation_stays_psd():
         assert d.eig_min > -1e-10 and d.psd_matrix
 
 
+def test_hinge_trace_is_bounded_below_linear_is_not():
+    """With the default hinge, the penalty of a filter with non-negative traces is its symmetry
+    error alone (>= 0); with the linear reward, moving weight onto the diagonals at fixed unit
+    sum lowers it without bound."""
+    k = 7
+    X = np.eye(k) + np.eye(k)[::-1]
+    shape = X / X.sum() - 1.0 / k ** 2                       # zero-sum, weight on the diagonals
+    for trace, bounded in (("hinge", True), ("linear", False)):
+        layer = MetaRegConv(k=k, trace=trace, dtype=np.float64)
+        base = layer.params["K"].copy()
+        vals = []
+        for t in (0.0, 10.0, 100.0):
+            layer.params["K"][...] = base + t * shape
+            vals.append(layer.penalty(10.0, 1e-2)[0])
+        if bounded:
+            assert min(vals) >= 0
+        else:
+            assert vals[2] < vals[1] < vals[0] < 0
+
+
 def test_bad_options():
     with pytest.raises(ValueError, match="odd"):
         MetaRegConv(k=12)
@@ -109,3 +130,5 @@ def test_bad_options():
         MetaRegConv(param="cholesky")
     with pytest.raises(ValueError, match="normalize"):
         MetaRegConv(normalize="l2")
+    with pytest.raises(ValueError, match="trace"):
+        MetaRegConv(trace="abs")

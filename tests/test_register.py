@@ -108,3 +108,16 @@ def test_errors_are_one_line(tmp_path, checkpoint, case, msg):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and msg in last, r.stderr
+
+
+def test_register_rkhs_method_needs_no_checkpoint(tmp_path):
+    F, M = blob_pair(40, 48)
+    np.save(tmp_path / "F.npy", F)
+    np.save(tmp_path / "M.npy", M)
+    r = run("--fixed", "F.npy", "--moving", "M.npy", "--method", "rkhs", "--kernel-width", "6",
+            "--iterations", "60", "--out", "res", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    u = np.load(tmp_path / "res" / "displacement.npy")
+    assert u.shape == (2, 40, 48)
+    w = np.load(tmp_path / "res" / "warped.npy")
+    assert np.mean((w - F) ** 2) < 0.5 * np.mean((M - F) ** 2)      # it registered
