@@ -49,6 +49,11 @@ def parse_args(argv=None):
     g.add_argument("--per-channel-filter", action="store_true",
                    help="one filter per displacement channel instead of one shared")
     g.add_argument("--no-filter", action="store_true", help="ablated model without the 13x13 layer")
+    g.add_argument("--kernel", default="gaussian",
+                   help="rkhs model: gaussian | wendland | matern32 | exponential | imq")
+    g.add_argument("--kernel-width", type=float, default=3.0, help="rkhs model: kernel width (px)")
+    g.add_argument("--gram", default="exact", choices=("exact", "conv13"),
+                   help="rkhs model: exact K·α (Kronecker/FFT) or the 13×13 approximation")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="phantom", help="phantom|chaos|acdc|jsrt")
     g.add_argument("--data-root", default=None, help="folder with the real sets (default ../shared/data)")
@@ -100,6 +105,8 @@ def config_from_args(a):
             if is_meta:
                 raise TrainingError("--no-filter is for --model ablated (Meta-Reg is the filter)")
             mopts["filter"] = False
+    if a.model == "rkhs":
+        mopts.update(kernel=a.kernel, kernel_width=a.kernel_width, gram=a.gram)
     rho1 = a.rho1 if a.rho1 is not None else (10.0 if is_meta else 0.0)
     rho2 = a.rho2 if a.rho2 is not None else (1e-3 if is_meta else 0.0)
     return {

@@ -4,6 +4,7 @@ FCN-SS and the fixed-RKHS network. ``build_model(name, **options)`` makes any of
 from .base import RegistrationModel
 from .dirnet import DIRNet
 from .fcnss import FCNSS
+from .rkhs_net import RKHSNet
 from .metareg import MetaReg
 from .objective import Objective
 from .voxelmorph import VoxelMorph
@@ -26,11 +27,7 @@ def _builders():
     }
     b["dirnet"] = lambda **kw: DIRNet(**kw)
     b["fcnss"] = lambda **kw: FCNSS(**kw)
-    try:
-        from .rkhs_net import RKHSNet
-        b["rkhs"] = lambda **kw: RKHSNet(**kw)
-    except ImportError:
-        pass
+    b["rkhs"] = lambda **kw: RKHSNet(**kw)
     return b
 
 
@@ -46,4 +43,4 @@ def build_model(name, **options):
     return builders[name](**options)
 
 
-__all__ = ["RegistrationModel", "MetaReg", "VoxelMorph", "DIRNet", "FCNSS", "Objective", "build_model", "MODEL_NAMES"]
+__all__ = ["RegistrationModel", "MetaReg", "VoxelMorph", "DIRNet", "FCNSS", "RKHSNet", "Objective", "build_model", "MODEL_NAMES"]
