@@ -119,3 +119,31 @@ def test_corrupt_checkpoint_is_one_clear_line(tmp_path):
     ck.write_bytes(bytes(data))
     r = run_cli("regnp.evaluate", "--checkpoint", str(ck), cwd=tmp_path)
     assert r.returncode != 0 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_per_step_allocation_growth():
+    """After warm-up, 25 more training steps hold no more traced memory than one step did:
+    every buffer is either reused or freed (no caches that grow per step)."""
+    import tracemalloc
+
+    from regnp.models import Objective, build_model
+    from regnp.nn.optim import Adam
+    model = build_model("metareg", enc=(8, 8), dec=(8, 8, 8, 8), kernel_size=5, seed=0)
+    obj, opt = Objective(), Adam(model)
+    rng = np.random.default_rng(0)
+    F, M = (rng.random((2, 1, 32, 32), dtype=np.float32) for _ in range(2))
+
+    def step():
+        model.zero_grad()
+        obj(model, F, M)
+        opt.step()
+    for _ in range(5):
+        step()
+    tracemalloc.start()
+    step()
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in range(25):
+        step()
+    growth = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert growth < 256 * 1024, f"traced memory grew by {growth / 1024:.0f} kB over 25 steps"
