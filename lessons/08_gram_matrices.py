@@ -21,13 +21,9 @@ import numpy as np
 
 
 def _median_ms(f, reps):
-    f()                                                       # warm-up (FFT plans, caches)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
+    """Median milliseconds of f() after one warm-up call (FFT plans, caches)."""
+    from regnp.metrics import Timer
+    return 1e3 * Timer.measure(f, repeats=reps, warmup=1)
 
 
 def main(quick=False, out_dir=None):

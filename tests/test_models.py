@@ -7,6 +7,9 @@ import pytest
 from regnp.gradcheck import check_vjp
 from regnp.models import Objective, build_model
 
+from model_helpers import liven_heads
+from model_helpers import smooth_pair as pair
+
 TINY = dict(enc=(4, 4, 4), seed=0, dtype=np.float64)
 CONFIGS = {
     "vm2": dict(dec=(4, 4, 4, 4, 3)),
@@ -25,22 +28,7 @@ CONFIGS = {
 
 def make(name, cfg):
     model = build_model(name.split("-")[0], **TINY, **cfg)
-    # move the flow head off u ≈ 0: bilinear warping has kinks at integer displacements, and
-    # a field of exact zeros sits on all of them at once
-    rng = np.random.default_rng(5)
-    for mname, m in model.modules():
-        if mname.endswith("flow"):
-            m.params["w"][...] = rng.normal(0, 0.2, m.params["w"].shape)
-            m.params["b"][...] = rng.uniform(0.2, 0.4, m.params["b"].shape)
-    return model
-
-
-def pair(seed=0, shape=(2, 1, 32, 32)):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[2], :shape[3]] / shape[2]
-    F = 0.5 + 0.4 * np.sin(6 * yy + 1) * np.cos(5 * xx) + 0.05 * rng.standard_normal(shape)
-    M = 0.5 + 0.4 * np.sin(6 * yy + 1.3) * np.cos(5 * xx - 0.4) + 0.05 * rng.standard_normal(shape)
-    return F, M
+    return liven_heads(model, lambda n: n.endswith("flow"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

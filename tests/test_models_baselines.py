@@ -10,6 +10,9 @@ from regnp.models.dirnet import avgpool2x2_backward, avgpool2x2_forward
 from regnp.ops.bspline import bspline_upsample_forward
 from regnp.ops.warp import warp_forward
 
+from model_helpers import liven_heads
+from model_helpers import smooth_pair as pair
+
 CONFIGS = {
     "dirnet": dict(widths=(3, 4, 4), head=(4,)),                       # spacing 8: 4×4 grid
     "dirnet-clamp-spacing4": dict(widths=(3, 4), head=(4, 3), spacing=4, border="clamp"),
@@ -21,21 +24,7 @@ CONFIGS = {
 
 def make(name, cfg, dtype=np.float64):
     model = build_model(name.split("-")[0], seed=0, dtype=dtype, **cfg)
-    # move the output heads off u ≈ 0 (bilinear warping has kinks at integer displacements)
-    rng = np.random.default_rng(5)
-    for mname, m in model.modules():
-        if mname == "grid" or mname.startswith("flows."):
-            m.params["w"][...] = rng.normal(0, 0.2, m.params["w"].shape)
-            m.params["b"][...] = rng.uniform(0.2, 0.4, m.params["b"].shape)
-    return model
-
-
-def pair(seed=0, shape=(2, 1, 32, 32)):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[2], :shape[3]] / shape[2]
-    F = 0.5 + 0.4 * np.sin(6 * yy + 1) * np.cos(5 * xx) + 0.05 * rng.standard_normal(shape)
-    M = 0.5 + 0.4 * np.sin(6 * yy + 1.3) * np.cos(5 * xx - 0.4) + 0.05 * rng.standard_normal(shape)
-    return F, M
+    return liven_heads(model, lambda n: n == "grid" or n.startswith("flows."))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -567,16 +567,12 @@ def benchmark(reps=50, seed=0):
     - dense matvec on a float32 (2, 2, 64, 64) field, K built once (build time reported).
     """
     import time
+
+    from ..metrics import Timer
     from .kernels import Gaussian, Matern32
 
     def med(f):
-        f()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return 1e3 * float(np.median(ts))
+        return 1e3 * Timer.measure(f, repeats=reps, warmup=1)     # median ms after a warm-up
 
     rng = np.random.default_rng(seed)
     a256 = rng.standard_normal((2, 2, 256, 256)).astype(np.float32)
