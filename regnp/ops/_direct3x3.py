@@ -1,0 +1,501 @@
+"""Direct (no GEMM) 3×3, stride-1, pad-1 convolution kernels: forward, dx and dw.
+
+Why not GEMMs here? At 256×256 the U-Net layers have few channels (16–48). As per-tap GEMMs
+(see ``conv.py``) every one of the 9 taps re-reads the whole input and re-reads/re-writes the
+whole output from memory, and OpenBLAS's packing of such skinny matrices costs about as much
+as the multiply. Measured in one run on this 2-core machine, these kernels make the 256×256
+layers about 2× faster forward+backward than the shifted GEMMs (and reach 150–170 GFLOP/s of
+the ~200 peak on the big layers when the machine is quiet), with no padded copy of the input,
+no crop pass and no separate gradient-preparation pass.
+
+How it works: the image is cut into blocks of ``R`` output rows (one parallel job each).
+
+1. A job copies the ``R + 2`` input rows its block needs into a zero-padded *tile*
+   ``(Ci, (R + 2)·(W + 2))`` (rows of width W + 2, flattened; the padding is fused, and an
+   optional LeakyReLU mask is applied while copying — that is how the backward pass feeds
+   ``dz = dout · mask`` without a separate pass).
+2. For every block of ``MB = 4`` output channels it accumulates into 4 row buffers::
+
+       for c, dy:                                  x0, x1, x2 = tile[c, r + dy, j + 0/1/2]
+           acc_m[j] += w[m, c, dy, 0]·x0 + w[m, c, dy, 1]·x1 + w[m, c, dy, 2]·x2   (m = 0..3)
+
+   The innermost loop runs along the row (j) with 12 weights held in registers, so LLVM turns
+   it into SIMD fused multiply-adds: 3 loads and 4 load/stores feed 12 FMAs, all in L1 cache.
+   ``conv3x3_rows`` does this one output row at a time (best for W >= 128);
+   ``conv3x3_flat`` runs one loop over the job's flattened rows (best for narrow images,
+   where per-row loops are too short); ``conv3x3_rows2`` is the per-row kernel with blocks of
+   2 channels (the 2-channel flow head); ``conv3x3`` picks. (8 output channels per block
+   spill registers: measured 1.6× slower.)
+3. The accumulated rows get the bias and the LeakyReLU and are written to the output once.
+
+``dx`` is the same kernel run on ``dz`` with the flipped, transposed weights
+``w_dx[c, m, dy, dx] = w[m, c, 2 - dy, 2 - dx]`` (a stride-1 transposed convolution is a
+convolution); its tiles are the dz tiles. ``dw[m, c, dy, dx] = Σ dz[m, i, j] · xpad[c, i + dy,
+j + dx]`` reuses the forward's input tiles and the dz tiles: per job, 12 SIMD dot products
+(4 output channels × 3 column shifts) per (c, dy) over the flattened rows give one partial
+``dw`` per job, summed afterwards.
+
+Numba details that matter (measured): the hot loops index 1-D slices from 0 (an index like
+``a[off + q]`` with ``off`` of unknown sign compiles to gather loads), float32 sums start from
+a float32 zero (a float64 literal promotes every product), and weights are hoisted into local
+variables (else they are reloaded every iteration and the loop does not vectorise).
+
+Weights are packed as ``(Cb, Ci, 3, 3, MB)``: output channels in blocks of MB, zero-padded.
+Slow loop references sit at the bottom; ``tests/test_ops_direct3x3.py`` checks agreement.
+"""
+import numba
+import numpy as np
+
+MB = 4          # output channels per register block
+
+
+def rows_per_job(N, H, W, C):
+    """Output rows per job (measured): 8 for W >= 128 (a 34-channel tile is then 350 KB, in
+    L2), 4 at W = 64, 8 below (longer flat loops); halved until there are >= 4 jobs."""
+    R = 8 if W >= 128 else (4 if W >= 64 else 8)
+    while R > 1 and N * (-(-H // R)) < 4:
+        R //= 2
+    return R
+
+
+def pack_weights(w, mb=MB):
+    """(Co, Ci, 3, 3) -> (ceil(Co/mb), Ci, 3, 3, mb): output channels innermost, zero-padded."""
+    Co, Ci = w.shape[:2]
+    Cb = -(-Co // mb)
+    wp = np.zeros((Cb * mb, Ci, 3, 3), w.dtype)
+    wp[:Co] = w
+    return np.ascontiguousarray(wp.reshape(Cb, mb, Ci, 3, 3).transpose(0, 2, 3, 4, 1))
+
+
+def flip_transpose(w):
+    """Weights of the convolution that computes dx: w_dx[c, m] = w[m, c] rotated 180°."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, t):
+    """t (Ci, (R + 2) * (W + 2)) = zero-padded input rows r0 - 1 .. r0 + R of image n,
+    flattened; multiplied by in_slope where ysrc <= 0 when in_mask (LeakyReLU backward)."""
+    _, Ci, H, W = inp.shape
+    Wp = W + 2
+    for c in range(Ci):
+        for rr in range(R + 2):
+            y = r0 - 1 + rr
+            row = t[c, rr * Wp:(rr + 1) * Wp]              # (W + 2,)
+            if y < 0 or y >= H:
+                for j in range(W + 2):
+                    row[j] = 0.0
+                continue
+            row[0] = 0.0
+            row[W + 1] = 0.0
+            if in_mask:
+                for j in range(W):
+                    v = inp[n, c, y, j]
+                    if ysrc[n, c, y, j] <= 0:
+                        v = v * in_slope
+                    row[j + 1] = v
+            else:
+                for j in range(W):
+                    row[j + 1] = inp[n, c, y, j]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_rows(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out):
+    """out = LeakyReLU(conv3x3(inp · mask) + bias), stride 1, zero padding 1.
+
+    Inputs:
+    - inp: (N, Ci, H, W);  ysrc: same shape (read only when ``in_mask``): where ysrc <= 0 the
+      input is multiplied by ``in_slope`` (the LeakyReLU backward mask).
+    - wpk: (Cb, Ci, 3, 3, MB) packed weights (``pack_weights``);  bias: (>= Co,) if use_bias.
+    - slope, use_act: LeakyReLU applied to the output.
+    - R: output rows per job;  tiles: (N * ceil(H / R), Ci, (R + 2) * (W + 2)) scratch,
+      filled with the zero-padded input rows of each job, flattened (kept: the dw kernel reads
+      them later).
+    - out: (N, Co, H, W), written.
+    """
+    N, Ci, H, W = inp.shape
+    Co = out.shape[1]
+    Cb = wpk.shape[0]
+    nrb = (H + R - 1) // R
+    Wp = W + 2
+    for job in numba.prange(N * nrb):
+        n = job // nrb
+        r0 = (job - n * nrb) * R
+        nr = min(H, r0 + R) - r0
+        t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
+        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        # 2. 4 output channels x one row at a time, accumulated in L1-resident rows
+        acc = np.empty((MB, W), out.dtype)                     # (MB, W)
+        a0 = acc[0]
+        a1 = acc[1]
+        a2 = acc[2]
+        a3 = acc[3]
+        for b in range(Cb):
+            for rr in range(nr):
+                for j in range(W):
+                    a0[j] = 0.0
+                    a1[j] = 0.0
+                    a2[j] = 0.0
+                    a3[j] = 0.0
+                for c in range(Ci):
+                    for dy in range(3):
+                        xr = t[c, (rr + dy) * Wp:(rr + dy + 1) * Wp]   # padded row (W + 2,)
+                        wv = wpk[b, c, dy]                     # (3, MB): [dx, m]
+                        w00 = wv[0, 0]
+                        w01 = wv[0, 1]
+                        w02 = wv[0, 2]
+                        w03 = wv[0, 3]
+                        w10 = wv[1, 0]
+                        w11 = wv[1, 1]
+                        w12 = wv[1, 2]
+                        w13 = wv[1, 3]
+                        w20 = wv[2, 0]
+                        w21 = wv[2, 1]
+                        w22 = wv[2, 2]
+                        w23 = wv[2, 3]
+                        for j in range(W):                     # SIMD along the row
+                            x0 = xr[j]
+                            x1 = xr[j + 1]
+                            x2 = xr[j + 2]
+                            # written as chains a += w·x so each step is one FMA
+                            t0 = a0[j] + w00 * x0
+                            t1 = a1[j] + w01 * x0
+                            t2 = a2[j] + w02 * x0
+                            t3 = a3[j] + w03 * x0
+                            t0 = t0 + w10 * x1
+                            t1 = t1 + w11 * x1
+                            t2 = t2 + w12 * x1
+                            t3 = t3 + w13 * x1
+                            a0[j] = t0 + w20 * x2
+                            a1[j] = t1 + w21 * x2
+                            a2[j] = t2 + w22 * x2
+                            a3[j] = t3 + w23 * x2
+                # 3. bias + LeakyReLU, one write of the finished rows
+                for m in range(MB):
+                    o = b * MB + m
+                    if o < Co:
+                        bo = bias[o] if use_bias else 0.0
+                        for j in range(W):
+                            v = acc[m, j] + bo
+                            if use_act and v < 0:
+                                v = v * slope
+                            out[n, o, r0 + rr, j] = v
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_rows2(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out):
+    """``conv3x3_rows`` for 1 or 2 output channels (the flow head): blocks of 2 channels,
+    so no multiply-adds are spent on zero-padded channels. wpk: (Cb, Ci, 3, 3, 2)."""
+    N, Ci, H, W = inp.shape
+    Co = out.shape[1]
+    Cb = wpk.shape[0]
+    nrb = (H + R - 1) // R
+    Wp = W + 2
+    for job in numba.prange(N * nrb):
+        n = job // nrb
+        r0 = (job - n * nrb) * R
+        nr = min(H, r0 + R) - r0
+        t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
+        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        acc = np.empty((2, W), out.dtype)                      # (2, W)
+        a0 = acc[0]
+        a1 = acc[1]
+        for b in range(Cb):
+            for rr in range(nr):
+                for j in range(W):
+                    a0[j] = 0.0
+                    a1[j] = 0.0
+                for c in range(Ci):
+                    for dy in range(3):
+                        xr = t[c, (rr + dy) * Wp:(rr + dy + 1) * Wp]   # padded row (W + 2,)
+                        wv = wpk[b, c, dy]                     # (3, 2): [dx, m]
+                        w00 = wv[0, 0]
+                        w01 = wv[0, 1]
+                        w10 = wv[1, 0]
+                        w11 = wv[1, 1]
+                        w20 = wv[2, 0]
+                        w21 = wv[2, 1]
+                        for j in range(W):                     # SIMD along the row
+                            x0 = xr[j]
+                            x1 = xr[j + 1]
+                            x2 = xr[j + 2]
+                            t0 = a0[j] + w00 * x0
+                            t1 = a1[j] + w01 * x0
+                            t0 = t0 + w10 * x1
+                            t1 = t1 + w11 * x1
+                            a0[j] = t0 + w20 * x2
+                            a1[j] = t1 + w21 * x2
+                # 3. bias + LeakyReLU, one write of the finished rows
+                for m in range(2):
+                    o = b * 2 + m
+                    if o < Co:
+                        bo = bias[o] if use_bias else 0.0
+                        for j in range(W):
+                            v = acc[m, j] + bo
+                            if use_act and v < 0:
+                                v = v * slope
+                            out[n, o, r0 + rr, j] = v
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out):
+    """``conv3x3_rows`` computed over the flattened rows of the tile (same arguments).
+
+    Output (rr, j) of the job is flat index q = rr·Wp + j and reads the tile at
+    q + dy·Wp + dx, so each (c, dy) is one loop over nr·Wp - 2 outputs (the 2 junk columns per
+    row are computed and dropped). For narrow images (W <= 64) this long loop beats one short
+    loop per row (measured 1.5x at W = 16..32); for W >= 128 the per-row kernel is faster.
+    """
+    N, Ci, H, W = inp.shape
+    Co = out.shape[1]
+    Cb = wpk.shape[0]
+    nrb = (H + R - 1) // R
+    Wp = W + 2
+    for job in numba.prange(N * nrb):
+        n = job // nrb
+        r0 = (job - n * nrb) * R
+        nr = min(H, r0 + R) - r0
+        t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
+        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        L = nr * Wp - 2                                        # flat outputs (junk at j >= W)
+        acc = np.empty((MB, R * Wp), out.dtype)
+        a0 = acc[0]
+        a1 = acc[1]
+        a2 = acc[2]
+        a3 = acc[3]
+        for b in range(Cb):
+            for q in range(L):
+                a0[q] = 0.0
+                a1[q] = 0.0
+                a2[q] = 0.0
+                a3[q] = 0.0
+            for c in range(Ci):
+                for dy in range(3):
+                    xr = t[c, dy * Wp:]
+                    wv = wpk[b, c, dy]
+                    w00 = wv[0, 0]
+                    w01 = wv[0, 1]
+                    w02 = wv[0, 2]
+                    w03 = wv[0, 3]
+                    w10 = wv[1, 0]
+                    w11 = wv[1, 1]
+                    w12 = wv[1, 2]
+                    w13 = wv[1, 3]
+                    w20 = wv[2, 0]
+                    w21 = wv[2, 1]
+                    w22 = wv[2, 2]
+                    w23 = wv[2, 3]
+                    for j in range(L):
+                        x0 = xr[j]
+                        x1 = xr[j + 1]
+                        x2 = xr[j + 2]
+                        t0 = a0[j] + w00 * x0
+                        t1 = a1[j] + w01 * x0
+                        t2 = a2[j] + w02 * x0
+                        t3 = a3[j] + w03 * x0
+                        t0 = t0 + w10 * x1
+                        t1 = t1 + w11 * x1
+                        t2 = t2 + w12 * x1
+                        t3 = t3 + w13 * x1
+                        a0[j] = t0 + w20 * x2
+                        a1[j] = t1 + w21 * x2
+                        a2[j] = t2 + w22 * x2
+                        a3[j] = t3 + w23 * x2
+            for m in range(MB):
+                o = b * MB + m
+                if o < Co:
+                    bo = bias[o] if use_bias else 0.0
+                    for rr in range(nr):
+                        for j in range(W):
+                            v = acc[m, rr * Wp + j] + bo
+                            if use_act and v < 0:
+                                v = v * slope
+                            out[n, o, r0 + rr, j] = v
+
+
+def conv3x3(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act, R, tiles, out):
+    """Pick and run a kernel: ``conv3x3_rows2`` (W >= 128, Co <= 2), ``conv3x3_rows``
+    (W >= 128) or ``conv3x3_flat`` (narrow images). Same arguments as the kernels except
+    ``w``: unpacked (Co, Ci, 3, 3) weights (packed here)."""
+    wide = inp.shape[3] >= 128
+    if wide and w.shape[0] <= 2:
+        conv3x3_rows2(inp, ysrc, in_slope, in_mask, pack_weights(w, 2), bias, use_bias, slope,
+                      use_act, R, tiles, out)
+        return
+    kern = conv3x3_rows if wide else conv3x3_flat
+    kern(inp, ysrc, in_slope, in_mask, pack_weights(w), bias, use_bias, slope, use_act, R, tiles,
+         out)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def conv3x3_dw_rows(xt, gt, H, W, R, zero, dwp, dbp):
+    """Per-job partial weight and bias gradients from the input tiles and the dz tiles.
+
+    Inputs:
+    - xt: (J, Ci, (R + 2) * Wp) zero-padded input tiles, Wp = W + 2 (from the forward
+      ``conv3x3_rows``), flattened row-major.
+    - gt: (J, Co, (R + 2) * Wp) dz tiles (from the dx ``conv3x3_rows``; rows 1..R, columns
+      1..W hold the job's dz rows, the border columns are 0).
+    - H, W: image size (the last job may hold fewer than R rows);  R: rows per job.
+
+    The dot products run over the flattened rows: dz at flat index q pairs with x at
+    q - Wp - 1 + dy·Wp + dx. The border columns of dz are zero, so the pairs that wrap around
+    a row end contribute nothing, and each (c, dy) is one long SIMD loop (few horizontal sums).
+    - zero: 0 of the arrays' dtype (a float32 0 keeps the sums float32: a float64 literal
+      would promote every product and halve the SIMD width).
+    Returns (written):
+    - dwp: (J, Cb * MB, Ci, 3, 3): dwp[job, m, c, dy, dx] = Σ_rows,j dz[m] · xpad[c] shifted.
+    - dbp: (J, Co): Σ dz[m] over the job's rows.
+    """
+    J, Ci, _ = xt.shape
+    Wp = W + 2
+    Co = gt.shape[1]
+    Cb = dwp.shape[1] // MB
+    nrb = (H + R - 1) // R
+    for job in numba.prange(J):
+        r0 = (job % nrb) * R
+        nr = min(H, r0 + R) - r0
+        for m in range(Co):
+            s = zero
+            g = gt[job, m, Wp:]
+            for q in range(nr * Wp):
+                s += g[q]
+            dbp[job, m] = s
+        for b in range(Cb):
+            m0 = min(b * MB, Co - 1)                           # the tail block repeats the
+            m1 = min(b * MB + 1, Co - 1)                       # last channel; those results
+            m2 = min(b * MB + 2, Co - 1)                       # are not stored
+            m3 = min(b * MB + 3, Co - 1)
+            for c in range(Ci):
+                for dy in range(3):
+                    s00 = s01 = s02 = s10 = s11 = s12 = zero
+                    s20 = s21 = s22 = s30 = s31 = s32 = zero
+                    xr = xt[job, c, dy * Wp:]                  # x[q + dx] meets dz[q + Wp + 1]
+                    g0 = gt[job, m0, Wp + 1:]                  # (slices indexed from 0: LLVM
+                    g1 = gt[job, m1, Wp + 1:]                  # then sees unit-stride loads,
+                    g2 = gt[job, m2, Wp + 1:]                  # not gathers)
+                    g3 = gt[job, m3, Wp + 1:]
+                    for q in range(nr * Wp - 2):               # 12 SIMD dot products
+                        x0 = xr[q]
+                        x1 = xr[q + 1]
+                        x2 = xr[q + 2]
+                        v0 = g0[q]
+                        v1 = g1[q]
+                        v2 = g2[q]
+                        v3 = g3[q]
+                        s00 += v0 * x0
+                        s01 += v0 * x1
+                        s02 += v0 * x2
+                        s10 += v1 * x0
+                        s11 += v1 * x1
+                        s12 += v1 * x2
+                        s20 += v2 * x0
+                        s21 += v2 * x1
+                        s22 += v2 * x2
+                        s30 += v3 * x0
+                        s31 += v3 * x1
+                        s32 += v3 * x2
+                    o = b * MB
+                    dwp[job, o, c, dy, 0] = s00
+                    dwp[job, o, c, dy, 1] = s01
+                    dwp[job, o, c, dy, 2] = s02
+                    dwp[job, o + 1, c, dy, 0] = s10
+                    dwp[job, o + 1, c, dy, 1] = s11
+                    dwp[job, o + 1, c, dy, 2] = s12
+                    dwp[job, o + 2, c, dy, 0] = s20
+                    dwp[job, o + 2, c, dy, 1] = s21
+                    dwp[job, o + 2, c, dy, 2] = s22
+                    dwp[job, o + 3, c, dy, 0] = s30
+                    dwp[job, o + 3, c, dy, 1] = s31
+                    dwp[job, o + 3, c, dy, 2] = s32
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def conv3x3_dw_rows2(xt, gt, H, W, R, zero, dwp, dbp):
+    """``conv3x3_dw_rows`` for 1 or 2 output channels (6 dot products per (c, dy)); writes
+    dwp[:, :2] (dwp has >= 2 rows) and dbp."""
+    J, Ci, _ = xt.shape
+    Wp = W + 2
+    Co = gt.shape[1]
+    nrb = (H + R - 1) // R
+    for job in numba.prange(J):
+        r0 = (job % nrb) * R
+        nr = min(H, r0 + R) - r0
+        for m in range(Co):
+            s = zero
+            g = gt[job, m, Wp:]
+            for q in range(nr * Wp):
+                s += g[q]
+            dbp[job, m] = s
+        g0 = gt[job, 0, Wp + 1:]
+        g1 = gt[job, min(1, Co - 1), Wp + 1:]
+        for c in range(Ci):
+            for dy in range(3):
+                xr = xt[job, c, dy * Wp:]
+                s00 = s01 = s02 = s10 = s11 = s12 = zero
+                for q in range(nr * Wp - 2):                   # 6 SIMD dot products
+                    x0 = xr[q]
+                    x1 = xr[q + 1]
+                    x2 = xr[q + 2]
+                    v0 = g0[q]
+                    v1 = g1[q]
+                    s00 += v0 * x0
+                    s01 += v0 * x1
+                    s02 += v0 * x2
+                    s10 += v1 * x0
+                    s11 += v1 * x1
+                    s12 += v1 * x2
+                dwp[job, 0, c, dy, 0] = s00
+                dwp[job, 0, c, dy, 1] = s01
+                dwp[job, 0, c, dy, 2] = s02
+                dwp[job, 1, c, dy, 0] = s10
+                dwp[job, 1, c, dy, 1] = s11
+                dwp[job, 1, c, dy, 2] = s12
+
+
+def conv3x3_dw(xt, gt, H, W, R, zero, dwp, dbp):
+    """Run ``conv3x3_dw_rows2`` (Co <= 2) or ``conv3x3_dw_rows``; dwp: (J, ceil(Co/MB)·MB,
+    Ci, 3, 3), of which rows :Co are the result."""
+    kern = conv3x3_dw_rows2 if gt.shape[1] <= 2 else conv3x3_dw_rows
+    kern(xt, gt, H, W, R, zero, dwp, dbp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow references (explicit padding and loops, straight from the definitions)
+# ---------------------------------------------------------------------------------------------
+def conv3x3_rows_reference(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act):
+    """out = LeakyReLU(conv3x3_pad1(inp · mask, w) + bias) with w (Co, Ci, 3, 3) unpacked."""
+    z = inp * np.where(ysrc <= 0, in_slope, 1.0) if in_mask else inp
+    N, Ci, H, W = z.shape
+    Co = w.shape[0]
+    zp = np.zeros((N, Ci, H + 2, W + 2), z.dtype)
+    zp[:, :, 1:H + 1, 1:W + 1] = z
+    out = np.zeros((N, Co, H, W), z.dtype)
+    for o in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    out[:, o] += w[o, c, dy, dx] * zp[:, c, dy:dy + H, dx:dx + W]
+        if use_bias:
+            out[:, o] += bias[o]
+    if use_act:
+        out = np.where(out < 0, out * slope, out)
+    return out
+
+
+def conv3x3_dw_reference(x, dz):
+    """dw[m, c, dy, dx] = Σ_{n,i,j} dz[n, m, i, j] · xpad[n, c, i + dy, j + dx];  db = Σ dz."""
+    N, Ci, H, W = x.shape
+    Co = dz.shape[1]
+    xp = np.zeros((N, Ci, H + 2, W + 2), x.dtype)
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    dw = np.zeros((Co, Ci, 3, 3), x.dtype)
+    for m in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    dw[m, c, dy, dx] = np.sum(dz[:, m] * xp[:, c, dy:dy + H, dx:dx + W])
+    return dw, dz.sum(axis=(0, 2, 3))
