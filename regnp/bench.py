@@ -1,0 +1,305 @@
+"""Benchmark harness: ``python -m regnp.bench [--repeats R] [--quick] [--only SUBSTRING]``.
+
+Every case is a small object with a name, the FLOPs of its forward and forward+backward pass
+(2 × multiply-adds) and a ``prepare()`` that builds its inputs once and returns two callables:
+``forward()`` and ``forward_backward()``. Each is run once to warm up (Numba compilation,
+buffer allocation) and then ``repeats`` times; the table shows the median time and GFLOP/s.
+
+The cases: every convolution of the VoxelMorph-2 U-Net at batch 2, 256×256, plus the Meta-Reg
+transposed-convolution upsampler; the headline row — all U-Net convolutions run back to back
+(what a training step spends in convolutions); the 13×13 depthwise filter, the bilinear warp and
+NCC at the model's shapes; and whole models, where "fwd" is the inference of one 256×256 pair and
+"fwd+bwd" one training step at batch 2 (forward, loss, backward, Adam). ``--memory`` reports the
+peak memory of training and checks that allocations do not grow from step to step. Add a case by
+appending to ``CASES``.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import regnp  # noqa: F401  (sets the threading environment before numpy/numba load)
+
+
+class Case:
+    """One benchmark row.
+
+    - name: shown in the table and matched by ``--only``.
+    - flops: (forward FLOPs, forward+backward FLOPs), counting 2 per multiply-add.
+    - prepare: no-argument callable returning (forward, forward_backward) callables.
+    """
+
+    def __init__(self, name, flops, prepare):
+        self.name, self.flops, self.prepare = name, flops, prepare
+
+
+# The VoxelMorph-2 U-Net's convolutions: (name, Cin, Cout, input size, stride).
+UNET_CONVS = [
+    ("enc0 2->16 s2 @256", 2, 16, 256, 2),
+    ("enc1 16->32 s2 @128", 16, 32, 128, 2),
+    ("enc2 32->32 s2 @64", 32, 32, 64, 2),
+    ("enc3 32->32 s2 @32", 32, 32, 32, 2),
+    ("dec0 32->32 @16", 32, 32, 16, 1),
+    ("dec1 64->32 @32", 64, 32, 32, 1),
+    ("dec2 64->32 @64", 64, 32, 64, 1),
+    ("dec3 48->32 @128", 48, 32, 128, 1),
+    ("dec4 32->32 @128", 32, 32, 128, 1),
+    ("dec5 34->16 @256", 34, 16, 256, 1),
+    ("dec6 16->16 @256", 16, 16, 256, 1),
+    ("flow 16->2 @256", 16, 2, 256, 1),
+]
+
+
+def _conv_flops(N, Cin, Cout, Ho, Wo, k):
+    f = 2.0 * N * Cin * Cout * Ho * Wo * k * k
+    return f, 3 * f          # backward = dx + dw, each as many MACs as the forward
+
+
+def _make_conv(N, Cin, Cout, H, stride, k=3, transpose=False, seed=0):
+    """Build a layer and its input/upstream gradient; return (forward, forward_backward)."""
+    from regnp.nn.layers import Conv2d, ConvTranspose2d
+    rng = np.random.default_rng(seed)
+    if transpose:
+        layer = ConvTranspose2d(Cin, Cout, k=k, stride=stride, rng=rng)
+    else:
+        layer = Conv2d(Cin, Cout, k=k, stride=stride, pad=(k - 1) // 2, rng=rng)
+    x = rng.standard_normal((N, Cin, H, H), dtype=np.float32)
+    dout = rng.standard_normal(layer.forward(x).shape, dtype=np.float32)
+
+    def fwd():
+        layer.forward(x)
+
+    def fwd_bwd():
+        layer.forward(x)
+        layer.backward(dout)
+    return fwd, fwd_bwd
+
+
+def conv_cases(N=2):
+    cases = []
+    for name, cin, cout, H, s in UNET_CONVS:
+        Ho = H // s
+        cases.append(Case(name, _conv_flops(N, cin, cout, Ho, Ho, 3),
+                          lambda cin=cin, cout=cout, H=H, s=s: _make_conv(N, cin, cout, H, s)))
+    cases.append(Case("metareg up: convT 32->32 k2 s2 @16", _conv_flops(N, 32, 32, 16, 16, 2),
+                      lambda: _make_conv(N, 32, 32, 16, 2, k=2, transpose=True)))
+
+    def prepare_all():
+        parts = [_make_conv(N, cin, cout, H, s, seed=i)
+                 for i, (_, cin, cout, H, s) in enumerate(UNET_CONVS)]
+
+        def fwd():
+            for f, _ in parts:
+                f()
+
+        def fwd_bwd():
+            for _, fb in parts:
+                fb()
+        return fwd, fwd_bwd
+    total = tuple(sum(c.flops[i] for c in cases[:len(UNET_CONVS)]) for i in range(2))
+    cases.append(Case("U-Net convs, total (headline)", total, prepare_all))
+    return cases
+
+
+CASES = conv_cases()
+
+
+def _make_depthwise(N=2, C=2, H=256, k=13, seed=0):
+    """The meta-regularization layer's op: a k×k depthwise filter on an (N, C, H, H) field."""
+    from regnp.ops.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+    w = rng.standard_normal((C, k, k), dtype=np.float32)
+    dout = rng.standard_normal((N, C, H, H), dtype=np.float32)
+
+    def fwd():
+        depthwise_conv2d_forward(x, w)
+
+    def fwd_bwd():
+        _, cache = depthwise_conv2d_forward(x, w)
+        depthwise_conv2d_backward(dout, cache)
+    return fwd, fwd_bwd
+
+
+_dw_f = 2.0 * 2 * 2 * 256 * 256 * 13 * 13
+CASES.append(Case("depthwise 13x13 (2,2,256,256)", (_dw_f, 3 * _dw_f), _make_depthwise))
+
+
+# ---------------------------------------------------------------------------------------------
+# Other ops at the model's shapes, and whole models
+# ---------------------------------------------------------------------------------------------
+def _prep_warp(N=2, S=256):
+    from regnp.ops.warp import warp_backward, warp_forward
+    rng = np.random.default_rng(0)
+    mov = rng.random((N, 1, S, S), dtype=np.float32)
+    u = (3 * rng.standard_normal((N, 2, S, S))).astype(np.float32)
+    dout = rng.standard_normal((N, 1, S, S)).astype(np.float32)
+
+    def fwd():
+        warp_forward(mov, u)
+
+    def fb():
+        warp_backward(dout, warp_forward(mov, u)[1])
+    return fwd, fb
+
+
+def _prep_ncc(N=2, S=256):
+    from regnp.losses import ncc_backward, ncc_forward
+    rng = np.random.default_rng(0)
+    a = rng.random((N, 1, S, S), dtype=np.float32)
+    b = rng.random((N, 1, S, S), dtype=np.float32)
+
+    def fwd():
+        ncc_forward(a, b)
+
+    def fb():
+        ncc_backward(ncc_forward(a, b)[1])
+    return fwd, fb
+
+
+def _prep_model(name, N=2, S=256):
+    """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
+    (model forward, loss, backward, Adam update)."""
+    from regnp.models import Objective, build_model
+    from regnp.nn.optim import Adam
+    model = build_model(name, seed=0)
+    meta = name == "metareg"
+    obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
+    opt = Adam(model, lr=1e-4)
+    rng = np.random.default_rng(0)
+    F = rng.random((N, 1, S, S), dtype=np.float32)
+    M = rng.random((N, 1, S, S), dtype=np.float32)
+
+    def infer():
+        model.forward(F[:1], M[:1])
+
+    def step():
+        model.zero_grad()
+        obj(model, F, M)
+        opt.step()
+    return infer, step
+
+
+CASES += [
+    Case("warp bilinear (2,1,256,256), field (2,2,256,256)", (0.0, 0.0), _prep_warp),
+    Case("NCC win 9 (2,1,256,256)", (0.0, 0.0), _prep_ncc),
+]
+CASES += [Case(f"model {m}: infer 1 pair | train step batch 2 (256x256)", (0.0, 0.0),
+                    lambda m=m: _prep_model(m)) for m in ("metareg", "vm2", "vm1", "dirnet", "fcnss")]
+
+
+def memory_check(name="metareg", steps=100, S=256, N=2):
+    """Peak resident memory of training steps and the growth of traced allocations between step
+    10 and step ``steps`` (0 means no per-step leak). Returns a dict."""
+    import resource
+    import tracemalloc
+    infer, step = _prep_model(name, N, S)
+    for _ in range(10):
+        step()
+    tracemalloc.start()
+    step()
+    base = tracemalloc.get_traced_memory()[0]
+    for _ in range(steps - 11):
+        step()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024       # kB → MB (Linux)
+    return {"model": name, "steps": steps, "peak_rss_mb": rss,
+            "traced_growth_mb": (current - base) / 2 ** 20,
+            "traced_peak_in_step_mb": (peak - base) / 2 ** 20}
+
+
+def _median_ms(fn, repeats, warmup=1):
+    """Median milliseconds of fn() over ``repeats`` runs after ``warmup`` untimed runs."""
+    from regnp.metrics import Timer
+    return 1e3 * Timer.measure(fn, repeats=repeats, warmup=warmup)
+
+
+def _torch_total(N=2, repeats=5):
+    """The same U-Net convolutions in torch (CPU), forward+backward median ms, or None."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    ws, xs = [], []
+    for _, cin, cout, H, s in UNET_CONVS:
+        ws.append((torch.randn(cout, cin, 3, 3, requires_grad=True),
+                   torch.randn(cout, requires_grad=True), s))
+        xs.append(torch.randn(N, cin, H, H, requires_grad=True))
+
+    def fb():
+        for (w, b, s), x in zip(ws, xs):
+            y = F.conv2d(x, w, b, stride=s, padding=1)
+            y.backward(torch.ones_like(y))
+    return _median_ms(fb, repeats)
+
+
+def run(cases, repeats=10, progress=True):
+    """Time every case; returns a list of dict rows."""
+    try:
+        from tqdm import tqdm
+    except ImportError:      # pragma: no cover
+        def tqdm(it, **kw):
+            return it
+    rows = []
+    for case in tqdm(cases, desc="bench", disable=not progress):
+        fwd, fb = case.prepare()
+        tf = _median_ms(fwd, repeats)
+        tfb = _median_ms(fb, repeats)
+        rows.append({"name": case.name, "fwd_ms": tf, "fb_ms": tfb,
+                     "fwd_gflops": case.flops[0] / tf / 1e6,
+                     "fb_gflops": case.flops[1] / tfb / 1e6})
+    return rows
+
+
+def format_table(rows):
+    w = max(len(r["name"]) for r in rows) + 2
+    lines = [f"{'case':<{w}}{'fwd ms':>9}{'GFLOP/s':>9}{'fwd+bwd ms':>12}{'GFLOP/s':>9}",
+             "-" * (w + 39)]
+    def g(v):                                     # cases without a FLOP count show "-"
+        return f"{v:>9.1f}" if v > 0 else f"{'-':>9}"
+    for r in rows:
+        lines.append(f"{r['name']:<{w}}{r['fwd_ms']:>9.2f}{g(r['fwd_gflops'])}"
+                     f"{r['fb_ms']:>12.2f}{g(r['fb_gflops'])}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10, help="timed runs per case (median)")
+    ap.add_argument("--quick", action="store_true", help="3 repeats (a rough look)")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains this")
+    ap.add_argument("--memory", action="store_true",
+                    help="instead: peak memory and allocation growth over 100 Meta-Reg training "
+                         "steps (batch 2, 256x256)")
+    args = ap.parse_args(argv)
+    if args.memory:
+        m = memory_check()
+        print(f"{m['model']}, {m['steps']} training steps, batch 2, 256x256: peak resident "
+              f"memory {m['peak_rss_mb']:.0f} MB; traced allocations grew by "
+              f"{m['traced_growth_mb']:.3f} MB between step 11 and step {m['steps']} "
+              f"(peak inside a step {m['traced_peak_in_step_mb']:.0f} MB above the baseline)")
+        return m
+    repeats = 3 if args.quick else args.repeats
+    cases = [c for c in CASES if args.only is None or args.only.lower() in c.name.lower()]
+    if not cases:
+        raise SystemExit(f"no case matches {args.only!r}; cases: {[c.name for c in CASES]}")
+    from regnp.ops import _blas
+    print(f"batch 2, float32, {_blas.n_workers()} worker threads, "
+          f"{'OpenBLAS via ctypes' if _blas.have_cblas() else 'NumPy matmul fallback'}; "
+          f"median of {repeats} after 1 warm-up")
+    rows = run(cases, repeats)
+    print(format_table(rows))
+    if any("headline" in c.name for c in cases):
+        t = _torch_total(repeats=repeats)
+        if t is not None:
+            ours = [r for r in rows if "headline" in r["name"]][0]["fb_ms"]
+            print(f"torch, same convolutions forward+backward: {t:.1f} ms "
+                  f"(regnp / torch = {ours / t:.2f})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
