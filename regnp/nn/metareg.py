@@ -31,7 +31,7 @@ Choices the paper leaves open, and ours:
 
   Unit sum alone is not enough: the linear trace reward still pulls along zero-sum *shape*
   directions (weight moved onto the two diagonals, negative elsewhere), and in lesson 06 it drove
-  the trace from 0.36 to 7.3 and made the filter a strongly indefinite operator. So the default
+  the trace from 0.36 to about 7 and made the filter a strongly indefinite operator. So the default
   trace term is the hinge ``trace="hinge"``: ρ2 (max(0, −Tr K̃) + max(0, −Tr JK̃)), the
   "non-negativity trace penalty" sec. 4.3 describes in words — Tr K̃ ≥ 0 is the necessary PSD
   condition the term is there to promote. With it the whole loss is bounded below.
