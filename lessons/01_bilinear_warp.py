@@ -186,11 +186,13 @@ def main(quick=False, out_dir=None):
     # arrows point from each output pixel to the point it pulls from (data coordinates, rows down)
     ax[2].quiver(np.arange(0, n, step), np.arange(0, n, step), field[0, 1, ::step, ::step],
                  field[0, 0, ::step, ::step], color="tab:red", angles="xy", scale_units="xy", scale=1)
+    ax[2].set_xlim(-0.5, n - 0.5)                  # keep the image frame (quiver autoscales)
+    ax[2].set_ylim(n - 0.5, -0.5)
     ax[3].imshow(warped_labels[0, 0], cmap="viridis"); ax[3].set_title("labels, nearest warp")
     for a in ax:
         a.set_xticks([]); a.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out_dir / "01_bilinear_warp.png", dpi=90)
+    fig.savefig(out_dir / "01_bilinear_warp.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -203,7 +205,7 @@ def main(quick=False, out_dir=None):
         for k in range(-2, 3):
             a.axvline(k, color="0.85", lw=0.8, zorder=0)
     fig.tight_layout()
-    fig.savefig(out_dir / "01_bilinear_warp_kinks.png", dpi=90)
+    fig.savefig(out_dir / "01_bilinear_warp_kinks.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     print(f"\nSaved {out_dir / '01_bilinear_warp.png'} and {out_dir / '01_bilinear_warp_kinks.png'}")
 
