@@ -6,7 +6,7 @@ import pytest
 
 from regnp.gradcheck import check_vjp
 from regnp.models import Objective, build_model
-from regnp.models.dirnet import avgpool2x2_backward, avgpool2x2_forward
+from regnp.ops.pool import avgpool2x2_backward, avgpool2x2_forward
 from regnp.ops.bspline import bspline_upsample_forward
 from regnp.ops.warp import warp_forward
 

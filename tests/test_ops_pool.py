@@ -91,3 +91,16 @@ def test_bad_inputs():
     _, cache = P.upsample_nearest2x_forward(np.zeros((1, 1, 2, 3)))
     with pytest.raises(TypeError, match="dtype"):
         P.upsample_nearest2x_backward(np.zeros((1, 1, 4, 6), np.float32), cache)
+
+
+def test_avgpool2x2_block_means_and_adjoint():
+    from regnp.ops.pool import avgpool2x2_backward, avgpool2x2_forward
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 6))
+    out, cache = avgpool2x2_forward(x)
+    np.testing.assert_allclose(out, x.reshape(2, 3, 2, 2, 3, 2).mean(axis=(3, 5)), rtol=1e-14)
+    d = rng.standard_normal(out.shape)
+    # <pool(x), d> = <x, pool^T(d)>
+    assert np.isclose(np.sum(out * d), np.sum(x * avgpool2x2_backward(d, cache)))
+    with pytest.raises(ValueError, match="even H and W"):
+        avgpool2x2_forward(np.zeros((1, 1, 5, 4)))

@@ -39,29 +39,8 @@ from ..nn.layers import Conv2d
 from ..nn.module import Module
 from ..nn.unet import ConvBlock
 from ..ops.bspline import BORDERS, bspline_upsample_backward, bspline_upsample_forward
+from ..ops.pool import avgpool2x2_backward, avgpool2x2_forward
 from .base import RegistrationModel
-
-
-def avgpool2x2_forward(x):
-    """2×2 average pooling (private helper; H, W even — the model checks divisibility first).
-
-    Inputs: x (N, C, H, W).  Returns: out (N, C, H/2, W/2), cache (x's shape and dtype)."""
-    out = x[:, :, 0::2, 0::2] + x[:, :, 1::2, 0::2]        # (N, C, H/2, W/2)
-    out += x[:, :, 0::2, 1::2]
-    out += x[:, :, 1::2, 1::2]
-    out *= x.dtype.type(0.25)
-    return out, (x.shape, x.dtype)
-
-
-def avgpool2x2_backward(dout, cache):
-    """Each input pixel receives a quarter of its block's gradient.  Returns dx (N, C, H, W)."""
-    shape, dt = cache
-    N, C, H, W = shape
-    q = dout * dt.type(0.25)                                # (N, C, H/2, W/2)
-    dx = np.empty(shape, dt)
-    v = dx.reshape(N, C, H // 2, 2, W // 2, 2)
-    v[...] = q[:, :, :, None, :, None]
-    return dx
 
 
 class AvgPool2x2(Module):

@@ -48,7 +48,7 @@ from ..nn.layers import Conv2d, ConvTranspose2d
 from ..nn.unet import ConvBlock
 from ..ops.warp import warp_backward, warp_forward
 from .base import RegistrationModel
-from .dirnet import avgpool2x2_forward
+from ..ops.pool import avgpool2x2_forward
 
 
 def _nearest_transpose_up(c, rng, dtype):

@@ -252,3 +252,29 @@ def upsample_bilinear2x_forward_reference(x):
 def upsample_bilinear2x_backward_reference(dout, cache):
     Ry, Rx, dt = cache
     return np.einsum("ip,ncij,jq->ncpq", Ry, dout, Rx).astype(dt)
+
+
+# ------------------------------------------------------------------- 2×2 average pooling -------
+def avgpool2x2_forward(x):
+    """2×2 average pooling (DIRNet's downsampling; FCN-SS's coarse-scale images).
+
+    Inputs: x (N, C, H, W) with H, W even.  Returns: out (N, C, H/2, W/2), cache.
+    Four strided adds in NumPy: already memory-bound, and used on small maps only.
+    """
+    check_array("x", x, ndim=4)
+    _check_even(x)
+    out = x[:, :, 0::2, 0::2] + x[:, :, 1::2, 0::2]        # (N, C, H/2, W/2)
+    out += x[:, :, 0::2, 1::2]
+    out += x[:, :, 1::2, 1::2]
+    out *= x.dtype.type(0.25)
+    return out, (x.shape, x.dtype)
+
+
+def avgpool2x2_backward(dout, cache):
+    """Each input pixel receives a quarter of its block's gradient. Returns dx (N, C, H, W)."""
+    shape, dt = cache
+    N, C, H, W = shape
+    check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, H // 2, W // 2))
+    dx = np.empty(shape, dt)
+    dx.reshape(N, C, H // 2, 2, W // 2, 2)[...] = (dout * dt.type(0.25))[:, :, :, None, :, None]
+    return dx
