@@ -141,11 +141,9 @@ class FCNSS(RegistrationModel):
                 s = self._scale_of_stage(i)
                 g = du if s == 0 else dextras.get(self._key(s))
                 head = self.flows[self.head_stages.index(i)]
-                if g is not None:
-                    dfeat = head.backward(g)               # (N, dec[i], H/2^s, W/2^s)
-                    dh = dfeat if dh is None else dh + dfeat
-                else:
-                    head._cache = None                     # this head's output got no gradient
+                if g is not None:                          # (a head whose output got no
+                    dfeat = head.backward(g)               #  gradient is simply skipped)
+                    dh = dfeat if dh is None else dh + dfeat  # (N, dec[i], H/2^s, W/2^s)
             if dh is None:                                 # (only if the finest head had none)
                 continue
             dh = self.ups[i].backward(self.dec[i].backward(dh))
