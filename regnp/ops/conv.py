@@ -59,6 +59,13 @@ round-off floor (≈1e-6 relative at h = 1e-6 for small entries), where any chan
 order moves the measured error. The direct path is checked in float64 against the loop
 references and by gradient checks in ``tests/test_ops_direct3x3.py`` (via ``_direct_forward``).
 
+The Meta-Reg decoder's transposed convolution (k = 2, stride 2, pad 0, float32) likewise runs a
+direct kernel (``_direct_convT2.py``): it is four 1×1 convolutions, one per output phase, computed
+as one pass to 4·Co "virtual" channels and written straight into the interleaved output; its
+backward reads dout once (phase split, db, dx and a per-job partial dw in one kernel). Note that
+the direct paths keep a *reference* to their input in the cache (as the fused-activation paths
+keep their output): do not modify x in place between forward and backward.
+
 Slow, obviously correct loop versions (``*_reference``) sit at the bottom; tests assert agreement.
 """
 import numpy as np
@@ -67,6 +74,7 @@ from .._checks import check_array, check_positive_int
 from . import _blas
 from . import _direct3x3 as _d3
 from . import _direct3x3_s2 as _s2
+from . import _direct_convT2 as _t2
 from ._conv_kernels import crop_bias_act, from_phases, prep_grad, to_phases
 
 # Largest number of output columns per GEMM call: keeps one call's output block (Co × 16384
@@ -406,6 +414,13 @@ def conv_transpose2d_forward(x, w, b=None, stride=2, pad=0, output_padding=0, wo
     Wo = (W - 1) * stride - 2 * pad + kw + output_padding
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d output would be {Ho}x{Wo}; reduce pad")
+    if (x.dtype == np.float32 and (kh, kw) == (2, 2) and stride == 2 and pad == 0
+            and output_padding == 0):
+        # the U-Net's ×2 upsampler: 4 independent 1×1 convolutions, direct kernels
+        # (``_direct_convT2.py``). The cache keeps x itself (not a copy), like the fused-act
+        # paths keep their output: do not modify x in place before the backward.
+        out, R = _t2.forward(x, w, b)                          # (N, Co, 2H, 2W)
+        return out, ("directT2", x, w, b is not None, R, work)
     g = _Geom(Ho, Wo, kh, kw, stride, pad)     # the conv2d that maps (Ho, Wo) back to (H, W)
     assert (g.Ho, g.Wo) == (H, W)
     dt = x.dtype
@@ -433,6 +448,14 @@ def conv_transpose2d_backward(dout, cache):
     Returns:
     - dx: (N, Cin, H, W);  dw: (Cin, Cout, kh, kw);  db: (Cout,) or None.
     """
+    if isinstance(cache[0], str) and cache[0] == "directT2":
+        _, x, w, has_b, R, work = cache
+        N, Ci, H, W = x.shape
+        Co = w.shape[1]
+        check_array("dout", dout, ndim=4, dtype=w.dtype, shape=(N, Co, 2 * H, 2 * W))
+        tiles = work.get("convT2_tiles", _t2.tiles_shape(N, H, W, Co, R), w.dtype)
+        dx, dw, db = _t2.backward(np.ascontiguousarray(dout), x, w, R, tiles)
+        return dx, dw, (db if has_b else None)
     gpad, w, wt, has_b, g, xshape, work = cache
     N, Ci, H, W = xshape
     Co = w.shape[1]
