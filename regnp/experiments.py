@@ -5,9 +5,9 @@
     python -m regnp.experiments rkhs [--steps 600] [--size 128] [--pairs 20]
 
 ``transfer``: does a network trained only on the embedded phantom register real abdominal MRI?
-Trains Meta-Reg (the defaults of ``python -m regnp.train``) once on phantom pairs and once on
-CHAOS training slices, with the same σ, size, steps and seed, then evaluates both on the CHAOS
-test pairs (subjects never seen) and the phantom test pairs. Writes
+Trains Meta-Reg (default options; 600 steps at 128×128 unless told otherwise) once on phantom
+pairs and once on CHAOS training slices, with the same σ, size, steps and seed, then evaluates
+both on the CHAOS test pairs (subjects never seen) and the phantom test pairs. Writes
 ``figures/transfer_phantom_to_chaos.png`` and ``runs/transfer/results.json``.
 """
 import argparse
