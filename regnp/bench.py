@@ -14,8 +14,6 @@ peak memory of training and checks that allocations do not grow from step to ste
 appending to ``CASES``.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 

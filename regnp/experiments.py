@@ -3,6 +3,7 @@
     python -m regnp.experiments transfer [--steps 600] [--size 128] [--data-root DIR]
 
     python -m regnp.experiments rkhs [--steps 600] [--size 128] [--pairs 20]
+    python -m regnp.experiments ablation [--sigma 16] [--dataset phantom]
 
 ``transfer``: does a network trained only on the embedded phantom register real abdominal MRI?
 Trains Meta-Reg (default options; 600 steps at 128×128 unless told otherwise) once on phantom
@@ -87,6 +88,48 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
     return results
 
 
+def _train_and_evaluate(runs, steps, size, sigma, pairs, out, dataset="phantom", data_root=None,
+                        extra=(), progress=True, seed=0):
+    """Train each ``runs[name] = (folder, flags)`` with the same data/steps/seed and evaluate on
+    the same test pairs. Returns ({name: summary + seconds_per_step}, test dataset, indices)."""
+    from .data import load_dataset
+    from .evaluate import evaluate_pairs, summarize_records
+    from .train import config_from_args, parse_args, train
+    test = load_dataset(dataset, "test", data_root=data_root, size=size, sigma=sigma)
+    idx = range(min(pairs, len(test)))
+    results = {}
+    for name, (folder, flags) in runs.items():
+        cfg = config_from_args(parse_args(list(flags) + list(extra) + [
+            "--dataset", dataset, "--size", str(size), "--sigma", str(sigma), "--seed", str(seed)]))
+        res = train(cfg, steps, Path(out) / folder, data_root=data_root, save_every=steps,
+                    val_every=0, progress=progress)
+        s = summarize_records(evaluate_pairs(res["model"], test, idx, progress=progress))
+        s["seconds_per_step"] = res["seconds"] / steps
+        results[name] = s
+        print(f"{name:>28}: Dice {s['dice_before']['mean']:.2f} → {s['dice_after']['mean']:.2f} "
+              f"± {s['dice_after']['std']:.2f} %, |J|>0 {s['pct_positive_jacobian']['mean']:.2f} %, "
+              f"min det {s['min_jacobian']['mean']:.2f}, {1e3 * s['seconds_per_step']:.0f} ms/step")
+    return results, test, idx
+
+
+def ablation(steps=600, size=128, sigma=16.0, pairs=20, dataset="phantom", data_root=None,
+             out=None, progress=True, seed=0):
+    """Table 5's ablation: Meta-Reg vs the same network without M (ρ1 = ρ2 = 0), keeping the
+    13×13 layer as an unconstrained trainable conv, and without the layer at all."""
+    out = Path(out or REPO / "runs" / "ablation")
+    runs = {"Meta-Reg": ("metareg", ["--model", "metareg"]),
+            "ablated (13×13 kept, no M)": ("ablated", ["--model", "ablated"]),
+            "ablated (no 13×13 layer)": ("ablated_nofilter", ["--model", "ablated", "--no-filter"])}
+    results, _, idx = _train_and_evaluate(runs, steps, size, sigma, pairs, out, dataset,
+                                          data_root, progress=progress, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(
+        {"steps": steps, "size": size, "sigma": sigma, "dataset": dataset, "pairs": len(idx),
+         "results": results}, indent=1))
+    print(f"saved {out / 'results.json'}")
+    return results
+
+
 def rkhs_comparison(steps=600, size=128, sigma=10.0, pairs=20, kernel_width=3.0, out=None,
                     fig_dir=None, progress=True, seed=0):
     """Eq. 7 trained two ways — exact K·α (Kronecker) and its 13×13 approximation (eq. 10) —
@@ -99,34 +142,21 @@ def rkhs_comparison(steps=600, size=128, sigma=10.0, pairs=20, kernel_width=3.0,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs, summarize_records
+    from .evaluate import summarize_records
     from .metrics import dice, folding_stats
     from .ops.warp import warp_nearest
     from .rkhs.solver import register_rkhs
-    from .train import config_from_args, parse_args, train
 
     out = Path(out or REPO / "runs" / "rkhs")
-    test = load_dataset("phantom", "test", size=size, sigma=sigma)
-    idx = range(min(pairs, len(test)))
     runs = {                                 # name: (output folder, training flags)
         "rkhs exact (Kronecker)": ("rkhs_exact", ["--model", "rkhs", "--gram", "exact"]),
         "rkhs 13×13 (eq. 10)": ("rkhs_conv13", ["--model", "rkhs", "--gram", "conv13"]),
         "Meta-Reg": ("metareg", ["--model", "metareg"]),
         "VoxelMorph-2": ("vm2", ["--model", "vm2"]),
     }
-    results = {}
-    for name, (folder, flags) in runs.items():
-        cfg = config_from_args(parse_args(flags + ["--size", str(size), "--sigma", str(sigma),
-                                                   "--kernel-width", str(kernel_width),
-                                                   "--seed", str(seed)]))
-        res = train(cfg, steps, out / folder, save_every=steps, val_every=0, progress=progress)
-        s = summarize_records(evaluate_pairs(res["model"], test, idx, progress=progress))
-        s["seconds_per_step"] = res["seconds"] / steps
-        results[name] = s
-        print(f"{name:>24}: Dice {s['dice_before']['mean']:.2f} → {s['dice_after']['mean']:.2f} "
-              f"± {s['dice_after']['std']:.2f} %, |J|>0 {s['pct_positive_jacobian']['mean']:.2f} %, "
-              f"{1e3 * s['seconds_per_step']:.0f} ms/step, {1e3 * s['seconds_per_pair_median']:.1f} ms/pair")
+    results, test, idx = _train_and_evaluate(runs, steps, size, sigma, pairs, out,
+                                             extra=["--kernel-width", str(kernel_width)],
+                                             progress=progress, seed=seed)
     recs = []
     for i in idx:
         b = test.batch([i])
@@ -189,6 +219,14 @@ def main(argv=None):
     t.add_argument("--pairs", type=int, default=40, help="test pairs per set")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", default=None)
+    b = sub.add_parser("ablation", help="Meta-Reg vs ablated (with / without the 13×13 layer)")
+    b.add_argument("--steps", type=int, default=600)
+    b.add_argument("--size", type=int, default=128)
+    b.add_argument("--sigma", type=float, default=16.0)
+    b.add_argument("--pairs", type=int, default=20)
+    b.add_argument("--dataset", default="phantom")
+    b.add_argument("--data-root", default=None)
+    b.add_argument("--out", default=None)
     r = sub.add_parser("rkhs", help="eq. 7 exact vs 13×13, Meta-Reg, VM-2 and the eq. 6 solver")
     r.add_argument("--steps", type=int, default=600)
     r.add_argument("--size", type=int, default=128)
@@ -200,6 +238,8 @@ def main(argv=None):
     try:
         if a.experiment == "transfer":
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs)
+        elif a.experiment == "ablation":
+            ablation(a.steps, a.size, a.sigma, a.pairs, a.dataset, a.data_root, a.out)
         else:
             rkhs_comparison(a.steps, a.size, a.sigma, a.pairs, a.kernel_width, a.out)
     except (ValueError, FileNotFoundError) as e:

@@ -114,7 +114,7 @@ def save_figure(path, fixed, moving, warped, u, det):
         ax[1, 0].plot(fx, fy, "r.", ms=1)
     ax[1, 0].set_xlim(0, W - 1)
     ax[1, 0].set_ylim(H - 1, 0)
-    ax[1, 0].set_title(f"(d) deformation φ = id + u (red: det ≤ 0)")
+    ax[1, 0].set_title("(d) deformation φ = id + u (red: det ≤ 0)")
     d0, d1 = np.abs(fixed - moving), np.abs(fixed - warped)
     vmax = max(d0.max(), 1e-6)
     ax[1, 1].imshow(d0, cmap="magma", vmin=0, vmax=vmax)

@@ -38,6 +38,9 @@ def parse_args(argv=None):
     g.add_argument("--model", default="metareg", choices=MODEL_NAMES)
     g.add_argument("--enc", default=None, help="encoder widths, e.g. 16,32,32,32")
     g.add_argument("--dec", default=None, help="decoder widths, e.g. 32,32,32,32,32,16,16")
+    g.add_argument("--upsample", default=None, choices=("transpose", "nearest"),
+                   help="decoder upsampling (default: transpose for metareg/ablated, nearest for "
+                        "vm1/vm2/rkhs)")
     g.add_argument("--kernel-size", type=int, default=13, help="meta-regularization filter size")
     g.add_argument("--filter-param", default="free", choices=("free", "psd"))
     g.add_argument("--filter-init", default="gaussian", choices=("gaussian", "delta"))
@@ -95,6 +98,10 @@ def config_from_args(a):
         mopts["enc"] = _widths(a.enc)
     if a.dec:
         mopts["dec"] = _widths(a.dec)
+    if a.upsample:
+        if a.model not in ("metareg", "ablated", "vm1", "vm2", "rkhs"):
+            raise TrainingError(f"--upsample applies to the U-Net models, not {a.model}")
+        mopts["upsample"] = a.upsample
     if a.model in ("metareg", "ablated"):
         mopts.update(kernel_size=a.kernel_size, param=a.filter_param, init=a.filter_init,
                      shared=not a.per_channel_filter)

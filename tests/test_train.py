@@ -147,3 +147,14 @@ def test_no_per_step_allocation_growth():
     growth = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert growth < 256 * 1024, f"traced memory grew by {growth / 1024:.0f} kB over 25 steps"
+
+
+def test_upsample_flag_reaches_the_model():
+    from regnp.models import build_model
+    cfg = tiny_config("--model", "metareg", "--upsample", "nearest")
+    m = build_model(cfg["model"], **cfg["model_options"])
+    assert m.unet.upsample == "nearest"
+    cfg = tiny_config("--model", "vm2", "--upsample", "transpose")
+    assert build_model(cfg["model"], **cfg["model_options"]).unet.upsample == "transpose"
+    with pytest.raises(TrainingError, match="U-Net models"):
+        tiny_config("--model", "dirnet", "--upsample", "nearest")

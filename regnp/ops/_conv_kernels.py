@@ -14,7 +14,6 @@ image xp[y, x] = x[y - p, x - p] (0 outside) is split into s·s phases
 length S >= Hq·Wq (the tail is zero).
 """
 import numba
-import numpy as np
 
 
 @numba.njit(parallel=True, cache=True)
