@@ -219,6 +219,7 @@ def main(argv=None):
     t.add_argument("--pairs", type=int, default=40, help="test pairs per set")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", default=None)
+    t.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("ablation", help="Meta-Reg vs ablated (with / without the 13×13 layer)")
     b.add_argument("--steps", type=int, default=600)
     b.add_argument("--size", type=int, default=128)
@@ -227,6 +228,7 @@ def main(argv=None):
     b.add_argument("--dataset", default="phantom")
     b.add_argument("--data-root", default=None)
     b.add_argument("--out", default=None)
+    b.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("rkhs", help="eq. 7 exact vs 13×13, Meta-Reg, VM-2 and the eq. 6 solver")
     r.add_argument("--steps", type=int, default=600)
     r.add_argument("--size", type=int, default=128)
@@ -234,14 +236,17 @@ def main(argv=None):
     r.add_argument("--pairs", type=int, default=20)
     r.add_argument("--kernel-width", type=float, default=3.0)
     r.add_argument("--out", default=None)
+    r.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
         if a.experiment == "transfer":
-            transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs)
+            transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
         elif a.experiment == "ablation":
-            ablation(a.steps, a.size, a.sigma, a.pairs, a.dataset, a.data_root, a.out)
+            ablation(a.steps, a.size, a.sigma, a.pairs, a.dataset, a.data_root, a.out,
+                     seed=a.seed)
         else:
-            rkhs_comparison(a.steps, a.size, a.sigma, a.pairs, a.kernel_width, a.out)
+            rkhs_comparison(a.steps, a.size, a.sigma, a.pairs, a.kernel_width, a.out,
+                            seed=a.seed)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
