@@ -192,7 +192,7 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
     t_start = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=config["model"],
                disable=not progress, dynamic_ncols=True)
-    completed, updating = start, False
+    completed, updating, diag = start, False, model.diagnostics()
     try:
         for step in bar:
             b = train_ds.batch(_batch_indices(step, n, bs, config["seed"]))
@@ -209,11 +209,13 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
             opt.step()
             updating = False
             s = completed = step + 1
-            diag = model.diagnostics()
+            logging = s % log_every == 0 or s == steps
+            if logging:                     # filter diagnostics (eigenvalues, FFT): log steps only
+                diag = model.diagnostics()
             bar.set_postfix({k: f"{v:.4g}" for k, v in
                              [("loss", terms["loss"]), ("sim", terms["sim"]), ("reg", terms["reg"]),
                               ("meta", terms["meta"])] + [(k, diag[k]) for k in ("k_sum",) if k in diag]})
-            if s % log_every == 0 or s == steps:
+            if logging:
                 rec = {"step": s, **{k: float(v) for k, v in terms.items()},
                        **{k: float(v) for k, v in diag.items()}}
                 if val_every and (s % val_every == 0 or s == steps):

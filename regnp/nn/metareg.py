@@ -143,7 +143,6 @@ class MetaRegConv(Module):
 
     def backward(self, du):
         dg, dKeff = depthwise_conv2d_backward(du, self._cache)
-        self.effective_filter()                                      # refresh caches (cheap)
         self._filter_backward(dKeff)
         return dg
 
