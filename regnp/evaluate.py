@@ -88,10 +88,11 @@ def markdown_table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m regnp.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint .npz written by regnp.train")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint .npz written by regnp.train, or its run folder")
     p.add_argument("--dataset", default=None, help="phantom|chaos|acdc|jsrt (default: the training set)")
     p.add_argument("--data-root", default=None, help="folder with the real sets (default ../shared/data)")
-    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--sigma", type=float, default=None, help="synthetic deformation σ (default: as trained)")
     p.add_argument("--size", type=int, default=None, help="working size (default: as trained)")
     p.add_argument("--pairs", type=int, default=None, help="evaluate only the first N test pairs")
@@ -101,7 +102,7 @@ def main(argv=None):
     p.add_argument("--compare", nargs="*", default=[], help="other metrics.json files: unpaired "
                                                           "t-tests of Dice against each")
     a = p.parse_args(argv)
-    from .checkpoint import CheckpointError, load_model
+    from .checkpoint import CheckpointError, checkpoint_path, load_model
     from .data import load_dataset
     try:
         model, cfg = load_model(a.checkpoint)
@@ -114,7 +115,7 @@ def main(argv=None):
         records = evaluate_pairs(model, ds, idx, progress=True)
         summary = summarize_records(records)
         method = a.name or cfg["model"]
-        out = Path(a.out) if a.out else Path(a.checkpoint).parent
+        out = Path(a.out) if a.out else checkpoint_path(a.checkpoint).parent
         out.mkdir(parents=True, exist_ok=True)
         result = {"method": method, "checkpoint": str(a.checkpoint), "dataset": name,
                   "split": a.split, "sigma": sigma, "size": size, "summary": summary,

@@ -1,9 +1,17 @@
-"""Experiments that produce the figures and tables quoted in the README.
+"""The paper's experiments as a resumable grid of jobs, and the report built from their JSON.
 
+    python -m regnp.experiments PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
+                                         [--seeds 0 1] [--out results/runs]
+    python -m regnp.experiments report [--out results/runs]
     python -m regnp.experiments transfer [--steps 600] [--size 128] [--data-root DIR]
 
-    python -m regnp.experiments rkhs [--steps 600] [--size 128] [--pairs 20]
-    python -m regnp.experiments ablation [--sigma 16] [--dataset phantom]
+PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
+``regnp.protocols``). Each job trains one model in its own folder under ``--out`` and writes
+``metrics.json`` when it finishes; a finished job is skipped, an interrupted one resumes from
+its checkpoint, so the command can simply be run again after a crash or on another day. Jobs
+run in ``--jobs`` local worker processes (default: one per core, one thread each — faster on 2
+cores than one job with 2 threads) or on a Dask cluster (``--scheduler``). ``report`` rebuilds
+``results/TABLES.md`` and the figures from the JSON files alone, in seconds.
 
 ``transfer``: does a network trained only on the embedded phantom register real abdominal MRI?
 Trains Meta-Reg (default options; 600 steps at 128×128 unless told otherwise) once on phantom
@@ -13,6 +21,7 @@ both on the CHAOS test pairs (subjects never seen) and the phantom test pairs. W
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,166 +97,134 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
     return results
 
 
-def _train_and_evaluate(runs, steps, size, sigma, pairs, out, dataset="phantom", data_root=None,
-                        extra=(), progress=True, seed=0):
-    """Train each ``runs[name] = (folder, flags)`` with the same data/steps/seed and evaluate on
-    the same test pairs. Returns ({name: summary + seconds_per_step}, test dataset, indices)."""
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs, summarize_records
-    from .train import config_from_args, parse_args, train
-    test = load_dataset(dataset, "test", data_root=data_root, size=size, sigma=sigma)
-    idx = range(min(pairs, len(test)))
-    results = {}
-    for name, (folder, flags) in runs.items():
-        cfg = config_from_args(parse_args(list(flags) + list(extra) + [
-            "--dataset", dataset, "--size", str(size), "--sigma", str(sigma), "--seed", str(seed)]))
-        res = train(cfg, steps, Path(out) / folder, data_root=data_root, save_every=steps,
-                    val_every=0, progress=progress)
-        s = summarize_records(evaluate_pairs(res["model"], test, idx, progress=progress))
-        s["seconds_per_step"] = res["seconds"] / steps
-        results[name] = s
-        print(f"{name:>28}: Dice {s['dice_before']['mean']:.2f} → {s['dice_after']['mean']:.2f} "
-              f"± {s['dice_after']['std']:.2f} %, |J|>0 {s['pct_positive_jacobian']['mean']:.2f} %, "
-              f"min det {s['min_jacobian']['mean']:.2f}, {1e3 * s['seconds_per_step']:.0f} ms/step")
-    return results, test, idx
+def _summary_line(m):
+    """One line per finished job: name, Dice per test set, folding, time."""
+    parts = []
+    for name, t in m["tests"].items():
+        s = t["summary"]
+        parts.append(f"{name}: Dice {s['dice_before']['mean']:.1f} → {s['dice_after']['mean']:.2f} "
+                     f"± {s['dice_after']['std']:.2f} %, |J|>0 {s['pct_positive_jacobian']['mean']:.2f} %")
+    tr = m.get("train")
+    tail = (f"; {tr['steps']} steps in {tr['seconds'] / 60:.1f} min" if tr else "")
+    return f"{m['config']['name']}: " + "; ".join(parts) + tail
 
 
-def ablation(steps=600, size=128, sigma=16.0, pairs=20, dataset="phantom", data_root=None,
-             out=None, progress=True, seed=0):
-    """Table 5's ablation: Meta-Reg vs the same network without M (ρ1 = ρ2 = 0), keeping the
-    13×13 layer as an unconstrained trainable conv, and without the layer at all."""
-    out = Path(out or REPO / "runs" / "ablation")
-    runs = {"Meta-Reg": ("metareg", ["--model", "metareg"]),
-            "ablated (13×13 kept, no M)": ("ablated", ["--model", "ablated"]),
-            "ablated (no 13×13 layer)": ("ablated_nofilter", ["--model", "ablated", "--no-filter"])}
-    results, _, idx = _train_and_evaluate(runs, steps, size, sigma, pairs, out, dataset,
-                                          data_root, progress=progress, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"steps": steps, "size": size, "sigma": sigma, "dataset": dataset, "pairs": len(idx),
-         "results": results}, indent=1))
-    print(f"saved {out / 'results.json'}")
-    return results
+def _default_jobs():
+    return max(1, os.cpu_count() or 1)
 
 
-def rkhs_comparison(steps=600, size=128, sigma=10.0, pairs=20, kernel_width=3.0, out=None,
-                    fig_dir=None, progress=True, seed=0):
-    """Eq. 7 trained two ways — exact K·α (Kronecker) and its 13×13 approximation (eq. 10) —
-    next to Meta-Reg and VoxelMorph-2, all with the same steps/seed/pairs, and the classical
-    per-pair solver of eq. 6 on the same test pairs. Reports Dice, % det J > 0, min det J,
-    seconds per training step and seconds per test pair."""
-    import time
+def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, steps=None,
+                  phantom=False, jobs=None, threads=None, scheduler=None, data_root=None,
+                  progress=True, executor=None):
+    """Expand ``protocols`` into jobs (shared jobs once) and run the unfinished ones.
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``executor``: an Executor-like object to use as is (tests pass a Dask LocalCluster's
+    client); otherwise ``scheduler`` (a Dask address), else a local pool of ``jobs`` processes
+    with ``threads`` threads each (``jobs=1`` runs in this process). Returns ``{name: metrics}``.
+    """
+    from .grid import dask_executor, local_executor, run_grid
+    from .protocols import SEEDS, protocol_jobs
+    configs, seen = [], set()
+    for proto in protocols:
+        for c in protocol_jobs(proto, seeds=seeds or SEEDS, quick=quick, steps=steps,
+                               phantom=phantom, all_seeds=all_seeds):
+            if c["name"] not in seen:
+                seen.add(c["name"])
+                configs.append(c)
+    cores = os.cpu_count() or 1
+    jobs = jobs or _default_jobs()
+    threads = threads or max(1, cores // jobs)
+    own = executor is None
+    if own and scheduler:
+        executor = dask_executor(scheduler)
+    elif own and jobs > 1:
+        executor = local_executor(jobs, threads)
+    try:
+        return run_grid(configs, out, executor=executor, data_root=data_root,
+                        threads=None if scheduler else threads, progress=progress,
+                        on_result=lambda m: print(_summary_line(m), flush=True))
+    finally:
+        if own and executor is not None:
+            if hasattr(executor, "shutdown"):
+                executor.shutdown()
+            if hasattr(executor, "close"):
+                executor.close()
 
-    from .evaluate import summarize_records
-    from .metrics import dice, folding_stats
-    from .ops.warp import warp_nearest
-    from .rkhs.solver import register_rkhs
 
-    out = Path(out or REPO / "runs" / "rkhs")
-    runs = {                                 # name: (output folder, training flags)
-        "rkhs exact (Kronecker)": ("rkhs_exact", ["--model", "rkhs", "--gram", "exact"]),
-        "rkhs 13×13 (eq. 10)": ("rkhs_conv13", ["--model", "rkhs", "--gram", "conv13"]),
-        "Meta-Reg": ("metareg", ["--model", "metareg"]),
-        "VoxelMorph-2": ("vm2", ["--model", "vm2"]),
-    }
-    results, test, idx = _train_and_evaluate(runs, steps, size, sigma, pairs, out,
-                                             extra=["--kernel-width", str(kernel_width)],
-                                             progress=progress, seed=seed)
-    recs = []
-    for i in idx:
-        b = test.batch([i])
-        t0 = time.perf_counter()
-        r = register_rkhs(b["fixed"], b["moving"])          # solver defaults (Gaussian, width 16)
-        sec = time.perf_counter() - t0
-        wm = warp_nearest(b["moving_mask"], r.u)[0, 0]
-        labels = list(test.eval_labels)
-        fm = b["fixed_mask"][0, 0]
-        before = dice(fm, b["moving_mask"][0, 0], labels=labels)["mean"]
-        after = dice(fm, wm, labels=labels)["mean"]
-        fold = folding_stats(r.u[0])
-        recs.append({"dice_before": before, "dice_after": after, "seconds": sec,
-                     "pct_positive_jacobian": float(fold["pct_positive"]),
-                     "min_jacobian": float(fold["min_det"]),
-                     "dice_before_per_label": {}, "dice_after_per_label": {}})
-    s = summarize_records(recs)
-    s["seconds_per_step"] = None
-    results["classical RKHS solver (eq. 6)"] = s
-    print(f"{'classical RKHS solver':>24}: Dice {s['dice_before']['mean']:.2f} → "
-          f"{s['dice_after']['mean']:.2f} ± {s['dice_after']['std']:.2f} %, |J|>0 "
-          f"{s['pct_positive_jacobian']['mean']:.2f} %, {s['seconds_per_pair_median']:.2f} s/pair")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {"steps": steps, "size": size, "sigma": sigma, "pairs": len(idx),
-         "kernel_width": kernel_width, "results": results}, indent=1))
-
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
-    names = list(results)
-    x = np.arange(len(names))
-    ax[0].bar(x, [results[n]["dice_after"]["mean"] for n in names],
-              yerr=[results[n]["dice_after"]["std"] for n in names], color="tab:blue")
-    ax[0].axhline(results[names[0]]["dice_before"]["mean"], color="gray", ls=":",
-                  label="before registration")
-    ax[0].set_xticks(x, [n.replace(" (", "\n(") for n in names], fontsize=7)
-    ax[0].set_ylim(50, 100)
-    ax[0].set_ylabel("liver + spleen Dice (%)")
-    ax[0].legend()
-    ax[0].set_title(f"phantom test pairs ({len(idx)}), {size}², σ = {sigma:g}")
-    ax[1].bar(x, [results[n]["seconds_per_pair_median"] for n in names], color="tab:orange")
-    ax[1].set_yscale("log")
-    ax[1].set_xticks(x, [n.replace(" (", "\n(") for n in names], fontsize=7)
-    ax[1].set_ylabel("seconds per pair (median)")
-    ax[1].set_title("registration time")
-    fig.tight_layout()
-    path = Path(fig_dir or REPO / "figures") / "rkhs_exact_vs_conv13_vs_solver.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"saved {path} and {out / 'results.json'}")
-    return results
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m regnp.experiments", description=__doc__.splitlines()[0])
+    from .protocols import PROTOCOLS, SEEDS
+    p = argparse.ArgumentParser(prog="python -m regnp.experiments",
+                                description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="experiment", required=True)
+    for proto in PROTOCOLS + ("all",):
+        g = sub.add_parser(proto, help=f"run the {proto} protocol" if proto != "all"
+                           else "every protocol, most important first")
+        g.add_argument("--quick", action="store_true",
+                       help="64×64, a few steps and pairs: minutes (results go to runs/grid-quick)")
+        g.add_argument("--jobs", type=_positive_int, default=None,
+                       help="local worker processes (default: one per core)")
+        g.add_argument("--threads", type=_positive_int, default=None,
+                       help="threads per job (default: cores / jobs)")
+        g.add_argument("--scheduler", default=None,
+                       help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+        g.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                       help="training seeds of Meta-Reg, VM-2 and the ablated network "
+                            "(other models use the first)")
+        g.add_argument("--all-seeds", action="store_true", help="every model with every seed")
+        g.add_argument("--steps", type=_positive_int, default=None,
+                       help="override the training length (default: the protocol's)")
+        g.add_argument("--phantom", action="store_true",
+                       help="use the embedded phantom in place of every real set (no data needed)")
+        g.add_argument("--out", default=None, help="job folders (default results/runs, or "
+                                                   "runs/grid-quick with --quick)")
+        g.add_argument("--data-root", default=None)
+        g.add_argument("--list", action="store_true", help="list the jobs and their status only")
     t = sub.add_parser("transfer", help="phantom-trained vs CHAOS-trained Meta-Reg on CHAOS")
-    t.add_argument("--steps", type=int, default=600)
-    t.add_argument("--size", type=int, default=128)
+    t.add_argument("--steps", type=_positive_int, default=600)
+    t.add_argument("--size", type=_positive_int, default=128)
     t.add_argument("--sigma", type=float, default=10.0)
-    t.add_argument("--pairs", type=int, default=40, help="test pairs per set")
+    t.add_argument("--pairs", type=_positive_int, default=40, help="test pairs per set")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", default=None)
     t.add_argument("--seed", type=int, default=0)
-    b = sub.add_parser("ablation", help="Meta-Reg vs ablated (with / without the 13×13 layer)")
-    b.add_argument("--steps", type=int, default=600)
-    b.add_argument("--size", type=int, default=128)
-    b.add_argument("--sigma", type=float, default=16.0)
-    b.add_argument("--pairs", type=int, default=20)
-    b.add_argument("--dataset", default="phantom")
-    b.add_argument("--data-root", default=None)
-    b.add_argument("--out", default=None)
-    b.add_argument("--seed", type=int, default=0)
-    r = sub.add_parser("rkhs", help="eq. 7 exact vs 13×13, Meta-Reg, VM-2 and the eq. 6 solver")
-    r.add_argument("--steps", type=int, default=600)
-    r.add_argument("--size", type=int, default=128)
-    r.add_argument("--sigma", type=float, default=10.0)
-    r.add_argument("--pairs", type=int, default=20)
-    r.add_argument("--kernel-width", type=float, default=3.0)
-    r.add_argument("--out", default=None)
-    r.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .grid import GridError
     try:
         if a.experiment == "transfer":
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
-        elif a.experiment == "ablation":
-            ablation(a.steps, a.size, a.sigma, a.pairs, a.dataset, a.data_root, a.out,
-                     seed=a.seed)
-        else:
-            rkhs_comparison(a.steps, a.size, a.sigma, a.pairs, a.kernel_width, a.out,
-                            seed=a.seed)
-    except (ValueError, FileNotFoundError) as e:
+            return
+        protos = [x for x in PROTOCOLS if x != "steps"] if a.experiment == "all" else [a.experiment]
+        out = Path(a.out or ("runs/grid-quick" if a.quick else "results/runs"))
+        if out.exists() and not out.is_dir():
+            raise GridError(f"--out {out} is a file; give a folder")
+        if a.list:
+            from .grid import job_status
+            from .protocols import protocol_jobs
+            for proto in protos:
+                for c in protocol_jobs(proto, seeds=a.seeds, quick=a.quick, steps=a.steps,
+                                       phantom=a.phantom, all_seeds=a.all_seeds):
+                    print(f"{proto:>9}  {job_status(out, c):>7}  {c['name']}")
+            return
+        res = run_protocols(protos, out, quick=a.quick, seeds=a.seeds, all_seeds=a.all_seeds,
+                            steps=a.steps, phantom=a.phantom, jobs=a.jobs, threads=a.threads,
+                            scheduler=a.scheduler, data_root=a.data_root)
+        print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.experiments report "
+              f"--out {out}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished jobs are saved, interrupted ones resume from their "
+                 "checkpoints; run the same command again to continue")
+    except (GridError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

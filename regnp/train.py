@@ -8,28 +8,55 @@ before and after registration on held-out pairs. Everything a VoxelMorph user lo
                           --lambda 0.04 --lr 1e-4 --out runs/vm2_chaos16
     python -m regnp.train --out runs/vm2_chaos16 --resume --steps 6000   # continue
 
-Outputs in ``--out``: ``checkpoint.npz`` + ``checkpoint.json`` (weights, Adam state, step,
-options; written atomically every ``--save-every`` steps and at the end), ``loss_curve.png``,
-``log.jsonl`` (one line per logged step). Batches are drawn from a permutation of the training
-pairs seeded by (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run
-would have seen, and ends with the same parameters.
+Outputs in ``--out``: ``checkpoint.npz`` (weights, Adam state, step and options in one file,
+replaced atomically every ``--save-every`` steps and at the end; the one before it is kept as
+``checkpoint.prev.npz``), ``loss_curve.png``, ``log.jsonl`` (one line per logged step).
+Batches are drawn from a permutation of the training pairs seeded by (seed, epoch), so a resumed
+run sees exactly the batches the uninterrupted run would have seen, and ends with the same
+parameters.
+
+Safety: an ``--out`` that already holds a run is refused unless ``--resume`` (continue it) or
+``--overwrite`` (replace it) is given; ``--resume`` refuses options that contradict the
+checkpoint (only the options in ``SAFE_ON_RESUME`` may change); a NaN/Inf loss, gradient,
+parameter or optimizer state, or a loss that stays far above its starting value (divergence),
+stops training with a message naming the step and the last good checkpoint, which is never
+overwritten by a bad one. Validation uses held-out *training* subjects (the ``val`` split),
+never the test subjects.
 """
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._checks import count_nonfinite
+from .checkpoint import CheckpointError, backup_path, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_pairs, summarize_records
 from .models import MODEL_NAMES, Objective, build_model
 from .nn.optim import Adam
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (NaN/Inf loss, bad configuration)."""
+    """Training cannot go on (NaN/Inf loss, divergence, bad configuration)."""
+
+
+# Options that may differ between a run and its --resume: they change how long the run goes and
+# what it writes, not what it computes. Everything else must match the checkpoint.
+SAFE_ON_RESUME = ("steps", "epochs", "save_every", "val_every", "val_pairs", "log_every",
+                  "no_progress", "data_root", "out", "resume", "overwrite", "divergence_patience")
+
+# The entries of a run's config that define what it computes, with the flags that set them.
+RUN_KEYS = {"model": "--model", "model_options": "--model/--enc/--dec/--kernel-size/--seed/...",
+            "objective": "--loss/--reg/--lambda/--rho1/--rho2", "data": "--dataset/--size/--sigma/--pairs",
+            "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed"}
+
+# A loss above DIVERGENCE_FACTOR × |its starting value| for --divergence-patience consecutive
+# steps is divergence. Healthy runs start at their highest loss (unregistered pairs); 10× is
+# far outside anything seen in training, while a diverged run (e.g. --lr 1) goes to 1e28.
+DIVERGENCE_FACTOR = 10.0
 
 
 def parse_args(argv=None):
@@ -70,20 +97,80 @@ def parse_args(argv=None):
     g.add_argument("--rho1", type=float, default=None, help="symmetry weight (default 10; 0 for baselines)")
     g.add_argument("--rho2", type=float, default=None, help="trace weight (default 1e-3; 0 for baselines)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=None, help="training steps (default 1000)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="training steps (default 1000); may change on --resume")
     g.add_argument("--epochs", type=float, default=None, help="alternatively, passes over the pairs")
     g.add_argument("--batch-size", type=int, default=2)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--out", default="runs/default", help="output folder")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    g.add_argument("--save-every", type=int, default=100)
-    g.add_argument("--val-every", type=int, default=250)
-    g.add_argument("--val-pairs", type=int, default=8)
-    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint. Options that define the "
+                        "run (model, data, objective, --lr, --batch-size, --seed) must match the "
+                        "checkpoint or be left out; these may change: --steps/--epochs, "
+                        "--save-every, --val-every, --val-pairs, --log-every, --no-progress, "
+                        "--data-root, --divergence-patience")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (its checkpoint and log are deleted)")
+    g.add_argument("--save-every", type=int, default=100, help="checkpoint interval (steps)")
+    g.add_argument("--val-every", type=int, default=250,
+                   help="validation interval (steps; 0 = none) on held-out training subjects")
+    g.add_argument("--val-pairs", type=int, default=8, help="validation pairs (0 = no validation)")
+    g.add_argument("--log-every", type=int, default=10, help="log.jsonl interval (steps)")
+    g.add_argument("--divergence-patience", type=int, default=50,
+                   help=f"stop when the loss stays above {DIVERGENCE_FACTOR:g}x its starting "
+                        f"value for this many steps (0 = never)")
     g.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.explicit = _explicit_options(p, argv)
+    return a
+
+
+def _explicit_options(parser, argv):
+    """The destinations of the options the user actually typed (not their defaults)."""
+    unset = object()
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:                     # same options, every default "unset"
+        if action.option_strings and action.dest != "help":
+            kw = {"dest": action.dest, "default": unset}
+            if isinstance(action, argparse._StoreTrueAction):
+                kw["action"] = "store_true"
+            else:
+                kw["type"] = str
+            probe.add_argument(*action.option_strings, **kw)
+    ns, _ = probe.parse_known_args(argv)
+    return {k for k, v in vars(ns).items() if v is not unset}
+
+
+def check_options(a):
+    """Reject integer options outside their range with one clear message each."""
+    positive = {"batch_size": "--batch-size", "save_every": "--save-every",
+                "log_every": "--log-every", "size": "--size", "kernel_size": "--kernel-size"}
+    for dest, flag in positive.items():
+        v = getattr(a, dest)
+        if v is not None and v <= 0:
+            raise TrainingError(f"{flag} must be a positive integer, got {v}")
+    for dest, flag in {"val_every": "--val-every", "val_pairs": "--val-pairs",
+                       "divergence_patience": "--divergence-patience"}.items():
+        if getattr(a, dest) < 0:
+            raise TrainingError(f"{flag} must be ≥ 0 (0 turns it off), got {getattr(a, dest)}")
+    if a.pairs is not None and a.pairs <= 0:
+        raise TrainingError(f"--pairs must be a positive integer (or left out for the set's "
+                            f"default), got {a.pairs}")
+    if a.steps is not None and a.steps <= 0:
+        raise TrainingError(f"--steps must be a positive integer, got {a.steps}")
+    if a.epochs is not None and not a.epochs > 0:
+        raise TrainingError(f"--epochs must be > 0, got {a.epochs}")
+    if a.kernel_size % 2 == 0:
+        raise TrainingError(f"--kernel-size must be odd (the filter has a centre), got "
+                            f"{a.kernel_size}")
+    for dest, flag in (("lr", "--lr"), ("lam", "--lambda"), ("rho1", "--rho1"),
+                       ("rho2", "--rho2"), ("sigma", "--sigma"), ("kernel_width", "--kernel-width")):
+        v = getattr(a, dest)
+        if v is not None and (not np.isfinite(v) or v < 0 or (dest in ("lr", "kernel_width")
+                                                              and v == 0)):
+            raise TrainingError(f"{flag} must be a finite number {'> 0' if dest in ('lr', 'kernel_width') else '≥ 0'}, got {v}")
 
 
 def _widths(s):
@@ -124,6 +211,11 @@ def config_from_args(a):
     }
 
 
+def _args_record(a):
+    """The command-line options as stored in a checkpoint (to check a later --resume)."""
+    return {k: v for k, v in vars(a).items() if k not in SAFE_ON_RESUME and k != "explicit"}
+
+
 def _batch_indices(step, n, batch_size, seed):
     """Pairs of training step ``step``: slice of the permutation of epoch ``step // per_epoch``
     drawn from the generator seeded by (seed, epoch). Stateless, so resuming is exact."""
@@ -142,35 +234,151 @@ def _state_arrays(model, opt):
 def _finite(terms, model):
     if not all(np.isfinite(v) for v in terms.values()):
         return False
-    return all(np.all(np.isfinite(g)) for _, _, g in model.named_parameters())
+    return all(count_nonfinite(g) == 0 for _, _, g in model.named_parameters())
 
 
-def train(config, steps, out, resume=False, data_root=None, save_every=100, val_every=200,
-          val_pairs=8, log_every=10, progress=True):
-    """Run (or continue) training; returns a dict with the history and validation results."""
+def _state_finite(model, opt):
+    """Parameters and Adam moments all finite (Adam's v can overflow while the loss is finite)."""
+    if any(count_nonfinite(p) for _, p, _ in model.named_parameters()):
+        return False
+    return all(count_nonfinite(b) == 0 for bufs in (opt.m, opt.v) for b in bufs.values())
+
+
+def run_files(out):
+    """The files of a run in ``out`` that a new run there would replace or mix with."""
+    out = Path(out)
+    names = ("checkpoint.npz", "checkpoint.prev.npz", "checkpoint.json", "log.jsonl")
+    return [out / n for n in names if (out / n).exists()]
+
+
+def _check_out_folder(out):
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise TrainingError(f"--out {out}: {parent} is a file, not a folder; choose another "
+                                f"--out")
+        if parent.exists():
+            break
+
+
+def config_conflicts(config, saved):
+    """Entries of ``config`` that differ from the checkpoint's ``saved`` run, as readable lines."""
+    lines = []
+    config = json.loads(json.dumps(config))           # tuples -> lists, as stored
+    for key, flags in RUN_KEYS.items():
+        if key in saved and saved[key] != config.get(key):
+            lines.append(f"{key} ({flags}): checkpoint {saved[key]!r}, now {config.get(key)!r}")
+    return lines
+
+
+def _rewrite_log(path, last_step):
+    """Keep the lines of ``log.jsonl`` up to ``last_step`` (a run killed between logging and
+    saving logged steps that its resume will run again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue                               # a line cut short by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def _plateau_reached(history, window, min_gain, smooth=3):
+    """True when the validation Dice (smoothed over ``smooth`` validations) has gained less than
+    ``min_gain`` (a fraction, e.g. 0.003 = 0.3 points) over the last ``window`` steps, at every
+    validation of the last ``window`` steps. Conservative on purpose: a plateau must last a full
+    window before it stops a run, so the curve shows it."""
+    pts = [(h["step"], h["val_dice"]) for h in history if "val_dice" in h]
+    if len(pts) < smooth:
+        return False
+    steps = np.array([p[0] for p in pts])
+    sm = np.convolve([p[1] for p in pts], np.ones(smooth) / smooth, mode="valid")
+    st = steps[smooth - 1:]
+    last = st[-1]
+    if last - st[0] < 2 * window:
+        return False
+    for s_now, v_now in zip(st, sm):
+        if s_now < last - window:
+            continue
+        earlier = np.nonzero(st <= s_now - window)[0]
+        if not len(earlier) or v_now - sm[earlier[-1]] >= min_gain:
+            return False
+    return True
+
+
+def train(config, steps, out, resume=False, data_root=None, save_every=100, val_every=250,
+          val_pairs=8, log_every=10, progress=True, overwrite=False, divergence_patience=50,
+          plateau=None, on_save=None):
+    """Run (or continue) training; returns a dict with the history and validation results.
+
+    Inputs:
+    - config: run description from :func:`config_from_args` (model, objective, data, ...).
+    - steps: total training steps (a resumed run continues up to this step).
+    - out: run folder. A folder that already holds a run is refused unless ``resume`` or
+      ``overwrite``.
+    - resume: continue from ``out/checkpoint.npz``; ``config`` must agree with the checkpoint
+      on every entry of ``RUN_KEYS``.
+    - save_every, log_every: intervals in steps; val_every: validation interval (0 = none) on
+      ``val_pairs`` pairs of the ``val`` split (held-out training subjects).
+    - divergence_patience: stop after this many consecutive steps with the loss above
+      ``DIVERGENCE_FACTOR`` × |starting loss| (0 = never).
+    - plateau: optional ``(window, min_gain)``: stop early once validation Dice (a fraction)
+      gains less than ``min_gain`` per ``window`` steps for a whole window (see
+      :func:`_plateau_reached`); used to choose the training length, not in normal runs.
+    - on_save: optional callable ``on_save(step)`` after each checkpoint (tests use it).
+    Returns: dict model, history, seconds (this call's wall time), steps_done, val_ds, val_idx,
+    checkpoint, stopped ("steps" | "plateau").
+    """
     from tqdm import tqdm
 
     from .data import load_dataset
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_folder(out)
     ck_path = out / "checkpoint.npz"
-    history, start = [], 0
+    existing = run_files(out)
+    if resume:
+        if not ck_path.is_file():
+            raise CheckpointError(f"--resume: checkpoint file {ck_path} not found (start a new run "
+                                  f"without --resume)")
+    elif existing and not overwrite:
+        raise TrainingError(f"--out {out} already holds a run ({', '.join(p.name for p in existing)}); "
+                            f"continue it with --resume, replace it with --overwrite, or choose "
+                            f"another --out")
+    elif existing:
+        for p in existing + [out / "loss_curve.png"]:
+            if p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    history, start, loss_ref, last_saved = [], 0, None, None
     if resume:
         arrays, saved = load_checkpoint(ck_path)
-        for key in ("model", "model_options", "objective", "data", "batch_size", "lr", "seed"):
-            if key in saved and saved[key] != config.get(key):
-                config[key] = saved[key]                   # the checkpoint's run wins
-        start, history = int(saved["step"]), saved.get("history", [])
+        bad = config_conflicts(config, saved)
+        if bad:
+            raise TrainingError("--resume: these options differ from the checkpoint's run; leave "
+                                "them out or give the checkpoint's values: " + "; ".join(bad))
+        start, history = int(saved["step"]), list(saved.get("history", []))
+        loss_ref, last_saved = saved.get("loss_ref"), start
+        _rewrite_log(out / "log.jsonl", start)
     d = config["data"]
     train_ds = load_dataset(d["dataset"], "train", data_root=data_root, size=d["size"],
                             sigma=d["sigma"], n_pairs=d.get("pairs"))
-    val_ds = load_dataset(d["dataset"], "test", data_root=data_root, size=d["size"],
-                          sigma=d["sigma"])
-    val_idx = list(range(min(val_pairs, len(val_ds))))
+    val_ds, val_idx = None, []
+    if val_every and val_pairs:
+        val_ds = load_dataset(d["dataset"], "val", data_root=data_root, size=d["size"],
+                              sigma=d["sigma"])
+        val_idx = list(range(min(val_pairs, len(val_ds))))
     model = build_model(config["model"], **config["model_options"])
     if model.levels and any(s % 2 ** model.levels for s in train_ds.shape):
-        raise TrainingError(f"--size {train_ds.shape} is not divisible by 2^{model.levels}; "
-                            f"use a multiple of {2 ** model.levels}")
+        f = 2 ** model.levels
+        lo = max(f, train_ds.shape[0] // f * f)
+        raise TrainingError(f"--size {train_ds.shape[0]} is not divisible by 2^{model.levels} = "
+                            f"{f} ({config['model']} halves the image {model.levels} times); use "
+                            f"a multiple of {f}, e.g. {lo} or {lo + f}")
     obj = Objective(**config["objective"])
     opt = Adam(model, lr=config["lr"])
     if resume:
@@ -179,13 +387,25 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
             opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
         except ValueError as e:
             raise CheckpointError(f"{ck_path}: {e}") from None
+        if not _state_finite(model, opt):
+            raise CheckpointError(f"{ck_path} holds NaN/Inf weights or optimizer state (written "
+                                  f"by an older version); retrain or use {backup_path(ck_path)}")
     if start >= steps:
         print(f"checkpoint is already at step {start} >= --steps {steps}; nothing to do")
 
+    def last_good():
+        if last_saved is None:
+            return "no checkpoint was written yet (nothing to resume; start again)"
+        return f"the last good checkpoint is {ck_path} (step {last_saved}); continue with --resume"
+
     def save(step):
+        nonlocal last_saved
         save_checkpoint(ck_path, _state_arrays(model, opt),
-                        dict(config, step=step, history=history,
+                        dict(config, step=step, history=history, loss_ref=loss_ref,
                              rng={"kind": "stateless", "seed": config["seed"], "step": step}))
+        last_saved = step
+        if on_save is not None:
+            on_save(step)
 
     log = open(out / "log.jsonl", "a")
     bs, n = config["batch_size"], len(train_ds)
@@ -193,45 +413,85 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=config["model"],
                disable=not progress, dynamic_ncols=True)
     completed, updating, diag = start, False, model.diagnostics()
+    first_losses, above, save_pending, stopped = [], 0, False, "steps"
     try:
         for step in bar:
+            s = step + 1
             b = train_ds.batch(_batch_indices(step, n, bs, config["seed"]))
             model.zero_grad()
-            terms, _, _ = obj(model, b["fixed"], b["moving"])
+            try:
+                terms, _, _ = obj(model, b["fixed"], b["moving"])
+            except ValueError as e:       # an op met NaN/Inf inside the network
+                raise TrainingError(f"step {s}: the forward/backward pass failed ({e}); "
+                                    f"parameters were not updated; {last_good()}. Try a lower "
+                                    f"--lr or --lambda") from None
             if not _finite(terms, model):
                 raise TrainingError(
-                    f"the loss or a gradient became NaN/Inf at step {step + 1} "
+                    f"the loss or a gradient became NaN/Inf at step {s} "
                     f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); parameters were "
-                    f"not updated. The last good checkpoint is {ck_path} (step "
-                    f"{start if not history else history[-1]['step']}). Try a lower --lr or "
-                    f"--lambda, or --filter-normalize unit_sum.")
+                    f"not updated; {last_good()}. Try a lower --lr or --lambda, or "
+                    f"--filter-normalize unit_sum.")
             updating = True                 # parameters are half-updated until opt.step returns
             opt.step()
             updating = False
-            s = completed = step + 1
+            if not _state_finite(model, opt):
+                raise TrainingError(
+                    f"the parameters or Adam's moment estimates overflowed to NaN/Inf in the "
+                    f"update of step {s} (the loss was finite: {terms['loss']:.4g}); nothing was "
+                    f"saved from this step; {last_good()}. Lower --lr (now {config['lr']:g}).")
+            completed = s
+            loss = float(terms["loss"])
+            if loss_ref is None:            # the starting loss: mean of the first 10 steps
+                first_losses.append(loss)
+                if len(first_losses) == 10 or s == steps:
+                    loss_ref = float(np.mean(first_losses))
+            elif divergence_patience:
+                above = above + 1 if loss > DIVERGENCE_FACTOR * abs(loss_ref) else 0
+                if above >= divergence_patience:
+                    raise TrainingError(
+                        f"training diverged: the loss has stayed above {DIVERGENCE_FACTOR:g}× its "
+                        f"starting value ({loss_ref:.4g}) for {above} steps (step {s}: loss "
+                        f"{loss:.4g}); {last_good()}. Lower --lr (now {config['lr']:g}) or "
+                        f"--lambda.")
             logging = s % log_every == 0 or s == steps
+            validating = bool(val_idx) and (s % val_every == 0 or s == steps)
             if logging:                     # filter diagnostics (eigenvalues, FFT): log steps only
                 diag = model.diagnostics()
             bar.set_postfix({k: f"{v:.4g}" for k, v in
                              [("loss", terms["loss"]), ("sim", terms["sim"]), ("reg", terms["reg"]),
                               ("meta", terms["meta"])] + [(k, diag[k]) for k in ("k_sum",) if k in diag]})
-            if logging:
+            if logging or validating:
                 rec = {"step": s, **{k: float(v) for k, v in terms.items()},
                        **{k: float(v) for k, v in diag.items()}}
-                if val_every and (s % val_every == 0 or s == steps):
+                if validating:
                     recs = evaluate_pairs(model, val_ds, val_idx)
                     rec["val_dice"] = float(np.mean([r["dice_after"] for r in recs]))
+                    rec["val_pct_positive_jacobian"] = float(
+                        np.mean([r["pct_positive_jacobian"] for r in recs]))
                     tqdm.write(f"step {s}: validation Dice {100 * rec['val_dice']:.2f} % "
-                               f"({len(val_idx)} held-out pairs)")
+                               f"({len(val_idx)} pairs of held-out training subjects)")
                 history.append(rec)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            if s % save_every == 0 or s == steps:
-                save(s)
+            # never checkpoint a loss that is far above its start: the last good one stays
+            if s % save_every == 0 or s == steps or save_pending:
+                if above == 0 or s == steps:
+                    save(s)
+                    save_pending = False
+                else:
+                    save_pending = True
+            if plateau and validating and _plateau_reached(history, *plateau):
+                tqdm.write(f"step {s}: validation Dice has gained less than "
+                           f"{100 * plateau[1]:.2g} points per {plateau[0]} steps for "
+                           f"{plateau[0]} steps; stopping")
+                if last_saved != s:
+                    save(s)
+                stopped = "plateau"
+                break
     except KeyboardInterrupt:
         # Ctrl-C: keep the work done so far, unless it landed inside an Adam update (then the
         # parameters are a mix of two steps and the previous checkpoint is the consistent one)
-        if not updating and completed > start:
+        if not updating and completed > start and completed != last_saved and above == 0:
             save(completed)
             print(f"\ninterrupted: saved step {completed} to {ck_path}; continue with --resume",
                   file=sys.stderr)
@@ -240,8 +500,9 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
         log.close()
         bar.close()
     seconds = time.perf_counter() - t_start
-    return {"model": model, "history": history, "seconds": seconds, "val_ds": val_ds,
-            "val_idx": val_idx, "checkpoint": ck_path}
+    return {"model": model, "history": history, "seconds": seconds, "steps_done": completed,
+            "steps_run": completed - start, "val_ds": val_ds, "val_idx": val_idx,
+            "checkpoint": ck_path, "stopped": stopped}
 
 
 def plot_history(history, path, title=""):
@@ -270,34 +531,71 @@ def plot_history(history, path, title=""):
     plt.close(fig)
 
 
+def _config_for_resume(a):
+    """The run's config when continuing ``--out``: the checkpoint's own options, with the ones
+    the user typed checked against them (only ``SAFE_ON_RESUME`` options may differ)."""
+    ck = Path(a.out) / "checkpoint.npz"
+    _, saved = load_checkpoint(ck)
+    typed = sorted(a.explicit - set(SAFE_ON_RESUME))
+    if not isinstance(saved.get("args"), dict):
+        if typed:
+            raise TrainingError(f"--resume: {ck} was not written by this command line, so only "
+                                f"{', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME[:6])} "
+                                f"... may be given; drop {', '.join('--' + k.replace('_', '-') for k in typed)}")
+        return {k: saved[k] for k in RUN_KEYS if k in saved}
+    args = saved["args"]
+    flag = {"lam": "lambda", "loss": "loss", "per_channel_filter": "per-channel-filter"}
+    bad = [f"--{flag.get(k, k).replace('_', '-')} {getattr(a, k)!r} (checkpoint: {args.get(k)!r})"
+           for k in typed if getattr(a, k) != args.get(k)]
+    if bad:
+        raise TrainingError("--resume: these options contradict the checkpoint's run: "
+                            + "; ".join(bad) + ". Leave them out (the checkpoint's values are "
+                            "used) or start a new run in another --out")
+    merged = argparse.Namespace(**{**vars(a), **{k: v for k, v in args.items()
+                                                 if k not in SAFE_ON_RESUME}})
+    return config_from_args(merged)
+
+
 def main(argv=None):
     a = parse_args(argv)
     try:
-        config = config_from_args(a)
+        check_options(a)
+        _check_out_folder(a.out)
+        if a.resume and a.overwrite:
+            raise TrainingError("--resume continues the run in --out and --overwrite replaces it; "
+                                "give one of them")
+        config = _config_for_resume(a) if a.resume else dict(config_from_args(a),
+                                                              args=_args_record(a))
         steps = a.steps
         if steps is None and a.epochs is not None:
             from .data import load_dataset
-            n = len(load_dataset(a.dataset, "train", data_root=a.data_root, size=a.size,
-                                 sigma=a.sigma, n_pairs=a.pairs))
-            steps = int(np.ceil(a.epochs * n / a.batch_size))
+            d = config["data"]
+            n = len(load_dataset(d["dataset"], "train", data_root=a.data_root, size=d["size"],
+                                 sigma=d["sigma"], n_pairs=d["pairs"]))
+            steps = int(np.ceil(a.epochs * n / config["batch_size"]))
         steps = 1000 if steps is None else steps
-        if steps <= 0:
-            raise TrainingError(f"--steps must be positive, got {steps}")
         res = train(config, steps, a.out, resume=a.resume, data_root=a.data_root,
                     save_every=a.save_every, val_every=a.val_every, val_pairs=a.val_pairs,
-                    log_every=a.log_every, progress=not a.no_progress)
+                    log_every=a.log_every, progress=not a.no_progress, overwrite=a.overwrite,
+                    divergence_patience=a.divergence_patience)
+    except KeyboardInterrupt:
+        sys.exit("interrupted (Ctrl-C); continue with the same command and --resume")
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: cannot write the run in --out {a.out}: {e.strerror or e}")
     out = Path(a.out)
     plot_history(res["history"], out / "loss_curve.png",
                  f"{config['model']} on {config['data']['dataset']}, σ={config['data']['sigma']}")
-    recs = evaluate_pairs(res["model"], res["val_ds"], res["val_idx"])
-    s = summarize_records(recs)
-    print(f"trained {steps} steps in {res['seconds']:.0f} s; held-out pairs ({s['n_pairs']}): "
-          f"Dice before {s['dice_before']['mean']:.2f} ± {s['dice_before']['std']:.2f} %, "
-          f"after {s['dice_after']['mean']:.2f} ± {s['dice_after']['std']:.2f} %; "
-          f"|J|>0 {s['pct_positive_jacobian']['mean']:.2f} %")
-    print(f"checkpoint: {res['checkpoint']}; loss curve: {out / 'loss_curve.png'}")
+    print(f"trained to step {res['steps_done']} ({res['steps_run']} steps in {res['seconds']:.0f} s)")
+    if res["val_ds"] is not None:
+        s = summarize_records(evaluate_pairs(res["model"], res["val_ds"], res["val_idx"]))
+        print(f"validation pairs ({s['n_pairs']}, held-out training subjects): "
+              f"Dice before {s['dice_before']['mean']:.2f} ± {s['dice_before']['std']:.2f} %, "
+              f"after {s['dice_after']['mean']:.2f} ± {s['dice_after']['std']:.2f} %; "
+              f"|J|>0 {s['pct_positive_jacobian']['mean']:.2f} %")
+    print(f"checkpoint: {res['checkpoint']}; loss curve: {out / 'loss_curve.png'}; test-set "
+          f"scores: python -m regnp.evaluate --checkpoint {out}")
 
 
 if __name__ == "__main__":

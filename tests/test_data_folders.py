@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from regnp.data.__main__ import main as cli
-from regnp.data.datasets import TEST_SEED, load_dataset, load_folder
+from regnp.data.datasets import (TEST_SEED, VAL_FRACTION, VAL_SEED, _split_three, load_dataset,
+                                 load_folder)
 from regnp.data.folders import (find_data_root, normalize_intensity, read_png, resize_image,
                                 resize_labels, split_subjects)
 
@@ -45,7 +46,7 @@ def tiny(tmp_path):
 
 
 # the tiny set's train subjects with the default split (so a broken file is actually loaded)
-TRAIN_SUBJECTS = split_subjects([str(s) for s in range(5)], 0.2, 0)[0]
+TRAIN_SUBJECTS = _split_three([str(s) for s in range(5)], 0.2, VAL_FRACTION, 0)["train"]
 T = TRAIN_SUBJECTS[0]
 
 
@@ -75,9 +76,37 @@ def test_synthetic_mode_split_by_subject_batches_and_reproducible(tiny):
     assert len(list(tr.batches(4, drop_last=True))) == 1
 
 
+def test_three_way_split_is_disjoint_and_keeps_the_test_subjects(tiny):
+    """Validation subjects come out of the training subjects; the test subjects are the ones a
+    two-way split picks, so adding validation never changed the test set."""
+    sub = lambda ds: {i.split("_")[0] for i in ds.pair_ids}
+    parts = {sp: load_folder(tiny, "synthetic", sp, sigma=4.0, n_pairs=12, **_kw(widths=(20, 40)))
+             for sp in ("train", "val", "test")}
+    tr, va, te = (sub(parts[sp]) for sp in ("train", "val", "test"))
+    assert tr and va and te and not (tr & va) and not (tr & te) and not (va & te)
+    two_way_test = split_subjects([str(s) for s in range(5)], 0.2, 0)[1]
+    assert te == {f"s{s}" for s in two_way_test}
+    assert parts["val"].seed == VAL_SEED
+    for name, n_val in (("phantom", 10),):
+        v = load_dataset(name, "val", size=32, n_pairs=3)
+        t = load_dataset(name, "test", size=32, n_pairs=3)
+        assert len(v.base_ids) == n_val and not set(v.base_ids) & set(t.base_ids)
+
+
+def test_real_sets_have_validation_subjects(data_root):
+    for name in ("chaos", "acdc", "jsrt"):
+        ids = {sp: load_dataset(name, sp, data_root=data_root, size=64).pair_ids
+               for sp in ("train", "val", "test")}
+        subj = {sp: {i.split("|")[0].split("<-")[0] for i in v} for sp, v in ids.items()}
+        assert all(ids.values()), name
+        if name != "acdc":
+            assert not subj["val"] & subj["test"] and not subj["val"] & subj["train"], name
+
+
 def test_inter_and_pairs_modes(tiny):
-    inter = load_folder(tiny, "inter", "train", n_pairs=50, **_kw())
-    assert len(inter) == 50           # of the 8·7 ordered pairs of 8 train images
+    inter = load_folder(tiny, "inter", "train", n_pairs=20, **_kw())
+    assert len(inter) == 20           # of the 6·5 ordered pairs of 6 train images (3 subjects)
+    assert len(load_folder(tiny, "inter", "train", n_pairs=50, **_kw())) == 30   # all of them
     assert all(a != b for a, b in inter.pairs)
     assert len(set(inter.pairs)) == len(inter.pairs)
     assert inter[0]["u"] is None
@@ -182,7 +211,7 @@ def test_bad_csv_and_layout(tiny, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         load_folder(tiny, "triplets")
     with pytest.raises(ValueError, match="split must be"):
-        load_folder(tiny, "inter", split="val")
+        load_folder(tiny, "inter", split="validation")
 
 
 def test_find_data_root(tmp_path, monkeypatch):

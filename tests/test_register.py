@@ -98,7 +98,6 @@ def test_errors_are_one_line(tmp_path, checkpoint, case, msg):
     if case == "badckpt":
         import shutil
         shutil.copy(checkpoint, tmp_path / "bad.npz")
-        shutil.copy(checkpoint.with_suffix(".json"), tmp_path / "bad.json")
         data = bytearray((tmp_path / "bad.npz").read_bytes())
         data[len(data) // 2] ^= 0xFF
         (tmp_path / "bad.npz").write_bytes(bytes(data))

@@ -95,7 +95,7 @@ def test_cli_train_evaluate_and_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     for args, msg in [
         (("regnp.evaluate", "--checkpoint", str(tmp_path / "missing.npz")), "not found"),
-        (("regnp.evaluate", "--checkpoint", str(bad)), "not found"),         # no .json beside it
+        (("regnp.evaluate", "--checkpoint", str(bad)), "not a regnp checkpoint"),
         (("regnp.train", *TINY, "--size", "34", "--steps", "2", "--out", str(tmp_path / "x"),
           "--no-progress"), "not divisible"),
         (("regnp.train", *TINY, "--steps", "2", "--resume", "--out", str(tmp_path / "none"),

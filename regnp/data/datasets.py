@@ -26,7 +26,9 @@ dict of arrays with a leading batch axis::
 Synthetic pairs are generated on demand (pair i from the random stream ``[seed, i]``), so a
 1,000-pair training set costs nothing until a batch is asked for and the same seed always gives the
 same pairs. Test sets use a fixed default seed, so every run scores the same test-pair list.
-Train/test splits are by subject (CHAOS subject, ACDC patient, JSRT image = patient).
+Train/val/test splits are by subject (CHAOS subject, ACDC patient, JSRT image = patient): 20 % of
+the subjects are test subjects; 15 % of the rest are validation subjects (for choosing the training
+length and λ, never the test set); training uses the remaining subjects.
 """
 from pathlib import Path
 
@@ -42,7 +44,10 @@ __all__ = ["PairDataset", "SyntheticPairs", "ImagePairs", "load_dataset", "load_
            "describe", "DATASETS", "TEST_SEED"]
 
 TEST_SEED = 2021          # the fixed seed of every test-pair list
+VAL_SEED = 2022           # the fixed seed of every validation-pair list
 SPLIT_SEED = 0            # the fixed seed of the subject split
+VAL_FRACTION = 0.15       # share of the training subjects held out for validation
+SPLITS = ("train", "val", "test")
 
 # label meanings and the labels the paper scores, per set
 CHAOS_LABELS = {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"}
@@ -227,8 +232,23 @@ class ImagePairs(PairDataset):
 
 
 def _check_split(split):
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+
+
+def _split_three(subjects, test_fraction, val_fraction, split_seed):
+    """Subjects of the train, val and test splits (disjoint, deterministic).
+
+    The test subjects are drawn first, exactly as a two-way split would draw them, so adding the
+    validation split never moves a subject into or out of the test set. The validation subjects
+    are then drawn from the remaining (training) subjects with the next seed; with a single
+    training subject there is no room for validation and ``val`` is empty.
+    """
+    train, test = split_subjects(subjects, test_fraction, split_seed)
+    if len(train) < 2 or val_fraction <= 0:
+        return {"train": train, "val": [], "test": test}
+    train, val = split_subjects(train, val_fraction, split_seed + 1)
+    return {"train": train, "val": val, "test": test}
 
 
 def _size(size):
@@ -239,6 +259,17 @@ def _size(size):
     if not (isinstance(size, (tuple, list)) and len(size) == 2):
         raise ValueError(f"size must be an int or (H, W), got {size!r}")
     return (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+
+
+def _default_seed(split):
+    return {"train": 0, "val": VAL_SEED, "test": TEST_SEED}[split]
+
+
+def _check_nonempty(subjects, split, folder):
+    if not subjects:
+        raise ValueError(f"{folder}: too few subjects for a {split!r} split (the test split takes "
+                         f"20 % of the subjects, validation 15 % of the rest); add subjects or "
+                         f"train without validation (--val-pairs 0)")
 
 
 def _inter_pairs(n_images, n_pairs, seed):
@@ -256,15 +287,17 @@ def _inter_pairs(n_images, n_pairs, seed):
 def load_folder(folder, mode, split="train", name=None, index=None, file_col="file",
                 subject_col=None, fixed_col="fixed_file", moving_col="moving_file", id_col=None,
                 labels=None, eval_labels=(1,), report_labels=None, normalize="scale", size=None,
-                sigma=10.0, n_pairs=None, seed=None, test_fraction=0.2, split_seed=SPLIT_SEED,
-                **field_kwargs):
+                sigma=10.0, n_pairs=None, seed=None, test_fraction=0.2, val_fraction=VAL_FRACTION,
+                split_seed=SPLIT_SEED, **field_kwargs):
     """A dataset from a folder laid out as in ``regnp.data.folders`` (your own images too).
 
     Inputs:
     - folder: the set folder (holds images/, masks/ and the CSV).
     - mode: "synthetic" (index rows are base images for synthetic pairs), "inter" (random pairs
       of different subjects) or "pairs" (the CSV lists real pairs: ``fixed_col``, ``moving_col``).
-    - split: "train" or "test" (by subject: ``subject_col``, or the file name when None).
+    - split: "train", "val" or "test" (by subject: ``subject_col``, or the file name when None).
+      The test subjects are ``test_fraction`` of all subjects; the validation subjects are
+      ``val_fraction`` of the rest (never test subjects); training uses what remains.
     - index: the CSV's name (default ``pairs.csv`` in pairs mode, else ``index.csv``); its
       columns: ``file_col`` (and ``subject_col``), or ``fixed_col``/``moving_col`` in pairs mode.
     - labels / eval_labels / report_labels: label meanings (their keys, plus 0, are the values a
@@ -274,7 +307,8 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
     - sigma, field_kwargs: synthetic mode only (see :class:`SyntheticPairs`).
     - n_pairs: synthetic/inter: number of pairs (default 1000 train, 80 synthetic test,
       60 inter test); pairs mode: all pairs of the split.
-    - seed: pair-sampling seed; default 0 for train and ``TEST_SEED`` for test (fixed test list).
+    - seed: pair-sampling seed; default 0 for train, ``VAL_SEED`` for val and ``TEST_SEED`` for
+      test (fixed validation and test lists).
     """
     _check_split(split)
     if mode not in ("synthetic", "inter", "pairs"):
@@ -285,7 +319,7 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
     name = name or folder.name
     index = index or ("pairs.csv" if mode == "pairs" else "index.csv")
     size = _size(size)
-    seed = (0 if split == "train" else TEST_SEED) if seed is None else int(seed)
+    seed = _default_seed(split) if seed is None else int(seed)
     label_values = None if labels is None else {0, *labels}
     common = dict(name=name, split=split, labels=labels, eval_labels=eval_labels,
                   report_labels=report_labels)
@@ -293,8 +327,8 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
         need = [fixed_col, moving_col] + [c for c in (subject_col, id_col) if c]
         rows = read_csv(folder / index, required=need)
         subjects = [r[subject_col] if subject_col else r[fixed_col] for r in rows]
-        train, test = split_subjects(subjects, test_fraction, split_seed)
-        keep = set(train if split == "train" else test)
+        keep = set(_split_three(subjects, test_fraction, val_fraction, split_seed)[split])
+        _check_nonempty(keep, split, folder)
         rows = [r for r, s in zip(rows, subjects) if s in keep]
         files = sorted({r[c] for r in rows for c in (fixed_col, moving_col)})
         images, masks = load_images(folder, files, normalize, size, label_values)
@@ -307,8 +341,8 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
     need = [file_col] + ([subject_col] if subject_col else [])
     rows = read_csv(folder / index, required=need)
     subjects = [r[subject_col] if subject_col else r[file_col] for r in rows]
-    train, test = split_subjects(subjects, test_fraction, split_seed)
-    keep = set(train if split == "train" else test)
+    keep = set(_split_three(subjects, test_fraction, val_fraction, split_seed)[split])
+    _check_nonempty(keep, split, folder)
     files = [r[file_col] for r, s in zip(rows, subjects) if s in keep]
     images, masks = load_images(folder, files, normalize, size, label_values)
     stems = [Path(f).stem for f in files]
@@ -328,13 +362,13 @@ def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_p
 
     Inputs:
     - name: "phantom", "chaos", "acdc" or "jsrt".
-    - split: "train" or "test".
+    - split: "train", "val" (held-out training subjects, for choosing steps and λ) or "test".
     - data_root: folder holding the real sets (default: see ``find_data_root``); unused for
       "phantom".
     - size: optional int or (H, W) working size (default: the files' size; phantom 256×256).
     - sigma: synthetic sets (phantom, chaos): RMS displacement over the body, pixels at 256×256.
     - n_pairs, seed: see :func:`load_folder`. Phantom extra kwargs: ``n_subjects`` (default 40
-      train / 10 test, disjoint seeds).
+      train / 10 val / 10 test, disjoint seeds).
     Example::
 
         >>> ds = load_dataset("phantom", "test", sigma=16, n_pairs=4)
@@ -348,9 +382,9 @@ def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_p
     if name == "phantom":
         shape = _size(size) or (256, 256)
         n_sub = kwargs.pop("n_subjects", 40 if split == "train" else 10)
-        first = 0 if split == "train" else 100_000        # disjoint subjects for test
+        first = {"train": 0, "val": 200_000, "test": 100_000}[split]   # disjoint subjects
         seeds = range(first, first + check_positive_int("n_subjects", n_sub))
-        seed = (0 if split == "train" else TEST_SEED) if seed is None else int(seed)
+        seed = _default_seed(split) if seed is None else int(seed)
         n_pairs = n_pairs or (1000 if split == "train" else 80)
         return SyntheticPairs(_PhantomBases(seeds, shape), sigma, n_pairs, seed=seed, name=name,
                               split=split, labels=spec["labels"], eval_labels=spec["eval_labels"],

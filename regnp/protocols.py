@@ -1,0 +1,168 @@
+"""The paper's experiments as protocols: lists of job configs for ``regnp.grid``.
+
+A protocol names the jobs it needs; jobs are shared between protocols (the Meta-Reg run on liver
+σ 16 with λ = 0.04 and seed 0 is one folder, used by Tables 1, 2 and 5 and by Fig. 3–4), so
+running ``liver`` then ``ablation`` trains it once.
+
+=========  =============================================================  ===================
+protocol   jobs                                                          paper
+=========  =============================================================  ===================
+steps      VM-2 and Meta-Reg on liver σ 16 up to 20,000 steps, validation  (training length,
+           Dice every 500 steps on held-out training subjects             not in the paper)
+liver      6 models × train σ ∈ {10, 16}, each tested at σ 10 and 16       Tables 1–2
+cardiac    6 models, ACDC ES←ED pairs, LV cavity Dice                     Table 3
+chest      6 models, JSRT inter-patient pairs, lungs Dice                 Table 4
+ablation   Meta-Reg vs the network without M on liver 10/10, 16/16,        Table 5
+           cardiac, chest (+ free-filter and no-filter variants)
+lambda     VM-2 and Meta-Reg on liver 16/16, λ ∈ {0.005 … 0.32}           Figs 3–4
+rkhs       eq. 7 exact K·α and 13×13, Meta-Reg, VM-2 and the classical     (beyond the paper)
+           eq. 6 solver on liver σ 10 and 16
+=========  =============================================================  ===================
+
+Every protocol runs at 256×256, batch 2, Adam (lr 1e-3), MSE + λ·diffusion (FCN-SS: TV, as its
+paper), λ = 0.04 (the paper's best for Meta-Reg) unless swept, with the same number of steps for
+every model (:data:`TRAIN_STEPS`, chosen by the ``steps`` protocol). ``quick=True`` gives the same
+grid at 64×64 with a few steps and pairs: minutes, for tests and for trying it out.
+"""
+from .grid import GridError
+
+# Training length for every protocol, decided once by the `steps` protocol (see README, Results):
+# the step count after which validation Dice gains less than 0.3 points per 2,000 steps.
+TRAIN_STEPS = 6000
+
+LAMBDA = 0.04
+LAMBDAS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
+SEEDS = (0, 1)
+
+# variant key: (label in the tables, python -m regnp.train options)
+VARIANTS = {
+    "dirnet": ("DIRNet", ["--model", "dirnet"]),
+    "fcnss": ("FCN-SS", ["--model", "fcnss", "--reg", "tv"]),
+    "vm1": ("VoxelMorph-1", ["--model", "vm1"]),
+    "vm2": ("VoxelMorph-2", ["--model", "vm2"]),
+    "metareg": ("Meta-Reg", ["--model", "metareg"]),
+    "metareg_paper": ("Meta-Reg (eq. 12 as printed)",
+                      ["--model", "metareg", "--filter-normalize", "none", "--trace-term", "linear"]),
+    # the paper's ablation: same architecture and explicit regularization, M removed
+    "ablated": ("Ablated (unit-sum 13×13, no M)", ["--model", "metareg", "--rho1", "0",
+                                                    "--rho2", "0"]),
+    "ablated_free": ("Ablated (free 13×13, no M)", ["--model", "ablated"]),
+    "ablated_nofilter": ("Ablated (no 13×13 layer)", ["--model", "ablated", "--no-filter"]),
+    "rkhs_exact": ("eq. 7, exact K·α", ["--model", "rkhs", "--gram", "exact"]),
+    "rkhs_conv13": ("eq. 7, 13×13 K̃", ["--model", "rkhs", "--gram", "conv13"]),
+}
+TABLE_MODELS = ("dirnet", "fcnss", "vm1", "vm2", "metareg", "metareg_paper")
+CORE = ("vm2", "metareg", "ablated")        # run with every seed; the others with the first
+
+# setting: (data set, training σ or None, label)
+SETTINGS = {
+    "liver10": ("chaos", 10.0, "liver, σ_train = 10"),
+    "liver16": ("chaos", 16.0, "liver, σ_train = 16"),
+    "cardiac": ("acdc", None, "cardiac (ACDC ES←ED)"),
+    "chest": ("jsrt", None, "chest X-ray (JSRT)"),
+}
+# test sets per data set: chaos is scored at both σ (Tables 1–2's four scenarios)
+TESTS = {"chaos": [("s10", 10.0, 80), ("s16", 16.0, 80)], "acdc": [("test", None, 10_000)],
+         "jsrt": [("test", None, 60)], "phantom": [("s10", 10.0, 80), ("s16", 16.0, 80)]}
+
+PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs")
+
+
+def _scale(quick):
+    if quick:
+        return dict(size=64, steps=30, test_pairs=4, train_pairs=16, val_pairs=4, val_every=10,
+                    calib_steps=60, plateau=None)
+    return dict(size=256, steps=TRAIN_STEPS, test_pairs=None, train_pairs=None, val_pairs=40,
+                val_every=500, calib_steps=20_000, plateau=[2000, 0.003])
+
+
+def job_config(setting, variant, lam=LAMBDA, seed=0, quick=False, steps=None, phantom=False,
+               calibrate=False, extra=()):
+    """One training job: ``variant`` trained on ``setting`` with ``lam`` and ``seed``."""
+    if variant not in VARIANTS:
+        raise GridError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    dataset, sigma, _ = SETTINGS[setting]
+    if phantom:                              # no real data: the embedded phantom stands in
+        dataset, sigma = "phantom", sigma or 10.0
+    sc = _scale(quick)
+    steps = steps or (sc["calib_steps"] if calibrate else sc["steps"])
+    args = list(VARIANTS[variant][1]) + ["--dataset", dataset, "--size", str(sc["size"]),
+                                         "--lambda", f"{lam:g}", "--seed", str(seed)] + list(extra)
+    if sigma is not None:
+        args += ["--sigma", f"{sigma:g}"]
+    if sc["train_pairs"]:
+        args += ["--pairs", str(sc["train_pairs"])]
+    tests = [{"name": n, "dataset": dataset, "sigma": s, "pairs": sc["test_pairs"] or p}
+             for n, s, p in TESTS[dataset]]
+    name = f"{setting}_{variant}_lam{lam:g}_seed{seed}"
+    if calibrate:
+        name = f"steps_{name}"
+    if quick:
+        name = f"quick_{name}"
+    if phantom:
+        name = f"phantom_{name}"
+    return {"name": name, "kind": "train", "setting": setting, "variant": variant,
+            "lam": lam, "seed": seed, "steps": steps, "size": sc["size"], "train_args": args,
+            "tests": tests, "val_every": sc["val_every"] if calibrate else 0,
+            "val_pairs": sc["val_pairs"] if calibrate else 0,
+            "plateau": sc["plateau"] if calibrate else None, "save_every": 250 if not quick else 10,
+            "log_every": 50 if not quick else 10}
+
+
+def solver_config(setting, quick=False, phantom=False, width=16.0):
+    """The classical eq. 6 solver (no training) scored on ``setting``'s test pairs."""
+    dataset, sigma, _ = SETTINGS[setting]
+    if phantom:
+        dataset, sigma = "phantom", sigma or 10.0
+    sc = _scale(quick)
+    tests = [{"name": n, "dataset": dataset, "sigma": s, "pairs": sc["test_pairs"] or p}
+             for n, s, p in TESTS[dataset]]
+    name = f"{setting}_solver_w{width:g}"
+    name = ("phantom_" if phantom else "") + ("quick_" if quick else "") + name
+    return {"name": name, "kind": "solver", "setting": setting, "variant": "solver",
+            "size": sc["size"], "kernel_width": width * sc["size"] / 256, "tests": tests}
+
+
+def protocol_jobs(protocol, seeds=SEEDS, quick=False, steps=None, phantom=False, all_seeds=False):
+    """The job configs of ``protocol``, most important first (so a partial grid answers the
+    central question — Meta-Reg vs VoxelMorph-2 vs ablated at σ 16 — before the rest)."""
+    if protocol not in PROTOCOLS:
+        raise GridError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    seeds = list(seeds)
+    if not seeds:
+        raise GridError("--seeds needs at least one seed")
+    kw = dict(quick=quick, steps=steps, phantom=phantom)
+
+    def seeds_of(variant):
+        return seeds if (all_seeds or variant in CORE) else seeds[:1]
+
+    jobs = []
+    if protocol == "steps":
+        jobs = [job_config("liver16", v, seed=seeds[0], calibrate=True, **kw)
+                for v in ("vm2", "metareg")]
+    elif protocol in ("liver", "cardiac", "chest"):
+        settings = {"liver": ("liver16", "liver10"), "cardiac": ("cardiac",),
+                    "chest": ("chest",)}[protocol]
+        order = ("metareg", "vm2", "vm1", "metareg_paper", "dirnet", "fcnss")
+        for setting in settings:
+            for seed in seeds:
+                for v in order:
+                    if seed in seeds_of(v):
+                        jobs.append(job_config(setting, v, seed=seed, **kw))
+    elif protocol == "ablation":
+        for setting in ("liver16", "cardiac", "chest", "liver10"):
+            for seed in seeds:
+                for v in ("metareg", "ablated", "ablated_free", "ablated_nofilter"):
+                    if seed in seeds_of(v):
+                        jobs.append(job_config(setting, v, seed=seed, **kw))
+    elif protocol == "lambda":
+        lams = LAMBDAS if not quick else (0.01, 0.04)
+        for lam in sorted(lams, key=lambda x: abs(x - LAMBDA)):
+            for v in ("metareg", "vm2"):
+                jobs.append(job_config("liver16", v, lam=lam, seed=seeds[0], **kw))
+    elif protocol == "rkhs":
+        for setting in ("liver16", "liver10"):
+            for v in ("rkhs_exact", "rkhs_conv13", "metareg", "vm2"):
+                jobs.append(job_config(setting, v, seed=seeds[0], **kw))
+            jobs.append(solver_config(setting, quick=quick, phantom=phantom))
+    return jobs
