@@ -17,5 +17,9 @@ setup(
         "matplotlib>=3.6",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # run the experiment grid on a Dask cluster: python -m regnp.experiments ... --scheduler
+        "cluster": ["dask>=2023.1", "distributed>=2023.1"],
+        "test": ["pytest>=7", "dask>=2023.1", "distributed>=2023.1"],
+    },
 )
