@@ -16,6 +16,7 @@ setup(
         "numba>=0.58",
         "matplotlib>=3.6",
         "tqdm>=4.60",
+        "pillow>=9",
     ],
     extras_require={
         # run the experiment grid on a Dask cluster: python -m regnp.experiments ... --scheduler
