@@ -49,7 +49,7 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
         cfg = config_from_args(parse_args(["--dataset", train_set, "--size", str(size),
                                            "--sigma", str(sigma), "--seed", str(seed)]))
         res = train(cfg, steps, out / f"train_{train_set}", data_root=data_root,
-                    save_every=steps, val_every=0, progress=progress)
+                    save_every=steps, val_every=0, progress=progress, overwrite=True)
         models[train_set] = res["model"]
         for test_set, ds in test.items():
             recs = evaluate_pairs(res["model"], ds, range(min(pairs, len(ds))), progress=progress,
@@ -189,6 +189,10 @@ def main(argv=None):
                                                    "runs/grid-quick with --quick)")
         g.add_argument("--data-root", default=None)
         g.add_argument("--list", action="store_true", help="list the jobs and their status only")
+    r = sub.add_parser("report", help="rebuild results/TABLES.md and the figures from the JSON")
+    r.add_argument("--out", default="results/runs", help="the grid's job folders")
+    r.add_argument("--tables", default=None, help="output (default: TABLES.md beside --out)")
+    r.add_argument("--figures", default="figures", help="folder for the result plots")
     t = sub.add_parser("transfer", help="phantom-trained vs CHAOS-trained Meta-Reg on CHAOS")
     t.add_argument("--steps", type=_positive_int, default=600)
     t.add_argument("--size", type=_positive_int, default=128)
@@ -203,6 +207,15 @@ def main(argv=None):
     try:
         if a.experiment == "transfer":
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
+            return
+        if a.experiment == "report":
+            from .report import write_report
+            root = Path(a.out)
+            if not root.is_dir():
+                raise GridError(f"--out {root} is not a folder of grid jobs (run a protocol first)")
+            tables = Path(a.tables) if a.tables else root.parent / "TABLES.md"
+            _, figs = write_report(root, tables, a.figures)
+            print(f"wrote {tables}" + "".join(f", {f}" for f in figs))
             return
         protos = [x for x in PROTOCOLS if x != "steps"] if a.experiment == "all" else [a.experiment]
         out = Path(a.out or ("runs/grid-quick" if a.quick else "results/runs"))

@@ -1,5 +1,197 @@
-"""The experiment scripts run end to end (tiny settings; real data needed)."""
+"""The experiment grid: every protocol end to end in --quick mode, kill-and-resume, local vs Dask,
+and the report generator against hand-made job JSON."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regnp.experiments import run_protocols
+from regnp.grid import GridError, job_status, run_grid
+from regnp.protocols import PROTOCOLS, job_config, protocol_jobs
+from regnp.report import PAPER, cell, chosen_steps, compare, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
+    """All seven protocols (shared jobs once) at 64×64 with the phantom standing in for the real
+    sets; then the report fills every table from the JSON alone."""
+    res = run_protocols(PROTOCOLS, tmp_path / "grid", quick=True, phantom=True, seeds=[0],
+                        jobs=1, progress=False)
+    names = {c["name"] for p in PROTOCOLS for c in protocol_jobs(p, seeds=[0], quick=True,
+                                                                 phantom=True)}
+    assert set(res) == names
+    for m in res.values():
+        assert (tmp_path / "grid" / m["config"]["name"] / "metrics.json").is_file()
+        assert not (tmp_path / "grid" / m["config"]["name"] / "checkpoint.npz").exists()
+        for t in m["tests"].values():
+            assert len(t["pairs"]["dice_after"]) == 4
+            assert 0 <= t["summary"]["dice_after"]["mean"] <= 100
+        assert m["commit"] is None or len(m["commit"]) >= 40
+        if m["train"]:
+            assert m["train"]["steps"] == m["config"]["steps"] and m["train"]["seconds"] > 0
+    text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
+    assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
+    assert {f.name for f in figs} == {"results_training_length.png", "results_lambda_dice.png",
+                                      "results_lambda_jacobian.png"}
+    # a second run finds everything done and trains nothing
+    t0 = time.perf_counter()
+    again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
+                          jobs=1, progress=False)
+    assert time.perf_counter() - t0 < 5 and again.keys() <= res.keys()
+
+
+def test_real_data_protocols_quick(tmp_path, data_root):
+    res = run_protocols(["cardiac", "chest", "liver"], tmp_path, quick=True, seeds=[0], jobs=1,
+                        data_root=data_root, progress=False)
+    by = {(m["config"]["setting"], m["config"]["variant"]): m for m in res.values()}
+    assert by[("cardiac", "metareg")]["tests"]["test"]["pairs"]["dice_after"]
+    assert set(by[("liver16", "vm2")]["tests"]) == {"s10", "s16"}
+    assert len(by[("chest", "vm1")]["tests"]["test"]["pairs"]["id"]) == 4
+
+
+def test_a_folder_with_another_config_is_refused(tmp_path):
+    c = job_config("liver16", "vm2", quick=True, phantom=True)
+    run_grid([c], tmp_path, progress=False)
+    other = dict(c, steps=c["steps"] + 1)
+    with pytest.raises(GridError, match="another config.*steps"):
+        run_grid([other], tmp_path, progress=False)
+
+
+def test_kill_and_resume_a_grid(tmp_path):
+    """SIGKILL the grid while its second job trains: rerunning does not rerun the finished job
+    (its metrics file is untouched) and resumes the interrupted one from its checkpoint."""
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "regnp.experiments", "steps", "--quick", "--phantom",
+           "--seeds", "0", "--jobs", "1", "--steps", "400", "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=400)
+    first, second = (out / c["name"] for c in jobs)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (first / "metrics.json").exists() and (second / "checkpoint.npz").exists():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the grid did not reach its second job in time")
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    done_bytes = (first / "metrics.json").read_bytes()
+    assert job_status(out, jobs[1]) == "partial"
+    r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (first / "metrics.json").read_bytes() == done_bytes
+    sittings = [json.loads(x) for x in (second / "sittings.jsonl").read_text().splitlines()]
+    assert len(sittings) == 1 and sittings[0]["steps_run"] < 400      # resumed, not restarted
+    m = json.loads((second / "metrics.json").read_text())
+    assert m["train"]["steps"] == 400
+
+
+def test_local_and_dask_local_cluster_give_identical_metrics(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    local = run_protocols(["steps"], tmp_path / "local", quick=True, phantom=True, seeds=[0],
+                          jobs=1, threads=1, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = run_protocols(["steps"], tmp_path / "dask", quick=True, phantom=True, seeds=[0],
+                               threads=1, executor=client, progress=False)
+    assert local.keys() == remote.keys()
+    for name in local:
+        a, b = local[name], remote[name]
+        assert a["config"] == b["config"]
+        for t in a["tests"]:
+            for k in ("dice_after", "pct_positive_jacobian", "min_jacobian"):
+                assert a["tests"][t]["pairs"][k] == b["tests"][t]["pairs"][k], (name, t, k)
+        assert a["train"]["val_curve"] == b["train"]["val_curve"]
+
+
+# ------------------------------------------------------------------- report from hand-made JSON
+def _fake_job(root, setting, variant, seed, dice, jac=99.9, test="s16", lam=0.04, val=None):
+    c = job_config(setting, variant, lam=lam, seed=seed)
+    if val is not None:
+        c = dict(c, name="steps_" + c["name"], val_every=500)
+    n = len(dice)
+    m = {"config": c, "train": {"steps": 6000, "seconds": 3600.0, "stopped": "steps",
+                                "val_curve": val or []},
+         "machine": {"threads": 1},
+         "tests": {test: {"pairs": {"id": [f"p{i}" for i in range(n)],
+                                    "dice_before": [0.6] * n, "dice_after": list(dice),
+                                    "pct_positive_jacobian": [jac] * n,
+                                    "min_jacobian": [-0.1] * n, "seconds": [None] + [0.1] * (n - 1)}}}}
+    (root / c["name"]).mkdir(parents=True)
+    (root / c["name"] / "metrics.json").write_text(json.dumps(m))
+
+
+def test_report_from_hand_made_json(tmp_path):
+    from scipy import stats
+    rng = np.random.default_rng(0)
+    meta = [0.85 + 0.02 * rng.standard_normal(20) for _ in range(2)]
+    vm2 = 0.80 + 0.02 * rng.standard_normal(20)
+    _fake_job(tmp_path, "liver16", "metareg", 0, meta[0])
+    _fake_job(tmp_path, "liver16", "metareg", 1, meta[1])
+    _fake_job(tmp_path, "liver16", "vm2", 0, vm2)
+    _fake_job(tmp_path, "liver16", "ablated", 0, vm2 + 0.01)
+    curve = [[s, 0.80 + 0.05 * (1 - np.exp(-s / 1500))] for s in range(500, 12001, 500)]
+    _fake_job(tmp_path, "liver16", "metareg", 0, meta[0], val=curve)
+    from regnp.report import load_results
+    results, errors = load_results(tmp_path)
+    assert not errors
+    c = cell(results, "liver16", "metareg", "s16")
+    pooled = 100 * np.concatenate(meta)
+    assert c["dice"][0] == pytest.approx(pooled.mean()) and c["dice"][1] == pytest.approx(pooled.std(ddof=1))
+    assert c["seeds"] == [0, 1] and c["per_seed"] == pytest.approx([100 * meta[0].mean(), 100 * meta[1].mean()])
+    cmp = compare(results, "liver16", "s16")
+    assert cmp["rival"] == "vm2"
+    expect = stats.ttest_ind((meta[0] + meta[1]) / 2, vm2, equal_var=False)
+    assert cmp["p"] == pytest.approx(expect.pvalue) and cmp["delta"] == pytest.approx(
+        100 * (np.concatenate(meta).mean() - vm2.mean()))
+    text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    assert f"{pooled.mean():.2f} ± {pooled.std(ddof=1):.2f}" in text
+    assert "84.80 ± 6.09" in text                                  # the paper's number beside it
+    assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in text
+    assert "confirmed (p =" in text and "not run yet" in text          # σ 10/10 was not run
+    step, _ = chosen_steps(curve)
+    assert step is not None and 3000 <= step <= 9000
+    assert f"| {step} |" in text
+    assert (tmp_path / "f" / "results_training_length.png").stat().st_size > 5000
+
+
+def test_chosen_steps_rule_by_hand():
+    flat = [[s, 0.8] for s in range(500, 8001, 500)]
+    assert chosen_steps(flat)[0] == 1500                 # first smoothed point, never gains
+    rising = [[s, 0.5 + s * 1e-5] for s in range(500, 8001, 500)]      # 2 points / 2000 steps
+    assert chosen_steps(rising)[0] is None
+
+
+def test_paper_tables_are_complete():
+    for key, rows in PAPER.items():
+        assert set(rows) == {"dirnet", "fcnss", "vm1", "vm2", "metareg"}, key
+        assert all(len(r) == 7 for r in rows.values())
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, msg in ((["liver", "--quick", "--steps", "0"], "positive integer"),
+                      (["report", "--out", str(tmp_path / "none")], "not a folder"),
+                      (["liver", "--quick", "--jobs", "-1"], "positive integer")):
+        r = subprocess.run([sys.executable, "-m", "regnp.experiments", *args], cwd=tmp_path,
+                           env=_env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert msg in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def test_transfer_experiment_runs(tmp_path, data_root):
