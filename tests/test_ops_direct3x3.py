@@ -9,8 +9,9 @@ import pytest
 
 from regnp.gradcheck import check_vjp
 from regnp.ops import _direct3x3 as d3
-from regnp.ops.conv import (Workspace, _direct_forward, conv2d_backward,
-                            conv2d_backward_reference, conv2d_forward, conv2d_forward_reference)
+from regnp.ops.conv import (Workspace, _Direct3x3Cache, _Direct3x3S2Cache, _direct3x3_forward,
+                            conv2d_backward, conv2d_backward_reference, conv2d_forward,
+                            conv2d_forward_reference)
 from regnp.ops.depthwise import (depthwise_conv2d_backward, depthwise_conv2d_backward_reference,
                                  depthwise_conv2d_forward, depthwise_conv2d_forward_reference)
 
@@ -21,13 +22,12 @@ SHAPES = [(2, 3, 5, 11, 130), (2, 2, 6, 13, 7), (1, 3, 2, 9, 5), (2, 1, 1, 3, 4)
           (2, 3, 2, 11, 129), (1, 2, 1, 5, 128)]
 
 
-def _run_kernel(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act):
+def _run_kernel(inp, w, **options):
     N, Ci, H, W = inp.shape
     R = d3.rows_per_job(N, H, W, Ci)
     tiles = np.full((N * (-(-H // R)), Ci, (R + 2) * (W + 2)), np.nan, inp.dtype)
     out = np.full((N, w.shape[0], H, W), np.nan, inp.dtype)
-    d3.conv3x3(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act,
-               R, tiles, out)
+    d3.conv3x3(inp, w, out, rows=R, tiles=tiles, **options)
     return out, tiles, R
 
 
@@ -40,12 +40,11 @@ def test_conv3x3_kernel_matches_reference_float64(shape, mode):
     y = rng.standard_normal((N, Ci, H, W))
     w = rng.standard_normal((Co, Ci, 3, 3))
     b = rng.standard_normal(Co)
-    args = {"plain": (0.0, False, b, False, 0.0, False),
-            "bias_act": (0.0, False, b, True, 0.2, True),
-            "in_mask": (0.3, True, b, False, 0.0, False)}[mode]
-    in_slope, in_mask, bias, use_bias, slope, use_act = args
-    got, _, _ = _run_kernel(x, y, in_slope, in_mask, w, bias, use_bias, slope, use_act)
-    want = d3.conv3x3_rows_reference(x, y, in_slope, in_mask, w, bias, use_bias, slope, use_act)
+    options = {"plain": {},
+               "bias_act": dict(bias=b, act=0.2),
+               "in_mask": dict(in_mask_of=y, in_slope=0.3)}[mode]
+    got, _, _ = _run_kernel(x, w, **options)
+    want = d3.conv3x3_reference(x, w, **options)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -56,16 +55,15 @@ def test_conv3x3_dw_kernel_matches_reference_float64(shape):
     x = rng.standard_normal((N, Ci, H, W))
     dz = rng.standard_normal((N, Co, H, W))
     w = rng.standard_normal((Co, Ci, 3, 3))
-    _, xt, R = _run_kernel(x, x, 0.0, False, w, np.zeros(1), False, 0.0, False)
+    _, xt, R = _run_kernel(x, w)
     # the dz tiles are what the dx kernel leaves behind (it reads dz as its input)
     wdx = rng.standard_normal((Ci, Co, 3, 3))
     gt = np.full((xt.shape[0], Co, xt.shape[2]), np.nan)
-    d3.conv3x3(dz, dz, 0.0, False, wdx, np.zeros(1), False, 0.0, False, R, gt,
-               np.empty((N, Ci, H, W)))
+    d3.conv3x3(dz, wdx, np.empty((N, Ci, H, W)), rows=R, tiles=gt)
     J = xt.shape[0]
     dwp = np.full((J, -(-Co // d3.MB) * d3.MB, Ci, 3, 3), np.nan)
     dbp = np.full((J, Co), np.nan)
-    d3.conv3x3_dw(xt, gt, H, W, R, 0.0, dwp, dbp)
+    d3.conv3x3_dw(xt, gt, dwp, dbp, height=H, width=W, rows=R)
     dw_ref, db_ref = d3.conv3x3_dw_reference(x, dz)
     np.testing.assert_allclose(dwp[:, :Co].sum(axis=0), dw_ref, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dbp.sum(axis=0), db_ref, rtol=1e-11, atol=1e-11)
@@ -77,7 +75,7 @@ def test_references_agree_with_the_conv2d_loop_reference():
     w = rng.standard_normal((3, 2, 3, 3))
     b = rng.standard_normal(3)
     want, cache = conv2d_forward_reference(x, w, b, 1, 1)
-    got = d3.conv3x3_rows_reference(x, x, 0.0, False, w, b, True, 0.0, False)
+    got = d3.conv3x3_reference(x, w, bias=b)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     dz = rng.standard_normal(want.shape)
     _, dw_want, db_want = conv2d_backward_reference(dz, cache)
@@ -111,14 +109,15 @@ def _leaky(v, act):
 @pytest.mark.parametrize("case", DIRECT_CASES)
 @pytest.mark.parametrize("act", [None, 0.2])
 def test_direct_path_float64_matches_reference(case, act):
-    """The whole direct path (``_direct_forward`` + ``conv2d_backward``) in float64: forward,
+    """The whole direct path (``_direct3x3_forward`` + ``conv2d_backward``) in float64: forward,
     dx, dw, db against the loop references (conv2d_forward routes float32 here)."""
     N, C, Co, H, W, s = case
     rng = np.random.default_rng(3)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((Co, C, 3, 3))
     b = rng.standard_normal(Co)
-    out, cache = _direct_forward(x, w, b, s, act, Workspace())
+    out, cache = _direct3x3_forward(x, w, b, stride=s, act=act, work=Workspace())
+    assert isinstance(cache, _Direct3x3Cache if s == 1 else _Direct3x3S2Cache)
     ref, rcache = conv2d_forward_reference(x, w, b, s, 1)
     np.testing.assert_allclose(out, _leaky(ref, act), rtol=1e-12, atol=1e-12)
     dout = rng.standard_normal(out.shape)
@@ -134,12 +133,12 @@ def test_direct_path_gradcheck_every_argument(case):
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((Co, C, 3, 3))
     b = rng.standard_normal(Co)
-    out, cache = _direct_forward(x, w, b, s, 0.2, Workspace())
+    out, cache = _direct3x3_forward(x, w, b, stride=s, act=0.2, work=Workspace())
     dout = rng.standard_normal(out.shape)
     dx, dw, db = conv2d_backward(dout, cache)
 
     def f():
-        return _direct_forward(x, w, b, s, 0.2, Workspace())[0]
+        return _direct3x3_forward(x, w, b, stride=s, act=0.2, work=Workspace())[0]
     # h = 1e-5: every entry is checked, and entries as small as 5e-4 sit at the round-off
     # floor of h = 1e-6 (measured 1.6e-6 there, 7.6e-8 at h = 1e-5 and 2.5e-8 at 1e-4)
     assert check_vjp(f, x, dx, dout, h=1e-5) < 1e-6
@@ -159,26 +158,25 @@ def test_stride2_kernels_match_their_references():
         J = N * (-(-Ho // R))
         tiles = np.full((J, C, 4 * (R + 1) * (Wo + 2)), np.nan)
         out = np.full((N, Co, Ho, Wo), np.nan)
-        s2.conv3x3s2_fwd(x, d3.pack_weights(w), b, True, 0.2, True, R, tiles, out)
-        np.testing.assert_allclose(out, s2.conv3x3s2_forward_reference(x, w, b, True, 0.2, True),
+        s2.conv3x3s2_forward(x, w, out, rows=R, tiles=tiles, bias=b, act=0.2)
+        np.testing.assert_allclose(out, s2.conv3x3s2_forward_reference(x, w, bias=b, act=0.2),
                                    rtol=1e-12, atol=1e-12)
         dout = rng.standard_normal(out.shape)
         gp = np.full((N, Co, (Ho + 2) * (Wo + 2)), np.nan)
         rowsum = np.empty((N, Co))
-        s2.s2_grad_planes(dout, out, 0.2, True, gp, rowsum)
+        s2.conv3x3s2_grad_planes(dout, gp, rowsum, act_out=out, act=0.2)
         dz = np.where(out <= 0, 0.2 * dout, dout)
         dwp = np.full((J, -(-Co // d3.MB) * d3.MB, C, 3, 3), np.nan)
-        s2.conv3x3s2_dw(tiles, gp, Ho, Wo, R, 0.0, dwp)
+        s2.conv3x3s2_dw(tiles, gp, dwp, out_h=Ho, out_w=Wo, rows=R)
         dx = np.full(x.shape, np.nan)
-        s2.conv3x3s2_dx(gp, d3.pack_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3))),
-                        Ho, Wo, R, dx)
+        s2.conv3x3s2_dx(gp, w, dx, out_h=Ho, out_w=Wo, rows=R)
         rdx, rdw, rdb = s2.conv3x3s2_backward_reference(x, w, dz)
         np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dwp[:, :Co].sum(axis=0), rdw, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(rowsum.sum(axis=0), rdb, rtol=1e-12, atol=1e-12)
         # the stride-2 references agree with the generic loop references
         ref, rcache = conv2d_forward_reference(x, w, b, 2, 1)
-        np.testing.assert_allclose(s2.conv3x3s2_forward_reference(x, w, b, True, 0.0, False), ref,
+        np.testing.assert_allclose(s2.conv3x3s2_forward_reference(x, w, bias=b), ref,
                                    rtol=1e-12, atol=1e-12)
         for got, want in zip((rdx, rdw, rdb), conv2d_backward_reference(dz, rcache)):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -194,7 +192,8 @@ def test_float32_conv2d_takes_the_direct_path_and_matches(stride):
         x = rng.standard_normal(shape)
         out, cache = conv2d_forward(x.astype(np.float32), w.astype(np.float32),
                                     b.astype(np.float32), stride, 1, act=0.2, work=ws)
-        assert out.dtype == np.float32 and cache[0] in ("direct3x3", "direct3x3s2")
+        assert out.dtype == np.float32
+        assert isinstance(cache, _Direct3x3Cache if stride == 1 else _Direct3x3S2Cache)
         ref, rcache = conv2d_forward_reference(x, w, b, stride, 1)
         np.testing.assert_allclose(out, _leaky(ref, 0.2), rtol=1e-4, atol=1e-4)
         dout = rng.standard_normal(out.shape)

@@ -11,13 +11,20 @@ Each is one parallel pass over an activation-sized array:
 Layout of a "phase row" (see ``conv.py`` for the why): for stride s, padding p, the padded
 image xp[y, x] = x[y - p, x - p] (0 outside) is split into s·s phases
 ``phase[a, b][r, c] = xp[s·r + a, s·c + b]``, each (Hq, Wq), flattened row-major into a row of
-length S >= Hq·Wq (the tail is zero).
+length S >= Hq·Wq (the tail is zero). Names as in ``conv._Geom``: Hq = ``phase_h`` (phase
+rows), Wq = ``wide_w`` (phase row width = wide output width), S = ``phase_len``, M = ``margin``.
+
+These passes have no loop reference of their own: they only move data around the GEMMs, and
+the whole GEMM path is checked against ``conv.conv2d_forward_reference`` /
+``conv2d_backward_reference`` (``tests/test_ops_conv.py``). Call them through the keyword
+wrappers at the bottom; the Numba kernels take positional arguments.
 """
 import numba
+import numpy as np
 
 
 @numba.njit(parallel=True, cache=True)
-def to_phases(x, s, p, Hq, Wq, src):
+def _to_phases_kernel(x, s, p, Hq, Wq, src):
     """x (N,C,H,W) -> src (N, s*s, C, S): padded phases, flattened; every entry written."""
     N, C, H, W = x.shape
     S = src.shape[3]
@@ -50,10 +57,10 @@ def to_phases(x, s, p, Hq, Wq, src):
 
 
 @numba.njit(parallel=True, cache=True)
-def from_phases(dsrc, s, p, Hq, Wq, bias, use_bias, out):
-    """Adjoint of ``to_phases``: out[n,c,y,x] = dsrc[n, phase, c, flat] (+ bias[c]).
+def _from_phases_kernel(dsrc, s, p, Hq, Wq, bias, use_bias, out):
+    """Adjoint of ``_to_phases_kernel``: out[n,c,y,x] = dsrc[n, phase, c, flat] (+ bias[c]).
 
-    Walks the output the same way ``to_phases`` walks its input (by phase row, then by phase
+    Walks the output the same way ``_to_phases_kernel`` walks its input (by phase row, then by phase
     column), so the inner loop has no divisions. Pixels whose padded position lies beyond the
     phase grid were never read by the convolution: their value (gradient) is 0 (+ bias).
     """
@@ -84,7 +91,7 @@ def from_phases(dsrc, s, p, Hq, Wq, bias, use_bias, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def crop_bias_act(wide, Wq, bias, use_bias, slope, use_act, out):
+def _crop_bias_act_kernel(wide, Wq, bias, use_bias, slope, use_act, out):
     """wide (N,Co,>=Ho*Wq) -> out (N,Co,Ho,Wo) = wide[.., i*Wq + j] + bias, then LeakyReLU."""
     N, Co, Ho, Wo = out.shape
     for job in numba.prange(N * Co):
@@ -101,7 +108,7 @@ def crop_bias_act(wide, Wq, bias, use_bias, slope, use_act, out):
 
 
 @numba.njit(parallel=True, cache=True)
-def prep_grad(dout, y, slope, use_act, Wq, M, gpad, rowsum):
+def _prep_grad_kernel(dout, y, slope, use_act, Wq, M, gpad, rowsum):
     """dout (N,Co,Ho,Wo) -> gpad (N,Co,G): zeros, then at M + i*Wq + j the value
     dz = dout * (1 if y > 0 else slope) (just dout without the activation), zeros elsewhere.
     rowsum[n, c] = sum of dz over the image (for the bias gradient)."""
@@ -127,3 +134,35 @@ def prep_grad(dout, y, slope, use_act, Wq, M, gpad, rowsum):
         for k in range(M + Ho * Wq, G):
             row[k] = 0.0
         rowsum[n, c] = acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points (keyword arguments; None for "no bias" / "no activation")
+# ---------------------------------------------------------------------------------------------
+def _bias_array(bias, dtype):
+    return bias if bias is not None else np.zeros(1, dtype)
+
+
+def to_phases(x, src, *, stride, pad, phase_h, wide_w):
+    """src (N, stride², C, phase_len) = the zero-padded, phase-split, flattened rows of x."""
+    _to_phases_kernel(x, stride, pad, phase_h, wide_w, src)
+
+
+def from_phases(dsrc, out, *, stride, pad, phase_h, wide_w, bias=None):
+    """out (N, C, H, W) = the adjoint gather of ``to_phases`` applied to dsrc (+ bias[c])."""
+    _from_phases_kernel(dsrc, stride, pad, phase_h, wide_w, _bias_array(bias, out.dtype),
+                        bias is not None, out)
+
+
+def crop_bias_act(wide, out, *, wide_w, bias=None, act=None):
+    """out (N, Co, Ho, Wo) = LeakyReLU_act(wide[n, c, i·wide_w + j] + bias[c]); act None: none."""
+    _crop_bias_act_kernel(wide, wide_w, _bias_array(bias, out.dtype), bias is not None,
+                          0.0 if act is None else float(act), act is not None, out)
+
+
+def prep_grad(dout, gpad, rowsum, *, wide_w, margin, act_out=None, act=None):
+    """gpad (N, Co, grad_len) = dz laid out as zero-margined wide rows, rowsum[n, c] = Σ dz,
+    with dz = dout · (1 where act_out > 0 else act) — the LeakyReLU backward through the
+    activated output ``act_out`` — or dz = dout when ``act`` is None."""
+    _prep_grad_kernel(dout, dout if act is None else act_out, 0.0 if act is None else float(act),
+                      act is not None, wide_w, margin, gpad, rowsum)

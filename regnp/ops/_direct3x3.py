@@ -41,12 +41,73 @@ a float32 zero (a float64 literal promotes every product), and weights are hoist
 variables (else they are reloaded every iteration and the loop does not vectorise).
 
 Weights are packed as ``(Cb, Ci, 3, 3, MB)``: output channels in blocks of MB, zero-padded.
-Slow loop references sit at the bottom; ``tests/test_ops_direct3x3.py`` checks agreement.
+
+Names used throughout: ``R`` = output rows per parallel job (``rows_per_job``), ``MB`` = output
+channels per register block, ``Cb`` = number of such blocks, ``Wp = W + 2`` = padded row width,
+``J`` = number of jobs (N·ceil(H/R)).
+
+Reading order: the slow loop references (the definition) come first; then the Numba kernels
+(positional arguments: what Numba compiles) and the two entry points ``conv3x3`` and
+``conv3x3_dw`` (keyword arguments), which must equal the references —
+``tests/test_ops_direct3x3.py`` checks it.
 """
 import numba
 import numpy as np
 
-MB = 4          # output channels per register block
+MB = 4          # output channels per register block (the kernels keep MB rows of
+                # accumulators and 3·MB weights in registers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The definition: slow references (explicit padding and loops). The kernels below must equal them.
+# ---------------------------------------------------------------------------------------------
+def conv3x3_reference(inp, w, *, bias=None, act=None, in_mask_of=None, in_slope=0.0):
+    """What ``conv3x3`` computes, from the definition: with zp = z zero-padded by 1 and
+    z = inp · (in_slope where in_mask_of <= 0, else 1)  (no mask when in_mask_of is None)::
+
+        out[n, o, i, j] = LeakyReLU_act( bias[o] + Σ_{c, dy, dx} w[o, c, dy, dx] · zp[n, c, i + dy, j + dx] )
+
+    w: (Co, Ci, 3, 3) unpacked; act None means no activation. (The conv2d loop reference with
+    stride 1, pad 1; ``tests/test_ops_direct3x3.py`` checks the two references agree.)"""
+    z = inp if in_mask_of is None else inp * np.where(in_mask_of <= 0, in_slope, 1.0)
+    N, Ci, H, W = z.shape
+    Co = w.shape[0]
+    zp = np.zeros((N, Ci, H + 2, W + 2), z.dtype)
+    zp[:, :, 1:H + 1, 1:W + 1] = z
+    out = np.zeros((N, Co, H, W), z.dtype)
+    for o in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    out[:, o] += w[o, c, dy, dx] * zp[:, c, dy:dy + H, dx:dx + W]
+        if bias is not None:
+            out[:, o] += bias[o]
+    if act is not None:
+        out = np.where(out < 0, out * act, out)
+    return out
+
+
+def conv3x3_dw_reference(x, dz):
+    """What ``conv3x3_dw`` computes (summed over its jobs), from the definition::
+
+        dw[m, c, dy, dx] = Σ_{n,i,j} dz[n, m, i, j] · xpad[n, c, i + dy, j + dx];   db[m] = Σ dz[:, m]
+    """
+    N, Ci, H, W = x.shape
+    Co = dz.shape[1]
+    xp = np.zeros((N, Ci, H + 2, W + 2), x.dtype)
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    dw = np.zeros((Co, Ci, 3, 3), x.dtype)
+    for m in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    dw[m, c, dy, dx] = np.sum(dz[:, m] * xp[:, c, dy:dy + H, dx:dx + W])
+    return dw, dz.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: Numba kernels (positional arguments), then the keyword entry points
+# ---------------------------------------------------------------------------------------------
 
 
 def rows_per_job(N, H, W, C):
@@ -316,18 +377,35 @@ def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
                             out[n, o, r0 + rr, j] = v
 
 
-def conv3x3(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act, R, tiles, out):
-    """Pick and run a kernel: ``conv3x3_rows2`` (W >= 128, Co <= 2), ``conv3x3_rows``
-    (W >= 128) or ``conv3x3_flat`` (narrow images). Same arguments as the kernels except
-    ``w``: unpacked (Co, Ci, 3, 3) weights (packed here)."""
+def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, in_slope=0.0):
+    """out = LeakyReLU_act(conv3x3_pad1(inp · mask, w) + bias), stride 1; must equal
+    ``conv3x3_reference`` with the same arguments.
+
+    Inputs:
+    - inp: (N, Ci, H, W);  w: (Co, Ci, 3, 3) unpacked weights (packed here);  out: (N, Co, H, W).
+    - rows: output rows per parallel job (``rows_per_job``);  tiles: (N·ceil(H/rows), Ci,
+      (rows + 2)·(W + 2)) scratch, left holding each job's zero-padded input rows (the dw kernel
+      reads them).
+    - bias: (Co,) or None;  act: LeakyReLU slope of the output, or None.
+    - in_mask_of, in_slope: where ``in_mask_of <= 0`` the input is multiplied by ``in_slope``
+      (the LeakyReLU backward, dz = dout · mask, with in_mask_of the activated forward output);
+      None: no mask.
+
+    Picks ``conv3x3_rows2`` (W >= 128, Co <= 2), ``conv3x3_rows`` (W >= 128) or ``conv3x3_flat``
+    (narrow images); they compute the same thing.
+    """
     wide = inp.shape[3] >= 128
+    ysrc = inp if in_mask_of is None else in_mask_of
+    use_bias = bias is not None
+    bias = bias if use_bias else np.zeros(1, inp.dtype)
+    slope = 0.0 if act is None else float(act)
     if wide and w.shape[0] <= 2:
-        conv3x3_rows2(inp, ysrc, in_slope, in_mask, pack_weights(w, 2), bias, use_bias, slope,
-                      use_act, R, tiles, out)
+        conv3x3_rows2(inp, ysrc, float(in_slope), in_mask_of is not None, pack_weights(w, 2),
+                      bias, use_bias, slope, act is not None, rows, tiles, out)
         return
     kern = conv3x3_rows if wide else conv3x3_flat
-    kern(inp, ysrc, in_slope, in_mask, pack_weights(w), bias, use_bias, slope, use_act, R, tiles,
-         out)
+    kern(inp, ysrc, float(in_slope), in_mask_of is not None, pack_weights(w), bias, use_bias,
+         slope, act is not None, rows, tiles, out)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
@@ -456,46 +534,13 @@ def conv3x3_dw_rows2(xt, gt, H, W, R, zero, dwp, dbp):
                 dwp[job, 1, c, dy, 2] = s12
 
 
-def conv3x3_dw(xt, gt, H, W, R, zero, dwp, dbp):
-    """Run ``conv3x3_dw_rows2`` (Co <= 2) or ``conv3x3_dw_rows``; dwp: (J, ceil(Co/MB)·MB,
-    Ci, 3, 3), of which rows :Co are the result."""
-    kern = conv3x3_dw_rows2 if gt.shape[1] <= 2 else conv3x3_dw_rows
-    kern(xt, gt, H, W, R, zero, dwp, dbp)
+def conv3x3_dw(x_tiles, dz_tiles, dw_partial, db_partial, *, height, width, rows):
+    """Per-job partial dw and db; summed over jobs they must equal ``conv3x3_dw_reference``.
 
-
-# ---------------------------------------------------------------------------------------------
-# Slow references (explicit padding and loops, straight from the definitions)
-# ---------------------------------------------------------------------------------------------
-def conv3x3_rows_reference(inp, ysrc, in_slope, in_mask, w, bias, use_bias, slope, use_act):
-    """out = LeakyReLU(conv3x3_pad1(inp · mask, w) + bias) with w (Co, Ci, 3, 3) unpacked."""
-    z = inp * np.where(ysrc <= 0, in_slope, 1.0) if in_mask else inp
-    N, Ci, H, W = z.shape
-    Co = w.shape[0]
-    zp = np.zeros((N, Ci, H + 2, W + 2), z.dtype)
-    zp[:, :, 1:H + 1, 1:W + 1] = z
-    out = np.zeros((N, Co, H, W), z.dtype)
-    for o in range(Co):
-        for c in range(Ci):
-            for dy in range(3):
-                for dx in range(3):
-                    out[:, o] += w[o, c, dy, dx] * zp[:, c, dy:dy + H, dx:dx + W]
-        if use_bias:
-            out[:, o] += bias[o]
-    if use_act:
-        out = np.where(out < 0, out * slope, out)
-    return out
-
-
-def conv3x3_dw_reference(x, dz):
-    """dw[m, c, dy, dx] = Σ_{n,i,j} dz[n, m, i, j] · xpad[n, c, i + dy, j + dx];  db = Σ dz."""
-    N, Ci, H, W = x.shape
-    Co = dz.shape[1]
-    xp = np.zeros((N, Ci, H + 2, W + 2), x.dtype)
-    xp[:, :, 1:H + 1, 1:W + 1] = x
-    dw = np.zeros((Co, Ci, 3, 3), x.dtype)
-    for m in range(Co):
-        for c in range(Ci):
-            for dy in range(3):
-                for dx in range(3):
-                    dw[m, c, dy, dx] = np.sum(dz[:, m] * xp[:, c, dy:dy + H, dx:dx + W])
-    return dw, dz.sum(axis=(0, 2, 3))
+    Inputs: x_tiles, dz_tiles: the tiles the forward and the dx ``conv3x3`` calls left behind;
+    height, width: the image size;  rows: output rows per job.
+    Writes dw_partial (jobs, ceil(Co/MB)·MB, Ci, 3, 3) (rows :Co are the result) and
+    db_partial (jobs, Co). Runs ``conv3x3_dw_rows2`` (Co <= 2) or ``conv3x3_dw_rows``.
+    """
+    kern = conv3x3_dw_rows2 if dz_tiles.shape[1] <= 2 else conv3x3_dw_rows
+    kern(x_tiles, dz_tiles, height, width, rows, x_tiles.dtype.type(0), dw_partial, db_partial)

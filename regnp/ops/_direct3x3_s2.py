@@ -16,7 +16,7 @@ are junk outputs in the flat loops and zero in the gradient planes).
   channels, ``acc += w[dy,0]·E[q] + w[dy,1]·O[q] + w[dy,2]·E[q + 1]`` (E, O: the even / odd
   column phase of row-phase dy % 2, shifted by dy // 2 rows).
 * The gradient dz = dout · LeakyReLU mask is laid out once as zero-bordered planes
-  ``(N, Co, (Ho + 2)·Wq)`` with dz[i, j] at row i + 1, column j + 1 (``s2_grad_planes``).
+  ``(N, Co, (Ho + 2)·Wq)`` with dz[i, j] at row i + 1, column j + 1 (``conv3x3s2_grad_planes``).
 * dw: 12 SIMD dot products per (4 output channels, c, dy) between the dz plane and the forward
   tiles, as in the stride-1 kernel.
 * dx (the adjoint) as a gather: input pixel (y, x) has padded coordinates Y = y + 1, X = x + 1,
@@ -24,12 +24,71 @@ are junk outputs in the flat loops and zero in the gradient planes).
   parity: odd Y takes dy = 1, even Y takes dy ∈ {0, 2}; the same for columns. Each dx row is
   computed as its even and odd columns (two short SIMD loops) and interleaved on output.
 
-Slow references at the bottom; ``tests/test_ops_direct3x3.py`` checks agreement.
+Names: ``R`` = output rows per parallel job, ``MB`` = output channels per register block,
+``Cb`` = number of blocks, ``Wq = Wo + 2`` = phase row width, ``PL = (R + 1)·Wq`` = one phase
+plane of a tile, ``J`` = number of jobs.
+
+Reading order: slow references first (the definition); then the Numba kernels and, at the
+bottom, the keyword entry points ``conv3x3s2_forward``, ``conv3x3s2_grad_planes``,
+``conv3x3s2_dw`` and ``conv3x3s2_dx``, which must equal the references
+(``tests/test_ops_direct3x3.py`` checks agreement).
 """
 import numba
 import numpy as np
 
-from ._direct3x3 import MB
+from ._direct3x3 import MB, pack_weights
+
+
+# ---------------------------------------------------------------------------------------------
+# The definition: slow references (explicit padding and strided slicing)
+# ---------------------------------------------------------------------------------------------
+def conv3x3s2_forward_reference(x, w, *, bias=None, act=None):
+    """What ``conv3x3s2_forward`` computes, from the definition (xpad = x zero-padded by 1)::
+
+        out[n, o, i, j] = LeakyReLU_act( bias[o] + Σ_{c, dy, dx} w[o, c, dy, dx] · xpad[n, c, 2i + dy, 2j + dx] )
+
+    (The conv2d loop reference with stride 2, pad 1; the tests check the two agree.)"""
+    N, Ci, H, W = x.shape
+    Co = w.shape[0]
+    Ho, Wo = (H + 1) // 2, (W + 1) // 2
+    xp = np.zeros((N, Ci, 2 * Ho + 2, 2 * Wo + 2), x.dtype)
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    out = np.zeros((N, Co, Ho, Wo), x.dtype)
+    for o in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    out[:, o] += w[o, c, dy, dx] * xp[:, c, dy:dy + 2 * Ho:2, dx:dx + 2 * Wo:2]
+        if bias is not None:
+            out[:, o] += bias[o]
+    if act is not None:
+        out = np.where(out < 0, out * act, out)
+    return out
+
+
+def conv3x3s2_backward_reference(x, w, dz):
+    """(dx, dw, db) of the stride-2 pad-1 conv for the pre-activation gradient dz, by scattering:
+    what ``conv3x3s2_dx``, ``conv3x3s2_dw`` (summed over jobs) and the row sums of
+    ``conv3x3s2_grad_planes`` must equal."""
+    N, Ci, H, W = x.shape
+    _, Co, Ho, Wo = dz.shape
+    xp = np.zeros((N, Ci, 2 * Ho + 2, 2 * Wo + 2), x.dtype)
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for m in range(Co):
+        for c in range(Ci):
+            for dy in range(3):
+                for dx in range(3):
+                    win = (slice(None), c, slice(dy, dy + 2 * Ho, 2), slice(dx, dx + 2 * Wo, 2))
+                    dw[m, c, dy, dx] = np.sum(dz[:, m] * xp[win])
+                    dxp[win] += w[m, c, dy, dx] * dz[:, m]
+    return dxp[:, :, 1:H + 1, 1:W + 1], dw, dz.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: Numba kernels (positional arguments); keyword entry points at the bottom
+# ---------------------------------------------------------------------------------------------
 
 
 def rows_per_job(N, Ho):
@@ -41,7 +100,7 @@ def rows_per_job(N, Ho):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3s2_fwd(x, wpk, bias, use_bias, slope, use_act, R, tiles, out):
+def _conv3x3s2_fwd_kernel(x, wpk, bias, use_bias, slope, use_act, R, tiles, out):
     """out = LeakyReLU(conv3x3(x, stride 2, pad 1) + bias).
 
     Inputs:
@@ -142,7 +201,7 @@ def conv3x3s2_fwd(x, wpk, bias, use_bias, slope, use_act, R, tiles, out):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def s2_grad_planes(dout, y, slope, use_act, gp, rowsum):
+def _grad_planes_kernel(dout, y, slope, use_act, gp, rowsum):
     """gp (N, Co, (Ho + 2)·Wq): zeros, with dz = dout · (1 if y > 0 else slope) (just dout
     without the activation) at row i + 1, column j + 1;  rowsum[n, m] = Σ dz."""
     N, Co, Ho, Wo = dout.shape
@@ -166,7 +225,7 @@ def s2_grad_planes(dout, y, slope, use_act, gp, rowsum):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def conv3x3s2_dw(tiles, gp, Ho, Wo, R, zero, dwp):
+def _conv3x3s2_dw_kernel(tiles, gp, Ho, Wo, R, zero, dwp):
     """Per-job partial weight gradients: dwp[job, m, c, dy, dx] = Σ dz[m] · P shifted.
 
     dz at plane index (r0 + 1 + rr)·Wq + 1 + j pairs with the tile's phase (dy%2, dx%2) at
@@ -237,7 +296,7 @@ def conv3x3s2_dw(tiles, gp, Ho, Wo, R, zero, dwp):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3s2_dx(gp, wpt, Ho, Wo, R, dx):
+def _conv3x3s2_dx_kernel(gp, wpt, Ho, Wo, R, dx):
     """dx (N, Ci, H, W) of the stride-2 conv from the dz planes (gather form, see the module
     docstring). wpt: (Cb, Co, 3, 3, MB) = ``pack_weights(w.transpose(1, 0, 2, 3))`` (input
     channels of the forward in blocks of MB, not flipped).
@@ -364,41 +423,35 @@ def conv3x3s2_dx(gp, wpt, Ho, Wo, R, dx):
 
 
 # ---------------------------------------------------------------------------------------------
-# Slow references
+# Entry points (keyword arguments; None for "no bias" / "no activation")
 # ---------------------------------------------------------------------------------------------
-def conv3x3s2_forward_reference(x, w, bias, use_bias, slope, use_act):
-    """out = LeakyReLU(conv3x3(x, w, stride 2, pad 1) + bias), explicit padding and slicing."""
-    N, Ci, H, W = x.shape
-    Co = w.shape[0]
-    Ho, Wo = (H + 1) // 2, (W + 1) // 2
-    xp = np.zeros((N, Ci, 2 * Ho + 2, 2 * Wo + 2), x.dtype)
-    xp[:, :, 1:H + 1, 1:W + 1] = x
-    out = np.zeros((N, Co, Ho, Wo), x.dtype)
-    for o in range(Co):
-        for c in range(Ci):
-            for dy in range(3):
-                for dx in range(3):
-                    out[:, o] += w[o, c, dy, dx] * xp[:, c, dy:dy + 2 * Ho:2, dx:dx + 2 * Wo:2]
-        if use_bias:
-            out[:, o] += bias[o]
-    if use_act:
-        out = np.where(out < 0, out * slope, out)
-    return out
+def conv3x3s2_forward(x, w, out, *, rows, tiles, bias=None, act=None):
+    """out (N, Co, Ho, Wo) = LeakyReLU_act(conv3x3(x, w, stride 2, pad 1) + bias); must equal
+    ``conv3x3s2_forward_reference``. w: (Co, Ci, 3, 3) (packed here); rows: output rows per job;
+    tiles: (N·ceil(Ho/rows), Ci, 4·(rows + 1)·(Wo + 2)) scratch, left holding each job's phase
+    rows for ``conv3x3s2_dw``."""
+    use_bias = bias is not None
+    _conv3x3s2_fwd_kernel(x, pack_weights(w), bias if use_bias else np.zeros(1, x.dtype),
+                          use_bias, 0.0 if act is None else float(act), act is not None, rows,
+                          tiles, out)
 
 
-def conv3x3s2_backward_reference(x, w, dz):
-    """(dx, dw, db) of the stride-2 pad-1 conv for the pre-activation gradient dz (scatter)."""
-    N, Ci, H, W = x.shape
-    _, Co, Ho, Wo = dz.shape
-    xp = np.zeros((N, Ci, 2 * Ho + 2, 2 * Wo + 2), x.dtype)
-    xp[:, :, 1:H + 1, 1:W + 1] = x
-    dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
-    for m in range(Co):
-        for c in range(Ci):
-            for dy in range(3):
-                for dx in range(3):
-                    win = (slice(None), c, slice(dy, dy + 2 * Ho, 2), slice(dx, dx + 2 * Wo, 2))
-                    dw[m, c, dy, dx] = np.sum(dz[:, m] * xp[win])
-                    dxp[win] += w[m, c, dy, dx] * dz[:, m]
-    return dxp[:, :, 1:H + 1, 1:W + 1], dw, dz.sum(axis=(0, 2, 3))
+def conv3x3s2_grad_planes(dout, dz_planes, rowsum, *, act_out=None, act=None):
+    """dz_planes (N, Co, (Ho + 2)·(Wo + 2)) = dz = dout · (1 where act_out > 0 else act) with a
+    zero border (dz = dout when act is None); rowsum[n, m] = Σ dz (the bias gradient's parts)."""
+    _grad_planes_kernel(dout, dout if act is None else act_out,
+                        0.0 if act is None else float(act), act is not None, dz_planes, rowsum)
+
+
+def conv3x3s2_dw(x_tiles, dz_planes, dw_partial, *, out_h, out_w, rows):
+    """Per-job partial dw (jobs, ceil(Co/MB)·MB, Ci, 3, 3); rows :Co summed over jobs must equal
+    the dw of ``conv3x3s2_backward_reference``."""
+    _conv3x3s2_dw_kernel(x_tiles, dz_planes, out_h, out_w, rows, x_tiles.dtype.type(0),
+                         dw_partial)
+
+
+def conv3x3s2_dx(dz_planes, w, dx, *, out_h, out_w, rows):
+    """dx (N, Ci, H, W) from the dz planes and the forward weights w (Co, Ci, 3, 3) (packed
+    here, input channels in blocks); must equal the dx of ``conv3x3s2_backward_reference``."""
+    _conv3x3s2_dx_kernel(dz_planes, pack_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3))),
+                         out_h, out_w, rows, dx)

@@ -35,12 +35,60 @@ that path against the loop references at round-off level and by gradient checks)
 
 ``conv.py`` sends only float32 transposed convolutions with k = 2, stride 2, pad 0,
 output_padding 0 here; every other case (and float64) keeps the GEMM path unchanged.
+
+Names: ``R`` = input rows per parallel job (``rows_per_job``), ``V = 4·Co`` virtual channels,
+``KB``/``MB`` the channel blocks below, ``J`` = number of jobs.
+
+Reading order: the slow references (the definition) first, then the Numba kernels and the
+entry points ``forward`` / ``backward``, which must equal them.
 """
 import numba
 import numpy as np
 
 KB = 4          # input channels (forward) / phase planes (dx) per accumulation pass
 MB = 4          # input channels per dx block (zero-padded weights for the tail block)
+
+
+# ---------------------------------------------------------------------------------------------
+# The definition: slow references (straight from the phase formulas in the module docstring)
+# ---------------------------------------------------------------------------------------------
+def forward_reference(x, w, b):
+    """out[n, o, 2i + a, 2j + b'] = b[o] + Σ_c w[c, o, a, b'] x[n, c, i, j], explicit phases:
+    what ``forward`` must equal (and what ``conv.conv_transpose2d_forward_reference`` gives for
+    k = 2, stride 2, pad 0; the tests check both)."""
+    N, Ci, H, W = x.shape
+    Co = w.shape[1]
+    out = np.zeros((N, Co, 2 * H, 2 * W), x.dtype)
+    for a in range(2):
+        for bb in range(2):
+            for o in range(Co):
+                for c in range(Ci):
+                    out[:, o, a::2, bb::2] += w[c, o, a, bb] * x[:, c]
+    if b is not None:
+        out += b[None, :, None, None]
+    return out
+
+
+def backward_reference(dout, x, w):
+    """(dx, dw, db) from the phase formulas, explicit loops over channels and phases: what
+    ``backward`` must equal."""
+    N, Ci, H, W = x.shape
+    Co = w.shape[1]
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    for a in range(2):
+        for bb in range(2):
+            for o in range(Co):
+                g = dout[:, o, a::2, bb::2]                    # (N, H, W)
+                for c in range(Ci):
+                    dx[:, c] += w[c, o, a, bb] * g
+                    dw[c, o, a, bb] = np.sum(x[:, c] * g)
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: Numba kernels (positional arguments); Python entry points at the bottom
+# ---------------------------------------------------------------------------------------------
 
 
 def rows_per_job(N, H, W):
@@ -354,12 +402,14 @@ def convT2_bwd(dout, xf, wdx, R, zero, tiles, dxf, dwp, dbp):
 
 
 # ---------------------------------------------------------------------------------------------
-# Python wrappers (used by conv.py and the tests; any float dtype)
+# Entry points (used by conv.py and the tests; any float dtype)
 # ---------------------------------------------------------------------------------------------
 def forward(x, w, b, work=None):
-    """out (N, Co, 2H, 2W) = conv_transpose2d(x, w, b, stride 2, pad 0) for w (Ci, Co, 2, 2).
+    """out (N, Co, 2H, 2W) = conv_transpose2d(x, w, b, stride 2, pad 0) for w (Ci, Co, 2, 2);
+    must equal ``forward_reference``.
 
-    x must be C-contiguous; b may be None. Returns (out, R) (R: rows per job, for backward).
+    x must be C-contiguous; b may be None. Returns (out, rows) (rows: input rows per parallel
+    job, for ``backward``).
     """
     N, Ci, H, W = x.shape
     Co = w.shape[1]
@@ -370,9 +420,11 @@ def forward(x, w, b, work=None):
     return out, R
 
 
-def backward(dout, x, w, R, tiles):
+def backward(dout, x, w, *, rows, tiles):
     """(dx, dw, db) of ``forward`` for C-contiguous dout (N, Co, 2H, 2W) and x (N, Ci, H, W);
-    tiles: (N·ceil(H/R), 4·Co, R·W) scratch of the dtype. db is always returned."""
+    must equal ``backward_reference``. rows: input rows per job (from ``forward``); tiles:
+    (N·ceil(H/rows), 4·Co, rows·W) scratch of the dtype (``tiles_shape``). db is always returned."""
+    R = rows
     N, Ci, H, W = x.shape
     Co = w.shape[1]
     dt = x.dtype
@@ -390,37 +442,3 @@ def backward(dout, x, w, R, tiles):
 def tiles_shape(N, H, W, Co, R):
     """Shape of the backward scratch: (jobs, 4·Co, R·W)."""
     return (N * (-(-H // R)), 4 * Co, R * W)
-
-
-# ---------------------------------------------------------------------------------------------
-# Slow references (straight from the phase formulas)
-# ---------------------------------------------------------------------------------------------
-def forward_reference(x, w, b):
-    """out[n, o, 2i + a, 2j + b'] = b[o] + Σ_c w[c, o, a, b'] x[n, c, i, j], explicit phases."""
-    N, Ci, H, W = x.shape
-    Co = w.shape[1]
-    out = np.zeros((N, Co, 2 * H, 2 * W), x.dtype)
-    for a in range(2):
-        for bb in range(2):
-            for o in range(Co):
-                for c in range(Ci):
-                    out[:, o, a::2, bb::2] += w[c, o, a, bb] * x[:, c]
-    if b is not None:
-        out += b[None, :, None, None]
-    return out
-
-
-def backward_reference(dout, x, w):
-    """(dx, dw, db) from the phase formulas, explicit loops over channels and phases."""
-    N, Ci, H, W = x.shape
-    Co = w.shape[1]
-    dx = np.zeros_like(x)
-    dw = np.zeros_like(w)
-    for a in range(2):
-        for bb in range(2):
-            for o in range(Co):
-                g = dout[:, o, a::2, bb::2]                    # (N, H, W)
-                for c in range(Ci):
-                    dx[:, c] += w[c, o, a, bb] * g
-                    dw[c, o, a, bb] = np.sum(x[:, c] * g)
-    return dx, dw, dout.sum(axis=(0, 2, 3))
