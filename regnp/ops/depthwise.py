@@ -36,7 +36,14 @@ run (13.6 -> 6.4 ms median for a (2, 2, 256, 256) field, batch 2):
 * dw runs 13 SIMD dot products per filter row over whole flattened planes: dout laid out with
   the padded input's row stride (zeros in the extra columns) pairs with the input plane shifted
   by ``a·Wp + b``; for the default pad = 6 that layout is a window of dx's padded dout plane.
+
+Reading order: the loop references (the definition) first, then the kernels, then the public
+``depthwise_conv2d_forward`` / ``backward``, which must equal the references (tests:
+``test_ops_depthwise.py``, ``test_ops_direct3x3.py`` for every padding of the 13×13 path).
+Names: ``Wp`` = padded row width W + 2·pad, ``Cw`` = number of filters (1 or C).
 """
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -47,7 +54,59 @@ __all__ = ["depthwise_conv2d_forward", "depthwise_conv2d_backward",
 
 
 # ---------------------------------------------------------------------------------------------
-# Numba kernels
+# The definition: slow, obviously correct references (the fast path below must equal them)
+# ---------------------------------------------------------------------------------------------
+def depthwise_conv2d_forward_reference(x, w, pad=None):
+    """The definition, as loops (explicitly padded copy xp, one output pixel at a time)::
+
+        out[n, c, i, j] = Σ_{a, b} w[c or 0, a, b] · xp[n, c, i + a, j + b]
+
+    with xp = x zero-padded by ``pad`` (default (k - 1)//2). Returns out only."""
+    N, C, H, W = x.shape
+    k = w.shape[1]
+    pad = (k - 1) // 2 if pad is None else pad
+    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    xp[:, :, pad:pad + H, pad:pad + W] = x
+    Ho, Wo = H + 2 * pad - k + 1, W + 2 * pad - k + 1
+    out = np.zeros((N, C, Ho, Wo), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            f = w[c] if w.shape[0] > 1 else w[0]
+            for i in range(Ho):
+                for j in range(Wo):
+                    out[n, c, i, j] = np.sum(f * xp[n, c, i:i + k, j:j + k])
+    return out
+
+
+def depthwise_conv2d_backward_reference(dout, x, w, pad=None):
+    """Gradients of the definition, by scattering each ``dout`` pixel through its window::
+
+        dxp[n, c, i : i + k, j : j + k] += dout[n, c, i, j] · w[c or 0]      (then crop the pad)
+        dw[c or 0]                      += dout[n, c, i, j] · xp[n, c, i : i + k, j : j + k]
+
+    Returns (dx, dw); a shared filter (w of shape (1, k, k)) sums its gradient over channels."""
+    N, C, H, W = x.shape
+    k = w.shape[1]
+    pad = (k - 1) // 2 if pad is None else pad
+    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    xp[:, :, pad:pad + H, pad:pad + W] = x
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for n in range(N):
+        for c in range(C):
+            cw = c if w.shape[0] > 1 else 0
+            for i in range(dout.shape[2]):
+                for j in range(dout.shape[3]):
+                    g = dout[n, c, i, j]
+                    dxp[n, c, i:i + k, j:j + k] += g * w[cw]
+                    dw[cw] += g * xp[n, c, i:i + k, j:j + k]
+    return dxp[:, :, pad:pad + H, pad:pad + W], dw
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: Numba kernels (the public functions at the bottom must equal the references)
 # ---------------------------------------------------------------------------------------------
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _dw_corr_kernel(x, w, pad, out):
@@ -271,6 +330,14 @@ def _backward13(x, w, pad, dout, xpf, dx, dw):
 # ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
+class DepthwiseCache(NamedTuple):
+    """What ``depthwise_conv2d_backward`` needs from the forward."""
+    x: np.ndarray              # (N, C, H, W) the input (contiguous; a reference, not a copy)
+    w: np.ndarray              # (Cw, k, k) the filters
+    pad: int
+    x_planes: object           # k = 13: x's zero-padded flattened planes (``_padded``), else None
+
+
 def _check_inputs(x, w, pad):
     check_array("x", x, ndim=4)
     check_array("w", w, ndim=3, dtype=x.dtype)
@@ -302,7 +369,9 @@ def depthwise_conv2d_forward(x, w, pad=None):
 
     Returns:
     - out: ``(N, C, H + 2 pad - k + 1, W + 2 pad - k + 1)`` (``(N, C, H, W)`` by default, odd k).
-    - cache: ``(x, w, pad, xpf)``; xpf is x's padded plane for k = 13 (else None).
+    - cache: a ``DepthwiseCache``.
+
+    Must equal ``depthwise_conv2d_forward_reference``.
     """
     pad, Ho, Wo = _check_inputs(x, w, pad)
     x = np.ascontiguousarray(x)
@@ -312,7 +381,7 @@ def depthwise_conv2d_forward(x, w, pad=None):
     if w.shape[1] == 13:
         xpf = _padded(x, pad, pad, x.shape[2] + 2 * pad, x.shape[3] + 2 * pad)
     _corr(x, w, pad, out, xpf)
-    return out, (x, w, pad, xpf)
+    return out, DepthwiseCache(x=x, w=w, pad=pad, x_planes=xpf)
 
 
 def depthwise_conv2d_backward(dout, cache):
@@ -326,8 +395,10 @@ def depthwise_conv2d_backward(dout, cache):
     - dx: ``(N, C, H, W)``.
     - dw: w's shape, ``(C, k, k)`` or ``(1, k, k)`` (the shared filter's gradient sums over
       channels).
+
+    Must equal ``depthwise_conv2d_backward_reference``.
     """
-    x, w, pad, xpf = cache
+    x, w, pad, xpf = cache.x, cache.w, cache.pad, cache.x_planes
     N, C, H, W = x.shape
     k = w.shape[1]
     Ho, Wo = H + 2 * pad - k + 1, W + 2 * pad - k + 1
@@ -342,44 +413,3 @@ def depthwise_conv2d_backward(dout, cache):
     _dw_corr_kernel(dout, w_rot, k - 1 - pad, dx)
     _dw_grad_w_kernel(x, dout, pad, dw)
     return dx, dw
-
-
-# ---------------------------------------------------------------------------------------------
-# slow, obviously correct references
-# ---------------------------------------------------------------------------------------------
-def depthwise_conv2d_forward_reference(x, w, pad=None):
-    """Loop version of the forward (explicitly padded copy, one output pixel at a time)."""
-    N, C, H, W = x.shape
-    k = w.shape[1]
-    pad = (k - 1) // 2 if pad is None else pad
-    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
-    xp[:, :, pad:pad + H, pad:pad + W] = x
-    Ho, Wo = H + 2 * pad - k + 1, W + 2 * pad - k + 1
-    out = np.zeros((N, C, Ho, Wo), dtype=x.dtype)
-    for n in range(N):
-        for c in range(C):
-            f = w[c] if w.shape[0] > 1 else w[0]
-            for i in range(Ho):
-                for j in range(Wo):
-                    out[n, c, i, j] = np.sum(f * xp[n, c, i:i + k, j:j + k])
-    return out
-
-
-def depthwise_conv2d_backward_reference(dout, x, w, pad=None):
-    """Loop version of the backward: scatter each ``dout`` pixel through the padded window."""
-    N, C, H, W = x.shape
-    k = w.shape[1]
-    pad = (k - 1) // 2 if pad is None else pad
-    xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
-    xp[:, :, pad:pad + H, pad:pad + W] = x
-    dxp = np.zeros_like(xp)
-    dw = np.zeros_like(w)
-    for n in range(N):
-        for c in range(C):
-            cw = c if w.shape[0] > 1 else 0
-            for i in range(dout.shape[2]):
-                for j in range(dout.shape[3]):
-                    g = dout[n, c, i, j]
-                    dxp[n, c, i:i + k, j:j + k] += g * w[cw]
-                    dw[cw] += g * xp[n, c, i:i + k, j:j + k]
-    return dxp[:, :, pad:pad + H, pad:pad + W], dw
