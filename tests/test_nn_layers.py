@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from regnp.gradcheck import check_vjp
-from regnp.nn.layers import (Conv2d, ConvTranspose2d, LeakyReLU, MaxPool2x2, UpsampleBilinear2x,
-                             UpsampleNearest2x)
-from regnp.ops.conv import conv2d_forward_reference
+from regnp.nn.layers import Conv2d, ConvTranspose2d, UpsampleNearest2x
+from regnp.ops.activation import leaky_relu_backward, leaky_relu_forward
+from regnp.ops.conv import conv2d_backward, conv2d_forward, conv2d_forward_reference
 
 
 def test_conv2d_layer_matches_reference_and_accumulates_grads():
@@ -70,15 +70,33 @@ def test_he_init_statistics_and_seed():
     np.testing.assert_array_equal(c.params["w"], Conv2d(2, 3, bias=False).params["w"])  # default rng(0)
 
 
-def test_stateless_layers_and_state_dict():
+@pytest.mark.parametrize("dtype,stride", [(np.float64, 1), (np.float32, 1), (np.float32, 2)])
+def test_fused_activation_equals_conv_then_leaky_relu(dtype, stride):
+    """Conv2d(act=0.2) (the U-Net's ConvBlock) = leaky_relu(conv2d(x)), forward and backward;
+    float32 3x3 layers run the direct kernels, float64 the GEMM path."""
+    rng = np.random.default_rng(4)
+    layer = Conv2d(3, 5, stride=stride, act=0.2, rng=rng, dtype=dtype)
+    layer.params["b"][:] = rng.standard_normal(5)
+    x = rng.standard_normal((2, 3, 8, 10)).astype(dtype)
+    z, zc = conv2d_forward(x, layer.params["w"], layer.params["b"], stride, 1)
+    y, yc = leaky_relu_forward(z, 0.2)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(layer.forward(x), y, rtol=tol, atol=tol)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = conv2d_backward(leaky_relu_backward(dout, yc), zc)
+    np.testing.assert_allclose(layer.backward(dout), dx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.grads["w"], dw, rtol=tol, atol=10 * tol)
+    np.testing.assert_allclose(layer.grads["b"], db, rtol=tol, atol=10 * tol)
+
+
+def test_upsample_layer_and_state_dict():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 2, 4, 6))
-    for layer, shape in ((LeakyReLU(0.2), x.shape), (UpsampleNearest2x(), (2, 2, 8, 12)),
-                         (UpsampleBilinear2x(), (2, 2, 8, 12)), (MaxPool2x2(), (2, 2, 2, 3))):
-        out = layer.forward(x)
-        assert out.shape == shape
-        assert layer.backward(np.ones(shape)).shape == x.shape
-        assert layer.num_parameters() == 0
+    layer = UpsampleNearest2x()
+    out = layer.forward(x)
+    assert out.shape == (2, 2, 8, 12)
+    assert layer.backward(np.ones(out.shape)).shape == x.shape
+    assert layer.num_parameters() == 0
     conv = Conv2d(2, 4)
     state = conv.state_dict()
     conv2 = Conv2d(2, 4, rng=np.random.default_rng(9))
@@ -90,6 +108,6 @@ def test_backward_before_forward_is_a_clear_error():
     with pytest.raises(RuntimeError, match="before forward"):
         Conv2d(2, 2).backward(np.zeros((1, 2, 4, 4), np.float32))
     with pytest.raises(RuntimeError, match="before forward"):
-        MaxPool2x2().backward(np.zeros((1, 2, 4, 4), np.float32))
+        UpsampleNearest2x().backward(np.zeros((1, 2, 4, 4), np.float32))
     with pytest.raises(ValueError, match="positive integer"):
         Conv2d(0, 2)

@@ -1,5 +1,5 @@
-"""Max pooling, nearest and bilinear x2 upsampling: references, gradient checks, hand answers,
-bad inputs."""
+"""Nearest and bilinear x2 upsampling, 2x2 average pooling: references, gradient checks, hand
+answers, bad inputs."""
 import numpy as np
 import pytest
 
@@ -11,8 +11,6 @@ OPS = {
                 P.upsample_nearest2x_forward_reference, P.upsample_nearest2x_backward_reference),
     "bilinear": (P.upsample_bilinear2x_forward, P.upsample_bilinear2x_backward,
                  P.upsample_bilinear2x_forward_reference, P.upsample_bilinear2x_backward_reference),
-    "maxpool": (P.maxpool2x2_forward, P.maxpool2x2_backward,
-                P.maxpool2x2_forward_reference, P.maxpool2x2_backward_reference),
 }
 
 
@@ -21,7 +19,7 @@ OPS = {
 def test_matches_reference(name, dtype):
     fwd, bwd, rfwd, rbwd = OPS[name]
     rng = np.random.default_rng(0)
-    shape = (2, 3, 6, 10) if name == "maxpool" else (2, 3, 5, 7)
+    shape = (2, 3, 5, 7)
     x = rng.standard_normal(shape).astype(dtype)
     out, cache = fwd(x)
     ref, rcache = rfwd(x)
@@ -36,7 +34,7 @@ def test_matches_reference(name, dtype):
 def test_gradcheck(name):
     fwd, bwd, _, _ = OPS[name]
     rng = np.random.default_rng(1)
-    shape = (2, 2, 4, 6) if name == "maxpool" else (2, 2, 3, 5)
+    shape = (2, 2, 3, 5)
     x = rng.standard_normal(shape)
     out, cache = fwd(x)
     dout = rng.standard_normal(out.shape)
@@ -49,15 +47,6 @@ def test_nearest_hand():
     np.testing.assert_array_equal(out[0, 0], [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4],
                                               [3, 3, 4, 4]])
     np.testing.assert_array_equal(P.upsample_nearest2x_backward(np.ones_like(out), cache), 4)
-
-
-def test_maxpool_hand_and_ties():
-    x = np.array([[[[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 2.0, 2.0]]]])
-    out, cache = P.maxpool2x2_forward(x)
-    np.testing.assert_array_equal(out[0, 0], [[5.0, 2.0]])
-    dx = P.maxpool2x2_backward(np.array([[[[10.0, 7.0]]]]), cache)
-    # the gradient goes to the arg-max; on a tie, to the first in row-major order
-    np.testing.assert_array_equal(dx[0, 0], [[0, 10, 7, 0], [0, 0, 0, 0]])
 
 
 def test_bilinear_hand():
@@ -78,13 +67,13 @@ def test_bilinear_hand():
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="even"):
-        P.maxpool2x2_forward(np.zeros((1, 1, 5, 4)))
+        P.avgpool2x2_forward(np.zeros((1, 1, 5, 4)))
     with pytest.raises(ValueError, match="4 dimensions"):
         P.upsample_nearest2x_forward(np.zeros((3, 4)))
     with pytest.raises(TypeError, match="dtype"):
         P.upsample_bilinear2x_forward(np.zeros((1, 1, 2, 2), np.int64))
     with pytest.raises(ValueError, match="NaN"):
-        P.maxpool2x2_forward(np.full((1, 1, 2, 2), np.nan))
+        P.avgpool2x2_forward(np.full((1, 1, 2, 2), np.nan))
     _, cache = P.upsample_bilinear2x_forward(np.zeros((1, 1, 2, 3)))
     with pytest.raises(ValueError, match="shape"):
         P.upsample_bilinear2x_backward(np.zeros((1, 1, 4, 5)), cache)

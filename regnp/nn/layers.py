@@ -11,12 +11,9 @@ wide-gradient buffers are reused from one step to the next instead of being allo
 """
 import numpy as np
 
-from ..ops.activation import leaky_relu_backward, leaky_relu_forward
 from ..ops.conv import (Workspace, conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                         conv_transpose2d_forward)
-from ..ops.pool import (maxpool2x2_backward, maxpool2x2_forward, upsample_bilinear2x_backward,
-                        upsample_bilinear2x_forward, upsample_nearest2x_backward,
-                        upsample_nearest2x_forward)
+from ..ops.pool import upsample_nearest2x_backward, upsample_nearest2x_forward
 from .._checks import check_positive_int
 from .module import Module
 
@@ -37,7 +34,8 @@ class Conv2d(Module):
 
     - pad: default (k-1)//2 ("same" for odd k at stride 1).
     - act: None, or a LeakyReLU slope fused into the layer (output = LeakyReLU(conv(x) + b));
-      saves one pass over memory each way compared with a separate ``LeakyReLU`` layer.
+      saves one pass over memory each way compared with a separate activation
+      (``regnp.ops.activation.leaky_relu_forward``; tests and lesson 04 check they agree).
     - init_slope: the LeakyReLU slope the He init is tuned for (0.2, VoxelMorph's).
     - rng: ``np.random.Generator`` (default ``np.random.default_rng(0)``).
     """
@@ -114,58 +112,20 @@ class ConvTranspose2d(Module):
         return dx
 
 
-class _Stateless(Module):
-    """A parameter-free op pair wrapped as a layer."""
-    _fwd = _bwd = None
+class UpsampleNearest2x(Module):
+    """(N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated in a 2×2 block (no parameters)."""
 
     def __init__(self):
         super().__init__()
         self._cache = None
 
     def forward(self, x):
-        out, self._cache = type(self)._fwd(x)
+        out, self._cache = upsample_nearest2x_forward(x)
         return out
 
     def backward(self, dout):
         if self._cache is None:
             _no_cache(self)
-        dx = type(self)._bwd(dout, self._cache)
+        dx = upsample_nearest2x_backward(dout, self._cache)
         self._cache = None
         return dx
-
-
-class LeakyReLU(_Stateless):
-    """y = x if x > 0 else slope·x."""
-
-    def __init__(self, slope=0.2):
-        super().__init__()
-        self.slope = slope
-
-    def forward(self, x):
-        out, self._cache = leaky_relu_forward(x, self.slope)
-        return out
-
-    def backward(self, dout):
-        if self._cache is None:
-            _no_cache(self)
-        dx = leaky_relu_backward(dout, self._cache)
-        self._cache = None
-        return dx
-
-
-class UpsampleNearest2x(_Stateless):
-    """(N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated in a 2×2 block."""
-    _fwd = staticmethod(upsample_nearest2x_forward)
-    _bwd = staticmethod(upsample_nearest2x_backward)
-
-
-class UpsampleBilinear2x(_Stateless):
-    """(N, C, H, W) -> (N, C, 2H, 2W), bilinear, half-pixel centres, edge-clamped."""
-    _fwd = staticmethod(upsample_bilinear2x_forward)
-    _bwd = staticmethod(upsample_bilinear2x_backward)
-
-
-class MaxPool2x2(_Stateless):
-    """(N, C, H, W) -> (N, C, H/2, W/2), max of each 2×2 block (H, W even)."""
-    _fwd = staticmethod(maxpool2x2_forward)
-    _bwd = staticmethod(maxpool2x2_backward)

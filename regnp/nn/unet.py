@@ -44,7 +44,8 @@ class ConvBlock(Module):
 
     The activation is fused into the convolution's output pass (``Conv2d(act=0.2)``): one
     memory sweep instead of two each way, which matters at 256×256. It computes exactly
-    ``leaky_relu(conv(x) + b)``; tests compare it with the unfused layers.
+    ``leaky_relu(conv(x) + b)``; ``tests/test_nn_layers.py`` and lesson 04 compare it with
+    ``leaky_relu_forward(conv2d_forward(x))``.
     """
 
     def __init__(self, cin, cout, stride=1, rng=None, dtype=np.float32):

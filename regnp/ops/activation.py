@@ -7,7 +7,10 @@ Concatenation along channels has the simplest backward of all: the gradient is *
 into the pieces, in the same order — this is how a U-Net skip connection routes gradient to the
 encoder.
 
-NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop.
+NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop; its NumPy
+definition (``leaky_relu_forward_reference``) comes first. Concatenation is one NumPy call and
+its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 04
+checks that the fused layer equals ``leaky_relu_forward(conv2d_forward(x))``.)
 """
 import numba
 import numpy as np
@@ -15,6 +18,23 @@ import numpy as np
 from .._checks import check_array
 
 
+# ---------------------------------------------------------------------------------------------
+# The definition (NumPy one-liners); the Numba kernels below must equal them
+# ---------------------------------------------------------------------------------------------
+def leaky_relu_forward_reference(x, slope=0.2):
+    """y = x where x > 0, else slope·x. Returns (y, cache)."""
+    return np.where(x > 0, x, slope * x), (x, slope)
+
+
+def leaky_relu_backward_reference(dout, cache):
+    """dx = dout where x > 0, else slope·dout (the slope at exactly x = 0)."""
+    x, slope = cache
+    return np.where(x > 0, dout, slope * dout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: parallel Numba loops
+# ---------------------------------------------------------------------------------------------
 @numba.njit(parallel=True, cache=True)
 def _leaky_fwd(x, slope, out):
     for i in numba.prange(x.size):
@@ -35,7 +55,7 @@ def _check_slope(slope):
 
 
 def leaky_relu_forward(x, slope=0.2):
-    """LeakyReLU.
+    """LeakyReLU; must equal ``leaky_relu_forward_reference``.
 
     Inputs:
     - x: float array of any shape (usually (N, C, H, W)).
@@ -53,22 +73,14 @@ def leaky_relu_forward(x, slope=0.2):
 
 
 def leaky_relu_backward(dout, cache):
-    """Backward of LeakyReLU. Inputs: dout (shape of x), cache. Returns: dx (shape of x)."""
+    """Backward of LeakyReLU; must equal ``leaky_relu_backward_reference``.
+    Inputs: dout (shape of x), cache. Returns: dx (shape of x)."""
     x, slope = cache
     check_array("dout", dout, dtype=x.dtype, shape=x.shape)
     d = np.ascontiguousarray(dout)
     dx = np.empty_like(x)
     _leaky_bwd(d.reshape(-1), x.reshape(-1), slope, dx.reshape(-1))
     return dx
-
-
-def leaky_relu_forward_reference(x, slope=0.2):
-    return np.where(x > 0, x, slope * x), (x, slope)
-
-
-def leaky_relu_backward_reference(dout, cache):
-    x, slope = cache
-    return np.where(x > 0, dout, slope * dout)
 
 
 def concat_forward(xs):

@@ -36,7 +36,9 @@ The map is linear and separable, ``u = By · c · Bxᵀ`` with fixed ``(n·s, n)
 already contain the border rule), so the forward is two small matrix products per plane and the
 backward — the exact adjoint — is ``dc = Byᵀ · du · Bx``. At ``(2, 2, 32, 32) → 256×256`` that is
 ~10 MFLOP, under a millisecond in all (the matrices are built once per size and cached); no Numba
-kernel is needed. The slow reference evaluates β3 pixel by pixel with explicit loops and the border rule tap by tap.
+kernel is needed. The slow reference — first in this file, the definition — evaluates β3 pixel by
+pixel with explicit loops and the border rule tap by tap; ``bspline_upsample_forward`` /
+``backward`` must equal ``bspline_upsample_forward_reference`` / ``backward_reference``.
 """
 from functools import lru_cache
 
@@ -70,89 +72,10 @@ def _grid_coordinates(n, factor):
     return t, np.floor(t).astype(np.int64) - 1
 
 
-def bspline_matrix(n, factor, border="linear"):
-    """The ``(n·factor, n)`` float64 matrix B of one axis: ``u_axis = B · c_axis``.
-
-    Row o holds the four weights β3(t_o − k) of output pixel o, with the taps outside the grid
-    folded back onto the grid by the border rule (see the module docstring)."""
-    n = check_positive_int("n", n)
-    factor = check_positive_int("factor", factor)
-    _check_border(border, n, "this axis")
-    t, k0 = _grid_coordinates(n, factor)
-    B = np.zeros((n * factor, n))
-    rows = np.arange(n * factor)
-    for d in range(4):
-        k = k0 + d                                                # (n·s,) tap index, may be outside
-        w = bspline_kernel(t - k)
-        lo, hi = k < 0, k > n - 1
-        inside = ~(lo | hi)
-        np.add.at(B, (rows[inside], k[inside]), w[inside])
-        if border == "clamp":
-            np.add.at(B, (rows[lo], np.zeros(lo.sum(), np.int64)), w[lo])
-            np.add.at(B, (rows[hi], np.full(hi.sum(), n - 1)), w[hi])
-        else:
-            j = -k[lo]                                            # c[-j] = (1+j) c[0] - j c[1]
-            np.add.at(B, (rows[lo], np.zeros(j.size, np.int64)), w[lo] * (1 + j))
-            np.add.at(B, (rows[lo], np.ones(j.size, np.int64)), -w[lo] * j)
-            j = k[hi] - (n - 1)                                   # c[n-1+j] = (1+j) c[n-1] - j c[n-2]
-            np.add.at(B, (rows[hi], np.full(j.size, n - 1)), w[hi] * (1 + j))
-            np.add.at(B, (rows[hi], np.full(j.size, n - 2)), -w[hi] * j)
-    return B
-
-
-@lru_cache(maxsize=64)
-def _cached_matrix(n, factor, border, dtype):
-    """bspline_matrix in the given dtype, built once per (n, factor, border, dtype), read-only."""
-    B = bspline_matrix(n, factor, border).astype(dtype)
-    B.setflags(write=False)
-    return B
-
-
-def _check_inputs(c, factor, border):
-    check_array("c", c, ndim=4)
-    factor = check_positive_int("factor", factor)
-    N, C, Hc, Wc = c.shape
-    _check_border(border, Hc, "the rows (axis 2)")
-    _check_border(border, Wc, "the columns (axis 3)")
-    return factor
-
-
-def bspline_upsample_forward(c, factor, border="linear"):
-    """Cubic B-spline decoding of control-point values to a dense field.
-
-    Inputs:
-    - c: control-point values ``(N, C, Hc, Wc)`` (float32/float64), e.g. C = 2 displacement
-      components in output pixels.
-    - factor: control-point spacing in output pixels (positive int, e.g. 8 or 16).
-    - border: ``"linear"`` (default) or ``"clamp"``, the rule for taps outside the grid.
-    Returns: u ``(N, C, Hc·factor, Wc·factor)`` of c's dtype, cache.
-    """
-    factor = _check_inputs(c, factor, border)
-    N, C, Hc, Wc = c.shape
-    By = _cached_matrix(Hc, factor, border, c.dtype.str)             # (H, Hc)
-    Bx = _cached_matrix(Wc, factor, border, c.dtype.str)             # (W, Wc)
-    planes = np.ascontiguousarray(c).reshape(N * C, Hc, Wc)          # (M, Hc, Wc)
-    tmp = planes @ Bx.T                                               # (M, Hc, W)
-    u = By @ tmp                                                      # (M, H, W)
-    return u.reshape(N, C, Hc * factor, Wc * factor), (c.shape, c.dtype, By, Bx)
-
-
-def bspline_upsample_backward(du, cache):
-    """The exact adjoint of :func:`bspline_upsample_forward`.
-
-    Inputs: du ``(N, C, Hc·factor, Wc·factor)``, cache.
-    Returns: dc ``(N, C, Hc, Wc)`` = ``Byᵀ · du · Bx`` per plane.
-    """
-    (N, C, Hc, Wc), dt, By, Bx = cache
-    H, W = By.shape[0], Bx.shape[0]
-    check_array("du", du, ndim=4, dtype=dt, shape=(N, C, H, W))
-    planes = np.ascontiguousarray(du).reshape(N * C, H, W)            # (M, H, W)
-    tmp = By.T @ planes                                               # (M, Hc, W)
-    dc = tmp @ Bx                                                     # (M, Hc, Wc)
-    return dc.reshape(N, C, Hc, Wc)
-
-
-# ------------------------------------------------------------------- slow references -----------
+# ---------------------------------------------------------------------------------------------
+# The definition: slow references (β3 evaluated pixel by pixel, the border rule tap by tap).
+# The matrix form below must equal them.
+# ---------------------------------------------------------------------------------------------
 def _coef_reference(c2d, k, l, border):
     """Coefficient (k, l) of one plane with the border rule applied tap by tap (k, l may be
     outside the grid)."""
@@ -206,3 +129,90 @@ def bspline_upsample_backward_reference(du, cache):
             basis = bspline_upsample_forward_reference(e, factor, border)[0][0, 0]   # (H, W)
             dc[:, :, k, l] = np.einsum("ncij,ij->nc", du, basis)
     return dc.astype(dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path: the separable matrix form u = By · c · Bxᵀ (must equal the references above)
+# ---------------------------------------------------------------------------------------------
+def bspline_matrix(n, factor, border="linear"):
+    """The ``(n·factor, n)`` float64 matrix B of one axis: ``u_axis = B · c_axis``.
+
+    Row o holds the four weights β3(t_o − k) of output pixel o, with the taps outside the grid
+    folded back onto the grid by the border rule (see the module docstring)."""
+    n = check_positive_int("n", n)
+    factor = check_positive_int("factor", factor)
+    _check_border(border, n, "this axis")
+    t, k0 = _grid_coordinates(n, factor)
+    B = np.zeros((n * factor, n))
+    rows = np.arange(n * factor)
+    for d in range(4):
+        k = k0 + d                                                # (n·s,) tap index, may be outside
+        w = bspline_kernel(t - k)
+        lo, hi = k < 0, k > n - 1
+        inside = ~(lo | hi)
+        np.add.at(B, (rows[inside], k[inside]), w[inside])
+        if border == "clamp":
+            np.add.at(B, (rows[lo], np.zeros(lo.sum(), np.int64)), w[lo])
+            np.add.at(B, (rows[hi], np.full(hi.sum(), n - 1)), w[hi])
+        else:
+            j = -k[lo]                                            # c[-j] = (1+j) c[0] - j c[1]
+            np.add.at(B, (rows[lo], np.zeros(j.size, np.int64)), w[lo] * (1 + j))
+            np.add.at(B, (rows[lo], np.ones(j.size, np.int64)), -w[lo] * j)
+            j = k[hi] - (n - 1)                                   # c[n-1+j] = (1+j) c[n-1] - j c[n-2]
+            np.add.at(B, (rows[hi], np.full(j.size, n - 1)), w[hi] * (1 + j))
+            np.add.at(B, (rows[hi], np.full(j.size, n - 2)), -w[hi] * j)
+    return B
+
+
+@lru_cache(maxsize=64)
+def _cached_matrix(n, factor, border, dtype):
+    """bspline_matrix in the given dtype, built once per (n, factor, border, dtype), read-only."""
+    B = bspline_matrix(n, factor, border).astype(dtype)
+    B.setflags(write=False)
+    return B
+
+
+def _check_inputs(c, factor, border):
+    check_array("c", c, ndim=4)
+    factor = check_positive_int("factor", factor)
+    N, C, Hc, Wc = c.shape
+    _check_border(border, Hc, "the rows (axis 2)")
+    _check_border(border, Wc, "the columns (axis 3)")
+    return factor
+
+
+def bspline_upsample_forward(c, factor, border="linear"):
+    """Cubic B-spline decoding of control-point values to a dense field; must equal
+    ``bspline_upsample_forward_reference``.
+
+    Inputs:
+    - c: control-point values ``(N, C, Hc, Wc)`` (float32/float64), e.g. C = 2 displacement
+      components in output pixels.
+    - factor: control-point spacing in output pixels (positive int, e.g. 8 or 16).
+    - border: ``"linear"`` (default) or ``"clamp"``, the rule for taps outside the grid.
+    Returns: u ``(N, C, Hc·factor, Wc·factor)`` of c's dtype, cache.
+    """
+    factor = _check_inputs(c, factor, border)
+    N, C, Hc, Wc = c.shape
+    By = _cached_matrix(Hc, factor, border, c.dtype.str)             # (H, Hc)
+    Bx = _cached_matrix(Wc, factor, border, c.dtype.str)             # (W, Wc)
+    planes = np.ascontiguousarray(c).reshape(N * C, Hc, Wc)          # (M, Hc, Wc)
+    tmp = planes @ Bx.T                                               # (M, Hc, W)
+    u = By @ tmp                                                      # (M, H, W)
+    return u.reshape(N, C, Hc * factor, Wc * factor), (c.shape, c.dtype, By, Bx)
+
+
+def bspline_upsample_backward(du, cache):
+    """The exact adjoint of :func:`bspline_upsample_forward`; must equal
+    ``bspline_upsample_backward_reference``.
+
+    Inputs: du ``(N, C, Hc·factor, Wc·factor)``, cache.
+    Returns: dc ``(N, C, Hc, Wc)`` = ``Byᵀ · du · Bx`` per plane.
+    """
+    (N, C, Hc, Wc), dt, By, Bx = cache
+    H, W = By.shape[0], Bx.shape[0]
+    check_array("du", du, ndim=4, dtype=dt, shape=(N, C, H, W))
+    planes = np.ascontiguousarray(du).reshape(N * C, H, W)            # (M, H, W)
+    tmp = By.T @ planes                                               # (M, Hc, W)
+    dc = tmp @ Bx                                                     # (M, Hc, Wc)
+    return dc.reshape(N, C, Hc, Wc)

@@ -1,17 +1,17 @@
-"""Down- and up-sampling by 2: max pooling, nearest and bilinear upsampling (+ backward).
+"""Down- and up-sampling by 2: nearest and bilinear upsampling, 2×2 average pooling (+ backward).
 
-* ``maxpool2x2``: out[i, j] = max of the 2×2 block (2i..2i+1, 2j..2j+1). The gradient goes to
-  the block's arg-max only (the first one in row-major order on ties). Needs even H and W.
 * ``upsample_nearest2x``: each pixel becomes a 2×2 block; backward sums each block.
 * ``upsample_bilinear2x``: half-pixel centres, like ``align_corners=False``: output pixel o
   sits at input coordinate (o + 0.5)/2 - 0.5, i.e. o = 2i samples i - 1/4 (weights 1/4 on i-1,
   3/4 on i) and o = 2i + 1 samples i + 1/4 (3/4 on i, 1/4 on i+1); coordinates outside the
   image are clamped to the edge. It is separable, out = Ry · x · Rxᵀ, so its backward is
   Ryᵀ · dout · Rx (a scatter of each output's gradient with the same four weights).
-  Used to bring a half-resolution displacement to full size: the *caller* multiplies the
-  values by 2 (displacements are in pixels of the grid they live on).
+  Used to bring a half-resolution displacement to full size (VoxelMorph-1): the *caller*
+  multiplies the values by 2 (displacements are in pixels of the grid they live on).
+* ``avgpool2x2``: the mean of each 2×2 block (DIRNet, FCN-SS); four strided NumPy adds.
 
-All loops are parallel Numba kernels over (n, c) planes; slow references sit beside them.
+Each section starts with its slow reference (the definition: NumPy repeats, explicit
+interpolation matrices); the parallel Numba kernels over (n, c) planes follow and must equal it.
 """
 import numba
 import numpy as np
@@ -19,7 +19,24 @@ import numpy as np
 from .._checks import check_array
 
 
+def _check_even(x):
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"2x2 pooling needs even H and W, got {x.shape[2]}x{x.shape[3]}; crop "
+                         f"or pad the image to a multiple of 2**levels of the network")
+
+
 # ------------------------------------------------------------------- nearest upsampling --------
+def upsample_nearest2x_forward_reference(x):
+    """out[n, c, i, j] = x[n, c, i // 2, j // 2] (NumPy's repeat). Returns (out, cache)."""
+    return x.repeat(2, axis=2).repeat(2, axis=3), (x.shape, x.dtype)
+
+
+def upsample_nearest2x_backward_reference(dout, cache):
+    """dx[n, c, i, j] = the sum of dout over the 2×2 block (2i..2i+1, 2j..2j+1)."""
+    (N, C, H, W), dt = cache
+    return dout.reshape(N, C, H, 2, W, 2).sum(axis=(3, 5))
+
+
 @numba.njit(parallel=True, cache=True)
 def _up_nearest_fwd(x, out):
     N, C, H, W = x.shape
@@ -42,7 +59,7 @@ def _up_nearest_bwd(dout, dx):
 
 
 def upsample_nearest2x_forward(x):
-    """Nearest-neighbour ×2 upsampling.
+    """Nearest-neighbour ×2 upsampling; must equal ``upsample_nearest2x_forward_reference``.
 
     Inputs: x (N, C, H, W).  Returns: out (N, C, 2H, 2W), cache (x's shape).
     """
@@ -55,110 +72,12 @@ def upsample_nearest2x_forward(x):
 
 
 def upsample_nearest2x_backward(dout, cache):
-    """Inputs: dout (N, C, 2H, 2W), cache.  Returns: dx (N, C, H, W), the 2×2 block sums."""
+    """Inputs: dout (N, C, 2H, 2W), cache.  Returns: dx (N, C, H, W), the 2×2 block sums
+    (must equal ``upsample_nearest2x_backward_reference``)."""
     (N, C, H, W), dt = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
     _up_nearest_bwd(np.ascontiguousarray(dout), dx)
-    return dx
-
-
-def upsample_nearest2x_forward_reference(x):
-    return x.repeat(2, axis=2).repeat(2, axis=3), (x.shape, x.dtype)
-
-
-def upsample_nearest2x_backward_reference(dout, cache):
-    (N, C, H, W), dt = cache
-    return dout.reshape(N, C, H, 2, W, 2).sum(axis=(3, 5))
-
-
-# ------------------------------------------------------------------- max pooling --------------
-@numba.njit(parallel=True, cache=True)
-def _maxpool_fwd(x, out, arg):
-    N, C, Ho, Wo = out.shape
-    for job in numba.prange(N * C):
-        n, c = job // C, job % C
-        for i in range(Ho):
-            for j in range(Wo):
-                best = x[n, c, 2 * i, 2 * j]
-                k = 0
-                for q in range(1, 4):
-                    v = x[n, c, 2 * i + q // 2, 2 * j + q % 2]
-                    if v > best:
-                        best = v
-                        k = q
-                out[n, c, i, j] = best
-                arg[n, c, i, j] = k
-
-
-@numba.njit(parallel=True, cache=True)
-def _maxpool_bwd(dout, arg, dx):
-    N, C, Ho, Wo = dout.shape
-    for job in numba.prange(N * C):
-        n, c = job // C, job % C
-        for i in range(Ho):
-            for j in range(Wo):
-                k = arg[n, c, i, j]
-                for q in range(4):
-                    dx[n, c, 2 * i + q // 2, 2 * j + q % 2] = dout[n, c, i, j] if q == k else 0.0
-
-
-def _check_even(x):
-    if x.shape[2] % 2 or x.shape[3] % 2:
-        raise ValueError(f"2x2 pooling needs even H and W, got {x.shape[2]}x{x.shape[3]}; crop "
-                         f"or pad the image to a multiple of 2**levels of the network")
-
-
-def maxpool2x2_forward(x):
-    """2×2 max pooling, stride 2.
-
-    Inputs: x (N, C, H, W), H and W even.
-    Returns: out (N, C, H/2, W/2); cache (arg-max index 0..3 per block (row-major), x's shape).
-    """
-    check_array("x", x, ndim=4)
-    _check_even(x)
-    x = np.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    out = np.empty((N, C, H // 2, W // 2), x.dtype)       # (N, C, H/2, W/2)
-    arg = np.empty((N, C, H // 2, W // 2), np.uint8)      # which of the 4 won
-    _maxpool_fwd(x, out, arg)
-    return out, (arg, x.shape, x.dtype)
-
-
-def maxpool2x2_backward(dout, cache):
-    """Inputs: dout (N, C, H/2, W/2), cache.  Returns: dx (N, C, H, W), dout at each arg-max."""
-    arg, shape, dt = cache
-    check_array("dout", dout, ndim=4, dtype=dt, shape=arg.shape)
-    dx = np.empty(shape, dt)
-    _maxpool_bwd(np.ascontiguousarray(dout), arg, dx)
-    return dx
-
-
-def maxpool2x2_forward_reference(x):
-    _check_even(x)
-    N, C, H, W = x.shape
-    out = np.empty((N, C, H // 2, W // 2), x.dtype)
-    arg = np.empty(out.shape, np.uint8)
-    for n in range(N):
-        for c in range(C):
-            for i in range(H // 2):
-                for j in range(W // 2):
-                    block = x[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].ravel()
-                    arg[n, c, i, j] = np.argmax(block)         # first max on ties
-                    out[n, c, i, j] = block.max()
-    return out, (arg, x.shape, x.dtype)
-
-
-def maxpool2x2_backward_reference(dout, cache):
-    arg, shape, dt = cache
-    dx = np.zeros(shape, dt)
-    N, C, Ho, Wo = dout.shape
-    for n in range(N):
-        for c in range(C):
-            for i in range(Ho):
-                for j in range(Wo):
-                    q = arg[n, c, i, j]
-                    dx[n, c, 2 * i + q // 2, 2 * j + q % 2] = dout[n, c, i, j]
     return dx
 
 
@@ -171,6 +90,30 @@ def _bilinear_taps(n):
     i1 = np.minimum(i0 + 1, n - 1)                         # clamp above at the last pixel
     w1 = src - i0
     return i0, i1, 1.0 - w1, w1
+
+
+def _bilinear_matrix(n):
+    """The (2n, n) interpolation matrix R of one axis."""
+    i0, i1, w0, w1 = _bilinear_taps(n)
+    R = np.zeros((2 * n, n))
+    for o in range(2 * n):
+        R[o, i0[o]] += w0[o]
+        R[o, i1[o]] += w1[o]
+    return R
+
+
+def upsample_bilinear2x_forward_reference(x):
+    """out[n, c] = Ry @ x[n, c] @ Rxᵀ with the explicit (2H, H) and (2W, W) interpolation
+    matrices (two nonzero weights per row, see the module docstring)."""
+    Ry, Rx = _bilinear_matrix(x.shape[2]), _bilinear_matrix(x.shape[3])
+    out = np.einsum("ip,ncpq,jq->ncij", Ry, x, Rx).astype(x.dtype)
+    return out, (Ry, Rx, x.dtype)
+
+
+def upsample_bilinear2x_backward_reference(dout, cache):
+    """dx[n, c] = Ryᵀ @ dout[n, c] @ Rx (the transpose of the forward's linear map)."""
+    Ry, Rx, dt = cache
+    return np.einsum("ip,ncij,jq->ncpq", Ry, dout, Rx).astype(dt)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -207,7 +150,8 @@ def _bilinear_bwd(dout, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dx):
 
 
 def upsample_bilinear2x_forward(x):
-    """Bilinear ×2 upsampling with half-pixel centres (``align_corners=False``), edge-clamped.
+    """Bilinear ×2 upsampling with half-pixel centres (``align_corners=False``), edge-clamped;
+    must equal ``upsample_bilinear2x_forward_reference``.
 
     Inputs: x (N, C, H, W).  Returns: out (N, C, 2H, 2W), cache.
     A constant image stays constant; a linear ramp stays linear away from the border.
@@ -224,7 +168,8 @@ def upsample_bilinear2x_forward(x):
 
 
 def upsample_bilinear2x_backward(dout, cache):
-    """Inputs: dout (N, C, 2H, 2W), cache.  Returns: dx (N, C, H, W) = Ryᵀ · dout · Rx."""
+    """Inputs: dout (N, C, 2H, 2W), cache.  Returns: dx (N, C, H, W) = Ryᵀ · dout · Rx
+    (must equal ``upsample_bilinear2x_backward_reference``)."""
     (N, C, H, W), dt, ty, tx = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
@@ -232,31 +177,11 @@ def upsample_bilinear2x_backward(dout, cache):
     return dx
 
 
-def _bilinear_matrix(n):
-    """The (2n, n) interpolation matrix R of one axis."""
-    i0, i1, w0, w1 = _bilinear_taps(n)
-    R = np.zeros((2 * n, n))
-    for o in range(2 * n):
-        R[o, i0[o]] += w0[o]
-        R[o, i1[o]] += w1[o]
-    return R
-
-
-def upsample_bilinear2x_forward_reference(x):
-    """out[n, c] = Ry @ x[n, c] @ Rxᵀ with the explicit interpolation matrices."""
-    Ry, Rx = _bilinear_matrix(x.shape[2]), _bilinear_matrix(x.shape[3])
-    out = np.einsum("ip,ncpq,jq->ncij", Ry, x, Rx).astype(x.dtype)
-    return out, (Ry, Rx, x.dtype)
-
-
-def upsample_bilinear2x_backward_reference(dout, cache):
-    Ry, Rx, dt = cache
-    return np.einsum("ip,ncij,jq->ncpq", Ry, dout, Rx).astype(dt)
-
-
 # ------------------------------------------------------------------- 2×2 average pooling -------
 def avgpool2x2_forward(x):
-    """2×2 average pooling (DIRNet's downsampling; FCN-SS's coarse-scale images).
+    """2×2 average pooling (DIRNet's downsampling; FCN-SS's coarse-scale images):
+    out[n, c, i, j] = mean of x[n, c, 2i:2i+2, 2j:2j+2]. Short enough to be its own definition
+    (the tests compare it with ``x.reshape(...).mean(...)``).
 
     Inputs: x (N, C, H, W) with H, W even.  Returns: out (N, C, H/2, W/2), cache.
     Four strided adds in NumPy: already memory-bound, and used on small maps only.

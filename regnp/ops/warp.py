@@ -28,8 +28,9 @@ Gradients (the two things the backward pass returns):
   At integer sampling coordinates the neighbours change, the derivative jumps (a kink); our
   backward uses the neighbours ``floor(y), floor(y)+1``, i.e. the right-hand derivative there.
 
-Fast Numba kernels and slow NumPy references (``*_reference``) sit side by side; tests assert
-they agree.
+Reading order: the slow loop references (``*_reference``, the definition) come first, then the
+Numba kernels and the public ``warp_forward`` / ``warp_backward``, which must equal them (tests
+assert it).
 """
 import numba
 import numpy as np
@@ -38,6 +39,65 @@ from .._checks import check_array, check_same_shape
 
 __all__ = ["warp_forward", "warp_backward", "warp_nearest", "warp_forward_reference",
            "warp_backward_reference"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The definition: slow, obviously correct references (explicit loops); the fast path must equal
+# them.
+# ---------------------------------------------------------------------------------------------
+def _pixel(m, y, x):
+    """m[y, x] or 0 outside the image."""
+    H, W = m.shape
+    return m[y, x] if (0 <= y < H and 0 <= x < W) else 0.0
+
+
+def warp_forward_reference(moving, u):
+    """The definition of the warp, one pixel at a time (returns only ``warped``): the bilinear
+    formula of the module docstring, each neighbour outside the image counting as 0."""
+    N, C, H, W = moving.shape
+    out = np.zeros_like(moving)
+    for n in range(N):
+        for i in range(H):
+            for j in range(W):
+                y = i + float(u[n, 0, i, j])
+                x = j + float(u[n, 1, i, j])
+                y0, x0 = int(np.floor(y)), int(np.floor(x))
+                wy, wx = y - y0, x - x0
+                for c in range(C):
+                    m = moving[n, c]
+                    out[n, c, i, j] = ((1 - wy) * (1 - wx) * _pixel(m, y0, x0)
+                                       + (1 - wy) * wx * _pixel(m, y0, x0 + 1)
+                                       + wy * (1 - wx) * _pixel(m, y0 + 1, x0)
+                                       + wy * wx * _pixel(m, y0 + 1, x0 + 1))
+    return out
+
+
+def warp_backward_reference(dwarped, moving, u):
+    """Gradients of the definition, one pixel at a time; returns ``(dmoving, du)``:
+    dmoving scatters dwarped with the four bilinear weights, du is dwarped times the image's
+    finite-difference slope between the neighbours (see the module docstring)."""
+    N, C, H, W = moving.shape
+    dmoving = np.zeros_like(moving)
+    du = np.zeros_like(u)
+    for n in range(N):
+        for i in range(H):
+            for j in range(W):
+                y = i + float(u[n, 0, i, j])
+                x = j + float(u[n, 1, i, j])
+                y0, x0 = int(np.floor(y)), int(np.floor(x))
+                wy, wx = y - y0, x - x0
+                for c in range(C):
+                    g = dwarped[n, c, i, j]
+                    m = moving[n, c]
+                    for dy, dx, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
+                                      (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+                        if 0 <= y0 + dy < H and 0 <= x0 + dx < W:
+                            dmoving[n, c, y0 + dy, x0 + dx] += w * g
+                    m00, m01 = _pixel(m, y0, x0), _pixel(m, y0, x0 + 1)
+                    m10, m11 = _pixel(m, y0 + 1, x0), _pixel(m, y0 + 1, x0 + 1)
+                    du[n, 0, i, j] += g * ((1 - wx) * (m10 - m00) + wx * (m11 - m01))
+                    du[n, 1, i, j] += g * ((1 - wy) * (m01 - m00) + wy * (m11 - m10))
+    return dmoving, du
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +290,7 @@ def _backward_plan(N, H, n_threads):
 # public API
 # ---------------------------------------------------------------------------------------------
 def warp_forward(moving, u):
-    """Bilinear pull-back warp, zero outside the image.
+    """Bilinear pull-back warp, zero outside the image; must equal ``warp_forward_reference``.
 
     Inputs:
     - moving: ``(N, C, H, W)`` float32/float64 image or feature map.
@@ -252,7 +312,7 @@ def warp_forward(moving, u):
 
 
 def warp_backward(dwarped, cache, _n_tasks=None):
-    """Gradients of :func:`warp_forward`.
+    """Gradients of :func:`warp_forward`; must equal ``warp_backward_reference``.
 
     Inputs:
     - dwarped: ``(N, C, H, W)`` upstream gradient dL/d(warped).
@@ -315,58 +375,3 @@ def warp_nearest(labels, u):
     out = labels[nn[:, None], np.arange(C)[None, :, None, None], yi[:, None], xi[:, None]]
     out[~np.broadcast_to(inside[:, None], out.shape)] = 0             # (N, C, H, W)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# slow, obviously correct references (explicit loops)
-# ---------------------------------------------------------------------------------------------
-def _pixel(m, y, x):
-    """m[y, x] or 0 outside the image."""
-    H, W = m.shape
-    return m[y, x] if (0 <= y < H and 0 <= x < W) else 0.0
-
-
-def warp_forward_reference(moving, u):
-    """Loop version of :func:`warp_forward` (returns only ``warped``)."""
-    N, C, H, W = moving.shape
-    out = np.zeros_like(moving)
-    for n in range(N):
-        for i in range(H):
-            for j in range(W):
-                y = i + float(u[n, 0, i, j])
-                x = j + float(u[n, 1, i, j])
-                y0, x0 = int(np.floor(y)), int(np.floor(x))
-                wy, wx = y - y0, x - x0
-                for c in range(C):
-                    m = moving[n, c]
-                    out[n, c, i, j] = ((1 - wy) * (1 - wx) * _pixel(m, y0, x0)
-                                       + (1 - wy) * wx * _pixel(m, y0, x0 + 1)
-                                       + wy * (1 - wx) * _pixel(m, y0 + 1, x0)
-                                       + wy * wx * _pixel(m, y0 + 1, x0 + 1))
-    return out
-
-
-def warp_backward_reference(dwarped, moving, u):
-    """Loop version of :func:`warp_backward`; returns ``(dmoving, du)``."""
-    N, C, H, W = moving.shape
-    dmoving = np.zeros_like(moving)
-    du = np.zeros_like(u)
-    for n in range(N):
-        for i in range(H):
-            for j in range(W):
-                y = i + float(u[n, 0, i, j])
-                x = j + float(u[n, 1, i, j])
-                y0, x0 = int(np.floor(y)), int(np.floor(x))
-                wy, wx = y - y0, x - x0
-                for c in range(C):
-                    g = dwarped[n, c, i, j]
-                    m = moving[n, c]
-                    for dy, dx, w in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
-                                      (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
-                        if 0 <= y0 + dy < H and 0 <= x0 + dx < W:
-                            dmoving[n, c, y0 + dy, x0 + dx] += w * g
-                    m00, m01 = _pixel(m, y0, x0), _pixel(m, y0, x0 + 1)
-                    m10, m11 = _pixel(m, y0 + 1, x0), _pixel(m, y0 + 1, x0 + 1)
-                    du[n, 0, i, j] += g * ((1 - wx) * (m10 - m00) + wx * (m11 - m01))
-                    du[n, 1, i, j] += g * ((1 - wy) * (m01 - m00) + wy * (m11 - m10))
-    return dmoving, du

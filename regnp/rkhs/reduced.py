@@ -32,7 +32,7 @@ its Gram matrix on any finite grid lie between the symbol's min and max. The two
 a truncated Gaussian is a rank-1 PSD matrix but its symbol dips below 0 (truncation multiplies by
 a box, whose transform oscillates); conversely a PSD operator need not be a PSD matrix.
 """
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_array
@@ -134,9 +134,6 @@ class FilterDiagnostics:
     symbol_max: float
     psd_matrix: bool
     psd_operator: bool
-
-    def as_dict(self):
-        return asdict(self)
 
 
 _ROW_FIELDS = ("sum", "trace", "rank", "rank1_residual", "dihedral_asym", "radial_asym",
