@@ -16,6 +16,10 @@ So we call the very OpenBLAS library NumPy itself ships (found next to NumPy, ca
 ctypes; no new dependency), and fall back to ``np.matmul`` (+ add) when it cannot be found —
 slower, same numbers.
 
+Not an op of its own: a helper of ``conv.py``'s GEMM path. Its definition is the NumPy line in
+``gemm``'s fallback branch, ``C = op(A) @ op(B) + beta·C``; ``tests/test_ops_conv.py`` runs the
+convolutions both ways (OpenBLAS and the fallback) against the loop references.
+
 The thread pool is created on first use and reused (one per process). While our workers run,
 OpenBLAS is switched to 1 thread and switched back afterwards, so NumPy code elsewhere keeps its
 usual multithreaded BLAS.
