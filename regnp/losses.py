@@ -68,9 +68,13 @@ def mse_backward(cache, dloss=1.0):
 # The five window sums ΣI, ΣJ, ΣI², ΣJ², ΣIJ are separable box filters: a horizontal pass over
 # each row (fused with forming the products) and a vertical pass (fused with the per-pixel
 # formula). Everything after the inputs is float64: var = ΣI² − (ΣI)²/n cancels digits.
+# Names: ``row_sums`` = the five horizontal (along-the-row) window sums, ``S`` = the full window
+# sums, ``coef_row_sums`` = the horizontal sums of the backward's chain-rule coefficients;
+# ``M = N·C`` image planes, ``r = win // 2``, ``n = win²``.
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_rows(I, J, r, Hs):
-    """Hs[q, m, i, j] = Σ_{|d|<=r} (I, J, I², J², IJ)[q][m, i, j+d], zero padded. I, J: (M, H, W)."""
+def _ncc_rows(I, J, r, row_sums):
+    """row_sums[q, m, i, j] = Σ_{|d|<=r} (I, J, I², J², IJ)[q][m, i, j+d], zero padded.
+    I, J: (M, H, W)."""
     M, H, W = I.shape
     for t in numba.prange(M * H):
         m = t // H
@@ -90,13 +94,14 @@ def _ncc_rows(I, J, r, Hs):
                 for j in range(W):                          # vectorised
                     acc[q, j] += xp[q, j + d]
             for j in range(W):
-                Hs[q, m, i, j] = acc[q, j]
+                row_sums[q, m, i, j] = acc[q, j]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_cols_cc(Hs, r, n, eps, S, cc):
-    """Vertical box pass S = Σ_{|d|<=r} Hs[:, :, i+d, :] and the per-pixel cc (clamped to [0, 1])."""
-    _, M, H, W = Hs.shape
+def _ncc_cols_cc(row_sums, r, n, eps, S, cc):
+    """Vertical box pass S = Σ_{|d|<=r} row_sums[:, :, i+d, :] and the per-pixel cc (clamped to
+    [0, 1])."""
+    _, M, H, W = row_sums.shape
     for t in numba.prange(M * H):
         m = t // H
         i = t - m * H
@@ -105,7 +110,7 @@ def _ncc_cols_cc(Hs, r, n, eps, S, cc):
                 S[q, m, i, j] = 0.0
             for y in range(max(0, i - r), min(H, i + r + 1)):
                 for j in range(W):
-                    S[q, m, i, j] += Hs[q, m, y, j]
+                    S[q, m, i, j] += row_sums[q, m, y, j]
         for j in range(W):
             sI = S[0, m, i, j]
             sJ = S[1, m, i, j]
@@ -116,9 +121,9 @@ def _ncc_cols_cc(Hs, r, n, eps, S, cc):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_coeff_rows(S, r, n, eps, scale, Gh):
+def _ncc_coeff_rows(S, r, n, eps, scale, coef_row_sums):
     """Per-pixel chain-rule coefficients G = scale · d cc / d(ΣI, ΣJ, ΣI², ΣJ², ΣIJ) (0 where a
-    clamp is active), then their horizontal box sums Gh."""
+    clamp is active), then their horizontal box sums coef_row_sums."""
     _, M, H, W = S.shape
     for t in numba.prange(M * H):
         m = t // H
@@ -150,14 +155,14 @@ def _ncc_coeff_rows(S, r, n, eps, scale, Gh):
                 for j in range(W):
                     acc[q, j] += gp[q, j + d]
             for j in range(W):
-                Gh[q, m, i, j] = acc[q, j]
+                coef_row_sums[q, m, i, j] = acc[q, j]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_cols_combine(Gh, r, I, J, dI, dJ):
+def _ncc_cols_combine(coef_row_sums, r, I, J, dI, dJ):
     """Vertical box pass B of the coefficients, then dI = B0 + 2 I B2 + J B4 and
     dJ = B1 + 2 J B3 + I B4 (the adjoint of the window sums of I, J, I², J², IJ)."""
-    _, M, H, W = Gh.shape
+    _, M, H, W = coef_row_sums.shape
     for t in numba.prange(M * H):
         m = t // H
         i = t - m * H
@@ -165,7 +170,7 @@ def _ncc_cols_combine(Gh, r, I, J, dI, dJ):
         for q in range(5):
             for y in range(max(0, i - r), min(H, i + r + 1)):
                 for j in range(W):
-                    B[q, j] += Gh[q, m, y, j]
+                    B[q, j] += coef_row_sums[q, m, y, j]
         for j in range(W):
             a = np.float64(I[m, i, j])
             b = np.float64(J[m, i, j])
@@ -218,11 +223,11 @@ def ncc_forward(pred, target, win=9, eps=1e-5):
     M = N * C
     I = np.ascontiguousarray(pred).reshape(M, H, W)                   # (M, H, W), M = N*C
     J = np.ascontiguousarray(target).reshape(M, H, W)
-    Hs = np.empty((5, M, H, W))                                       # horizontal sums, float64
+    row_sums = np.empty((5, M, H, W))                                 # horizontal sums, float64
     S = np.empty((5, M, H, W))                                        # window sums
     cc = np.empty((M, H, W))
-    _ncc_rows(I, J, win // 2, Hs)
-    _ncc_cols_cc(Hs, win // 2, float(win * win), eps, S, cc)
+    _ncc_rows(I, J, win // 2, row_sums)
+    _ncc_cols_cc(row_sums, win // 2, float(win * win), eps, S, cc)
     loss = -float(cc.sum()) / cc.size
     return loss, (pred, target, S, win, eps)
 
@@ -240,11 +245,11 @@ def ncc_backward(cache, dloss=1.0):
     M = N * C
     I = np.ascontiguousarray(pred).reshape(M, H, W)
     J = np.ascontiguousarray(target).reshape(M, H, W)
-    Gh = np.empty_like(S)                                             # (5, M, H, W)
-    _ncc_coeff_rows(S, win // 2, float(win * win), eps, -d / (M * H * W), Gh)
+    coef_row_sums = np.empty_like(S)                                  # (5, M, H, W)
+    _ncc_coeff_rows(S, win // 2, float(win * win), eps, -d / (M * H * W), coef_row_sums)
     dI = np.empty((M, H, W))
     dJ = np.empty((M, H, W))
-    _ncc_cols_combine(Gh, win // 2, I, J, dI, dJ)
+    _ncc_cols_combine(coef_row_sums, win // 2, I, J, dI, dJ)
     return (dI.reshape(pred.shape).astype(pred.dtype, copy=False),
             dJ.reshape(pred.shape).astype(pred.dtype, copy=False))
 
