@@ -13,13 +13,6 @@ from regnp.rkhs.gram import (DenseGram, KroneckerGram, FFTGram, ConvGram, make_g
 KERNELS = [Gaussian(3.0), Wendland(6.0), Matern32(4.0), Exponential(3.0), InverseMultiquadric(2.0)]
 SHAPES = [(8, 8), (16, 16), (13, 9), (32, 48), (64, 64)]
 
-try:                                                                     # 13x13 op (other issue)
-    import regnp.ops.depthwise  # noqa: F401
-    HAVE_DEPTHWISE = True
-except ImportError:
-    HAVE_DEPTHWISE = False
-needs_depthwise = pytest.mark.skipif(not HAVE_DEPTHWISE, reason="regnp.ops.depthwise not built yet")
-
 
 def rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
@@ -219,7 +212,6 @@ def test_fft_with_cut_stencil_is_still_exact(rng):
     assert np.iscomplexobj(fft_spectrum(StencilKernel(np.arange(9.0).reshape(3, 3)), (8, 8)))
 
 
-@needs_depthwise
 def test_conv13_exact_for_compact_support(rng):
     """Wendland with radius ≤ 7 vanishes outside the 13×13 window: eq. 10 is an equality."""
     a = rng.standard_normal((2, 2, 24, 19))
@@ -230,7 +222,6 @@ def test_conv13_exact_for_compact_support(rng):
     assert rel(ConvGram(k).apply(a), FFTGram(k, (24, 19)).apply(a)) > 1e-3
 
 
-@needs_depthwise
 def test_conv13_matches_stencil_fft_and_scipy(rng):
     from scipy.signal import correlate2d
     a = rng.standard_normal((2, 2, 20, 17))
@@ -243,7 +234,6 @@ def test_conv13_matches_stencil_fft_and_scipy(rng):
     assert rel(ConvGram(k).apply(a[0, 0]), FFTGram(StencilKernel(k.window(13)), (20, 17)).apply(a[0, 0])) < 1e-12
 
 
-@needs_depthwise
 def test_conv13_gradient(rng):
     _gradcheck_op(ConvGram(weights=rng.standard_normal((13, 13))), (2, 2, 15, 14), rng)
     _gradcheck_op(ConvGram(Gaussian(3.0)), (2, 2, 9, 16), rng)

@@ -12,12 +12,6 @@ from regnp.rkhs.reduced import (reduced_gram, mid_index, filter_diagnostics, ope
 
 KERNELS = [Gaussian(3.0), Wendland(6.0), Matern32(4.0), Exponential(3.0), InverseMultiquadric(2.0)]
 
-try:
-    import regnp.ops.depthwise  # noqa: F401
-    HAVE_DEPTHWISE = True
-except ImportError:
-    HAVE_DEPTHWISE = False
-
 
 def test_mid_index():
     assert mid_index(13) == 6 and mid_index(14) == 7 and mid_index(256) == 128
@@ -171,7 +165,6 @@ def test_truncation_error_with_explicit_stencil_operator():
     assert truncation_error(k, (48, 48), conv=FFTGram(StencilKernel(k.window(13)), (48, 48))) < 1e-13
 
 
-@pytest.mark.skipif(not HAVE_DEPTHWISE, reason="regnp.ops.depthwise not built yet")
 def test_truncation_error_depthwise():
     assert truncation_error(Wendland(6.5), (40, 36)) < 1e-13
     e_noise = truncation_error(Gaussian(4.0), (40, 36), alpha="noise")

@@ -47,6 +47,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import minimize
 
+from .. import losses
 from .._checks import check_array, check_positive_int
 from .kernels import Kernel, make_kernel
 from .gram import make_gram
@@ -94,14 +95,6 @@ def upsample_field(u, shape):
 # --------------------------------------------------------------------------------------------
 # the objective of one level
 # --------------------------------------------------------------------------------------------
-def _losses():
-    try:
-        from .. import losses
-    except ImportError as e:                                             # pragma: no cover
-        raise ImportError("regnp.rkhs.solver needs regnp.losses (mse/ncc/diffusion)") from e
-    return losses
-
-
 class RKHSObjective:
     """``f(α)`` and ``∇f(α)`` of eq. 6 on one grid, for SciPy (flat float64 vectors).
 
@@ -117,7 +110,7 @@ class RKHSObjective:
 
     def __init__(self, fixed, moving, gram, scale, lam, regularizer="rkhs", similarity="mse",
                  u0=None):
-        L = _losses()
+        L = losses
         self.fixed, self.moving, self.gram = fixed, moving, gram
         self.scale, self.lam = float(scale), float(lam)
         self.regularizer, self.similarity = regularizer, similarity
