@@ -251,7 +251,8 @@ def lambda_points(results, variant, setting="liver16", test="s16", lams=LAMBDAS)
 
 def chosen_steps(curve, window=2000, min_gain=0.003, smooth=3):
     """The training length rule: the first validation step after which the (smoothed) validation
-    Dice never again gains ``min_gain`` (a fraction) or more over ``window`` steps. ``curve``:
+    Dice never again gains ``min_gain`` (a fraction) or more over ``window`` steps, i.e. the start
+    of the first ``window``-step window from which on every window gains less. ``curve``:
     list of [step, val_dice, ...]. Returns (step or None, smoothed curve)."""
     if len(curve) < smooth:
         return None, []
@@ -265,7 +266,10 @@ def chosen_steps(curve, window=2000, min_gain=0.003, smooth=3):
     ok = [g is not None and g < min_gain for g in gains]
     for k in range(len(st)):
         if all(ok[k:]) and gains[k] is not None:
-            return int(st[k]), list(zip(st.tolist(), v.tolist()))
+            # every window from here on gains too little: the run could have stopped at the
+            # start of the first such window
+            start = st[np.nonzero(st <= st[k] - window)[0][-1]]
+            return int(start), list(zip(st.tolist(), v.tolist()))
     return None, list(zip(st.tolist(), v.tolist()))
 
 

@@ -52,9 +52,11 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     assert time.perf_counter() - t0 < 5 and again.keys() <= res.keys()
 
 
-def test_real_data_protocols_quick(tmp_path, data_root):
-    res = run_protocols(["cardiac", "chest", "liver"], tmp_path, quick=True, seeds=[0], jobs=1,
-                        data_root=data_root, progress=False)
+def test_real_data_jobs_quick(tmp_path, data_root):
+    """One quick job per real set (the protocols' wiring is covered on the phantom above)."""
+    jobs = [job_config(s, v, quick=True) for s, v in (("cardiac", "metareg"), ("chest", "vm1"),
+                                                      ("liver16", "vm2"))]
+    res = run_grid(jobs, tmp_path, data_root=data_root, progress=False)
     by = {(m["config"]["setting"], m["config"]["variant"]): m for m in res.values()}
     assert by[("cardiac", "metareg")]["tests"]["test"]["pairs"]["dice_after"]
     assert set(by[("liver16", "vm2")]["tests"]) == {"s10", "s16"}
@@ -74,10 +76,10 @@ def test_kill_and_resume_a_grid(tmp_path):
     (its metrics file is untouched) and resumes the interrupted one from its checkpoint."""
     out = tmp_path / "g"
     cmd = [sys.executable, "-m", "regnp.experiments", "steps", "--quick", "--phantom",
-           "--seeds", "0", "--jobs", "1", "--steps", "400", "--out", str(out)]
+           "--seeds", "0", "--jobs", "1", "--steps", "150", "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
-    jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=400)
+    jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=150)
     first, second = (out / c["name"] for c in jobs)
     deadline = time.time() + 240
     try:
@@ -96,9 +98,9 @@ def test_kill_and_resume_a_grid(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (first / "metrics.json").read_bytes() == done_bytes
     sittings = [json.loads(x) for x in (second / "sittings.jsonl").read_text().splitlines()]
-    assert len(sittings) == 1 and sittings[0]["steps_run"] < 400      # resumed, not restarted
+    assert len(sittings) == 1 and sittings[0]["steps_run"] < 150      # resumed, not restarted
     m = json.loads((second / "metrics.json").read_text())
-    assert m["train"]["steps"] == 400
+    assert m["train"]["steps"] == 150
 
 
 def test_local_and_dask_local_cluster_give_identical_metrics(tmp_path):
