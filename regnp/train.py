@@ -432,7 +432,8 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
                     f"not updated; {last_good()}. Try a lower --lr or --lambda, or "
                     f"--filter-normalize unit_sum.")
             updating = True                 # parameters are half-updated until opt.step returns
-            opt.step()
+            with np.errstate(over="ignore", invalid="ignore"):   # checked just below, in words
+                opt.step()
             updating = False
             if not _state_finite(model, opt):
                 raise TrainingError(

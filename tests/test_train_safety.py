@@ -1,0 +1,237 @@
+"""Training never loses work: kills at random moments (and inside the checkpoint write) resume to
+bit-identical parameters; a run is never clobbered or silently changed on --resume; NaN/Inf,
+optimizer overflow and divergence stop with a message naming the last good checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regnp.checkpoint import load_checkpoint
+from regnp.train import TrainingError, config_from_args, parse_args, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--size", "32", "--enc", "4,8", "--dec", "8,8,8,8", "--kernel-size", "5", "--pairs", "16",
+        "--val-pairs", "4"]
+
+
+def tiny_config(*extra):
+    return config_from_args(parse_args(TINY + list(extra)))
+
+
+def cli(*args, cwd):
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "regnp.train", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env=env)
+
+
+def last_line(r):
+    return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+
+
+# ------------------------------------------------------------------------- crash and resume
+TRAINER = textwrap.dedent("""
+    import os, signal, sys
+    from regnp import checkpoint
+    from regnp.train import config_from_args, parse_args, train
+    out, steps, kill_save, kill_stage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    real = checkpoint.save_checkpoint
+    count = [0]
+    def save(path, arrays, config, on_stage=None):
+        count[0] += 1
+        def stage(name):            # SIGKILL ourselves inside the write of save number kill_save
+            if count[0] == kill_save and name == kill_stage:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, arrays, config, on_stage=stage)
+    import regnp.train
+    regnp.train.save_checkpoint = save
+    TINY = ["--size", "32", "--enc", "4,8", "--dec", "8,8,8,8", "--kernel-size", "5",
+            "--pairs", "16", "--val-pairs", "4"]
+    cfg = config_from_args(parse_args(TINY))
+    resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
+    train(cfg, steps, out, resume=resume, save_every=1, val_every=5, log_every=1,
+          progress=False, overwrite=not resume)
+""")
+
+
+def test_sigkill_at_random_moments_and_inside_the_write_resumes_bit_identical(tmp_path):
+    """SIGKILL a training run (save every step) several times — at random moments and inside
+    the checkpoint write at each of its stages — and resume each time: the final parameters and
+    optimizer state equal an uninterrupted run's, bit for bit, and log.jsonl has each step once."""
+    steps = 40
+    ref = train(tiny_config(), steps, tmp_path / "ref", save_every=1, val_every=5, log_every=1,
+                progress=False)
+    out = tmp_path / "killed"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    rng = np.random.default_rng(1)
+    # inside the write: die during the 3rd/4th/5th/6th save of a sitting, at each stage
+    plan = [(3, "write"), (4, "verify"), (5, "backup"), (6, "replace")] + [(0, "")] * 4
+    kills = 0
+    for kill_save, stage in plan:
+        p = subprocess.Popen([sys.executable, "-c", TRAINER, str(out), str(steps), str(kill_save),
+                              stage or "none"], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kill_save == 0:                       # a random moment once training is under way
+            t0 = time.time()
+            while not (out / "log.jsonl").exists() and time.time() - t0 < 60:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.05, 0.6))
+            p.send_signal(signal.SIGKILL)
+        rc = p.wait(timeout=300)
+        kills += rc == -signal.SIGKILL
+        if rc == 0:
+            break
+        assert rc == -signal.SIGKILL, p.stderr.read().decode()[-2000:]
+        step = load_checkpoint(out / "checkpoint.npz", fallback=False)[1]["step"]
+        assert 0 < step <= steps
+    assert kills >= 4
+    r = subprocess.run([sys.executable, "-c", TRAINER, str(out), str(steps), "0", "none"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, ca = load_checkpoint(tmp_path / "ref" / "checkpoint.npz")
+    b, cb = load_checkpoint(out / "checkpoint.npz", fallback=False)
+    assert ca["step"] == cb["step"] == steps and a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    logged = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == steps    # no step logged twice
+    assert [h["step"] for h in cb["history"]] == [h["step"] for h in ca["history"]]
+    assert not list(out.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------ clobbering, resume
+def test_new_run_in_existing_out_is_refused_unless_resume_or_overwrite(tmp_path):
+    r = cli(*TINY, "--steps", "3", "--val-every", "0", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    ck = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    log = (tmp_path / "run" / "log.jsonl").read_bytes()
+    r = cli(*TINY, "--steps", "3", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "already holds a run" in last_line(r) and "--overwrite" in last_line(r)
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == ck
+    assert (tmp_path / "run" / "log.jsonl").read_bytes() == log
+    r = cli(*TINY, "--steps", "2", "--val-every", "0", "--out", "run", "--overwrite",
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 2
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1   # a fresh log
+
+
+def test_resume_refuses_conflicting_options_and_accepts_safe_ones(tmp_path):
+    r = cli(*TINY, "--steps", "3", "--val-every", "0", "--lr", "1e-3", "--out", "run",
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    r = cli("--out", "run", "--resume", "--steps", "5", "--lr", "0.01", "--lambda", "0.5",
+            "--model", "vm2", "--seed", "3", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    line = last_line(r)
+    for flag in ("--lr", "--lambda", "--model", "--seed"):
+        assert flag in line, line
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
+    # only safe options (and options equal to the checkpoint's) given: it continues
+    r = cli("--out", "run", "--resume", "--steps", "5", "--lr", "1e-3", "--log-every", "1",
+            "--save-every", "2", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 5
+    r = cli("--out", "run", "--resume", "--overwrite", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "give one of them" in last_line(r)
+
+
+def test_api_resume_with_another_config_is_refused(tmp_path):
+    train(tiny_config(), 2, tmp_path, save_every=2, val_every=0, progress=False)
+    with pytest.raises(TrainingError, match="lr.*checkpoint 0.001, now 0.5"):
+        train(tiny_config("--lr", "0.5"), 4, tmp_path, resume=True, val_every=0, progress=False)
+
+
+def test_log_lines_past_the_checkpoint_are_dropped_on_resume(tmp_path):
+    cfg = tiny_config()
+    train(dict(cfg), 4, tmp_path, save_every=4, val_every=0, log_every=1, progress=False)
+    with open(tmp_path / "log.jsonl", "a") as f:        # a kill after logging 5, 6, before saving
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + json.dumps({"step": 6}) + "\n")
+        f.write('{"step": 7, "lo')                        # and a line cut short
+    train(dict(cfg), 6, tmp_path, resume=True, save_every=6, val_every=0, log_every=1,
+          progress=False)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------------------- NaN, overflow
+def _poison(monkeypatch, at_step, how):
+    """Make the objective misbehave from call number ``at_step`` on."""
+    from regnp.models import objective
+    real = objective.Objective.__call__
+    calls = [0]
+
+    def wrapped(self, model, F, M):
+        calls[0] += 1
+        terms, w, u = real(self, model, F, M)
+        if calls[0] >= at_step:
+            how(terms, model)
+        return terms, w, u
+    monkeypatch.setattr(objective.Objective, "__call__", wrapped)
+
+
+def test_adam_overflow_stops_before_saving_a_non_finite_checkpoint(tmp_path, monkeypatch):
+    """A gradient of 1e30 in float32: g² overflows Adam's v to Inf while the loss is finite."""
+    def huge_gradient(terms, model):
+        name, p, g = next(iter(model.named_parameters()))
+        g[...] = np.float32(1e30)
+    cfg = tiny_config()
+    _poison(monkeypatch, 5, huge_gradient)
+    with pytest.raises(TrainingError, match=r"overflowed.*step 5.*checkpoint.*\(step 4\)"):
+        train(cfg, 10, tmp_path, save_every=1, val_every=0, progress=False)
+    arrays, config = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert config["step"] == 4
+    assert all(np.all(np.isfinite(v)) for v in arrays.values() if v.dtype.kind == "f")
+    monkeypatch.undo()
+    res = train(cfg, 6, tmp_path, resume=True, save_every=1, val_every=0, progress=False)
+    assert res["steps_done"] == 6                       # the kept checkpoint resumes cleanly
+
+
+def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    def diverge(terms, model):
+        terms["loss"] = 1e6
+    _poison(monkeypatch, 16, diverge)
+    with pytest.raises(TrainingError, match=r"diverged.*step 20.*checkpoint.*\(step 15\)"):
+        train(tiny_config(), 100, tmp_path, save_every=1, val_every=0, progress=False,
+              divergence_patience=5)
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["step"] == 15   # no diverged save
+
+
+def test_nan_message_names_the_last_saved_not_the_last_logged_step(tmp_path, monkeypatch):
+    def nan(terms, model):
+        terms["sim"] = float("nan")
+    _poison(monkeypatch, 8, nan)
+    with pytest.raises(TrainingError, match=r"NaN/Inf at step 8.*checkpoint.*\(step 5\)"):
+        train(tiny_config(), 20, tmp_path, save_every=5, log_every=1, val_every=0,
+              progress=False)
+
+
+def test_nan_before_any_save_says_so(tmp_path, monkeypatch):
+    def nan(terms, model):
+        terms["sim"] = float("nan")
+    _poison(monkeypatch, 2, nan)
+    with pytest.raises(TrainingError, match="no checkpoint was written yet"):
+        train(tiny_config(), 20, tmp_path, save_every=5, val_every=0, progress=False)
+
+
+def test_validation_runs_on_its_own_schedule_and_the_val_split(tmp_path):
+    res = train(tiny_config(), 9, tmp_path, save_every=9, val_every=3, log_every=10,
+                progress=False)
+    assert [h["step"] for h in res["history"] if "val_dice" in h] == [3, 6, 9]
+    assert res["val_ds"].split == "val"
+
+
+def test_diverging_cli_run_exits_non_zero(tmp_path):
+    r = cli(*TINY, "--steps", "300", "--lr", "1", "--val-every", "0", "--divergence-patience",
+            "20", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert last_line(r).startswith("error:")
+    assert any(w in last_line(r) for w in ("diverged", "NaN/Inf", "overflowed")), last_line(r)
