@@ -49,7 +49,7 @@ def numerical_vjp(f, x, dout, h=1e-6, idx=None):
     return idx, vals
 
 
-def check_vjp(f, x, analytic, dout, h=1e-6, max_entries=None, rng=None):
+def check_vjp(f, x, analytic, dout, h=1e-6, max_entries=None, rng=None, idx=None):
     """Relative error between an analytic gradient and central differences.
 
     Inputs:
@@ -58,18 +58,38 @@ def check_vjp(f, x, analytic, dout, h=1e-6, max_entries=None, rng=None):
     - analytic: the backward pass's gradient w.r.t. ``x`` for upstream ``dout``.
     - dout: upstream gradient used for ``analytic``.
     - max_entries: check at most this many random entries (None = all).
+    - idx: flat indices to check (overrides ``max_entries``), e.g. from :func:`border_indices`.
     Returns: the maximum relative error over the checked entries.
     """
     if x.dtype != np.float64:
         raise TypeError("gradient checks need float64 inputs (float32 round-off swamps h^2)")
     n = x.size
-    idx = None
-    if max_entries is not None and n > max_entries:
+    if idx is None and max_entries is not None and n > max_entries:
         rng = np.random.default_rng(0) if rng is None else rng
         idx = rng.choice(n, size=max_entries, replace=False)
     idx, num = numerical_vjp(f, x, dout, h=h, idx=idx)
     ana = np.asarray(analytic, dtype=np.float64).reshape(-1)[idx]
     return rel_error(ana, num)
+
+
+def border_indices(shape, n, rng=None):
+    """Flat indices of ``n`` entries of an array of ``shape`` (all of them if it has <= n):
+    the corners first — every axis at its first index, every axis at its last, and the two
+    mixed patterns (first/last alternating) — then distinct random entries. For a conv weight
+    (Co, C, kh, kw) the corners are the border taps of the filter, the ones that meet the
+    image's zero padding; a check that samples only random entries can miss them."""
+    size = int(np.prod(shape))
+    if size <= n:
+        return np.arange(size)
+    last = [d - 1 for d in shape]
+    corners = [[0] * len(shape), last,
+               [0 if a % 2 == 0 else last[a] for a in range(len(shape))],
+               [last[a] if a % 2 == 0 else 0 for a in range(len(shape))]]
+    picked = list(dict.fromkeys(int(np.ravel_multi_index(c, shape)) for c in corners))[:n]
+    rng = np.random.default_rng(0) if rng is None else rng
+    rest = np.setdiff1d(np.arange(size), picked)
+    picked += [int(i) for i in rng.choice(rest, size=n - len(picked), replace=False)]
+    return np.array(picked, dtype=np.int64)
 
 
 def full_jacobian(f, x, h=1e-6):
