@@ -250,7 +250,6 @@ def test_shared_sets(data_root, name, n_test, labels):
     tr = load_dataset(name, "train", data_root=data_root)
     te = load_dataset(name, "test", data_root=data_root)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 6.0                     # measured ≈ 0.3–1.2 s; loose for a busy machine
     assert len(te) == n_test and tuple(te.shape) == (256, 256)
     b = te.batch([0, len(te) - 1])
     assert b["fixed"].dtype == np.float32 and 0 <= b["fixed"].min() and b["fixed"].max() <= 1
