@@ -273,6 +273,15 @@ def main(argv=None):
                     help="instead: peak memory and allocation growth over 100 Meta-Reg training "
                          "steps (batch 2, 256x256)")
     args = ap.parse_args(argv)
+    from regnp._cli import run_cli
+    return run_cli(lambda: _run_main(args), "no table was printed")
+
+
+def _run_main(args):
+    """What :func:`main` does once the options are parsed (and checked here, before any case
+    is built)."""
+    from regnp._cli import CLIError, positive_int
+    positive_int("--repeats", args.repeats)
     if args.memory:
         m = memory_check()
         print(f"{m['model']}, {m['steps']} training steps, batch 2, 256x256: peak resident "
@@ -283,7 +292,8 @@ def main(argv=None):
     repeats = 3 if args.quick else args.repeats
     cases = [c for c in CASES if args.only is None or args.only.lower() in c.name.lower()]
     if not cases:
-        raise SystemExit(f"no case matches {args.only!r}; cases: {[c.name for c in CASES]}")
+        raise CLIError(f"--only {args.only!r} matches no case; the cases are: "
+                       f"{'; '.join(c.name for c in CASES)}")
     from regnp.ops import _blas
     print(f"batch 2, float32, {_blas.n_workers()} worker threads, "
           f"{'OpenBLAS via ctypes' if _blas.have_cblas() else 'NumPy matmul fallback'}; "

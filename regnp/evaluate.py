@@ -10,14 +10,17 @@ pair) and ``table.md`` (the paper's column order: Dice (%), |J|>0 (%), |J|min, C
 """
 import argparse
 import json
-import sys
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ._cli import CLIError, check_output_folder, check_size_divisible, finite_float, positive_int
 from .metrics import dice, folding_stats, summarize, ttest_unpaired
 from .ops.warp import warp_nearest
+
+OUTPUTS = ("metrics.json", "table.md")
 
 
 def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate"):
@@ -86,7 +89,112 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def read_compare(path):
+    """Dice-after values and method name of another run's ``metrics.json`` (for ``--compare``).
+
+    Checked before anything is evaluated: the file must exist and hold JSON written by this
+    command (a ``pairs`` list whose entries have a finite ``dice_after``), with at least two
+    pairs (a t-test needs two values). Returns ``(name, values)``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"--compare {path} is a folder; give the metrics.json file written by "
+                       f"python -m regnp.evaluate")
+    if not path.is_file():
+        raise CLIError(f"--compare {path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CLIError(f"--compare {path} is not a JSON file ({e}); give a metrics.json written "
+                       f"by python -m regnp.evaluate") from None
+    pairs = data.get("pairs") if isinstance(data, dict) else None
+    if not isinstance(pairs, list):
+        raise CLIError(f"--compare {path} has no list of per-pair results ('pairs'); give a "
+                       f"metrics.json written by python -m regnp.evaluate")
+    values = []
+    for k, r in enumerate(pairs):
+        v = r.get("dice_after") if isinstance(r, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise CLIError(f"--compare {path}: pair {k} has no finite 'dice_after' value "
+                           f"(got {v!r}); the file was edited or is not from regnp.evaluate")
+        values.append(float(v))
+    if len(values) < 2:
+        raise CLIError(f"--compare {path} holds {len(values)} pair(s); a t-test needs at least 2")
+    name = data.get("method") if isinstance(data.get("method"), str) else str(path)
+    return name, values
+
+
+def data_settings(cfg, ck):
+    """The checkpoint's data description (dataset, size, sigma), checked: a hand-edited or
+    foreign checkpoint gets one clear message instead of a failure deep in the data loader."""
+    data = cfg.get("data", {})
+    if not isinstance(data, dict):
+        raise CLIError(f"{ck}: its data description is {type(data).__name__}, not a mapping; "
+                       f"the checkpoint was edited or comes from another version (give --dataset, "
+                       f"--size and --sigma)")
+    name, size, sigma = data.get("dataset", "phantom"), data.get("size"), data.get("sigma", 10.0)
+    problems = []
+    if not isinstance(name, str):
+        problems.append(f"dataset {name!r} is not a name")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+        problems.append(f"size {size!r} is not a positive integer")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) \
+            or sigma < 0:
+        problems.append(f"sigma {sigma!r} is not a number ≥ 0")
+    if problems:
+        raise CLIError(f"{ck}: its data description is not valid ({'; '.join(problems)}); the "
+                       f"checkpoint was edited or comes from another version (override with "
+                       f"--dataset, --size, --sigma)")
+    return name, size, sigma
+
+
+def run(a, state):
+    """The evaluation behind :func:`main` (``a``: parsed options)."""
+    from .checkpoint import checkpoint_path, load_model
+    from .data import load_dataset
+    positive_int("--pairs", a.pairs)
+    positive_int("--size", a.size)
+    finite_float("--sigma", a.sigma)
+    compare = [read_compare(c) for c in a.compare]
+    out = Path(a.out) if a.out else checkpoint_path(a.checkpoint).parent
+    check_output_folder("--out", out, OUTPUTS)
+    model, cfg = load_model(a.checkpoint)
+    data_name, data_size, data_sigma = data_settings(cfg, a.checkpoint)
+    name = a.dataset or data_name
+    sigma = a.sigma if a.sigma is not None else data_sigma
+    size = a.size if a.size is not None else data_size
+    check_size_divisible("--size" if a.size is not None else "the checkpoint's size", size,
+                         model.levels, cfg["model"])
+    ds = load_dataset(name, a.split, data_root=a.data_root, size=size, sigma=sigma)
+    if size is None:
+        check_size_divisible("the data's size", tuple(ds.shape), model.levels, cfg["model"])
+    idx = range(min(len(ds), a.pairs)) if a.pairs else None
+    records = evaluate_pairs(model, ds, idx, progress=True)
+    summary = summarize_records(records)
+    method = a.name or cfg["model"]
+    result = {"method": method, "checkpoint": str(a.checkpoint), "dataset": name,
+              "split": a.split, "sigma": sigma, "size": size, "summary": summary,
+              "pairs": records}
+    tests = {}
+    for other, values in compare:
+        t, pv = ttest_unpaired([r["dice_after"] for r in records], values)
+        tests[other] = {"t": t, "p": pv}
+    result["ttests"] = tests
+    table = markdown_table([(method, summary)])
+    state["writing"] = out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    state["writing"] = None
+    print(table)
+    for k, v in tests.items():
+        print(f"unpaired Welch t-test of Dice vs {k}: t = {v['t']:.3f}, p = {v['p']:.3g}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'table.md'}")
+    return result
+
+
 def main(argv=None):
+    from ._cli import run_cli
     p = argparse.ArgumentParser(prog="python -m regnp.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint .npz written by regnp.train, or its run folder")
@@ -94,7 +202,8 @@ def main(argv=None):
     p.add_argument("--data-root", default=None, help="folder with the real sets (default ../shared/data)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--sigma", type=float, default=None, help="synthetic deformation σ (default: as trained)")
-    p.add_argument("--size", type=int, default=None, help="working size (default: as trained)")
+    p.add_argument("--size", type=int, default=None,
+                   help="working size, a multiple of 2^levels (default: as trained)")
     p.add_argument("--pairs", type=int, default=None, help="evaluate only the first N test pairs")
     p.add_argument("--out", default=None, help="folder for metrics.json and table.md "
                                                 "(default: the checkpoint's folder)")
@@ -102,40 +211,13 @@ def main(argv=None):
     p.add_argument("--compare", nargs="*", default=[], help="other metrics.json files: unpaired "
                                                           "t-tests of Dice against each")
     a = p.parse_args(argv)
-    from .checkpoint import CheckpointError, checkpoint_path, load_model
-    from .data import load_dataset
-    try:
-        model, cfg = load_model(a.checkpoint)
-        data = cfg.get("data", {})
-        name = a.dataset or data.get("dataset", "phantom")
-        sigma = a.sigma if a.sigma is not None else data.get("sigma", 10.0)
-        size = a.size if a.size is not None else data.get("size")
-        ds = load_dataset(name, a.split, data_root=a.data_root, size=size, sigma=sigma)
-        idx = range(min(len(ds), a.pairs)) if a.pairs else None
-        records = evaluate_pairs(model, ds, idx, progress=True)
-        summary = summarize_records(records)
-        method = a.name or cfg["model"]
-        out = Path(a.out) if a.out else checkpoint_path(a.checkpoint).parent
-        out.mkdir(parents=True, exist_ok=True)
-        result = {"method": method, "checkpoint": str(a.checkpoint), "dataset": name,
-                  "split": a.split, "sigma": sigma, "size": size, "summary": summary,
-                  "pairs": records}
-        tests = {}
-        for other in a.compare:
-            o = json.loads(Path(other).read_text())
-            t, pv = ttest_unpaired([r["dice_after"] for r in records],
-                                   [r["dice_after"] for r in o["pairs"]])
-            tests[o.get("method", other)] = {"t": t, "p": pv}
-        result["ttests"] = tests
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
-        table = markdown_table([(method, summary)])
-        (out / "table.md").write_text(table + "\n")
-    except (CheckpointError, ValueError, FileNotFoundError, OSError) as e:
-        sys.exit(f"error: {e}")
-    print(table)
-    for k, v in tests.items():
-        print(f"unpaired Welch t-test of Dice vs {k}: t = {v['t']:.3f}, p = {v['p']:.3g}")
-    print(f"wrote {out / 'metrics.json'} and {out / 'table.md'}")
+    state = {"writing": None}
+
+    def interrupted():
+        if state["writing"] is not None:
+            return f"the files in {state['writing']}/ may be incomplete; run again"
+        return "nothing was written"
+    return run_cli(lambda: run(a, state), interrupted)
 
 
 if __name__ == "__main__":

@@ -60,15 +60,26 @@ def find_data_root(data_root=None):
 def read_csv(path, required=()):
     """Rows of a CSV file as a list of dicts; checks that the ``required`` columns exist."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"index {str(path)!r} is a folder, not a CSV file; {LAYOUT_HELP}")
     if not path.is_file():
         raise FileNotFoundError(f"index file {str(path)!r} is missing; {LAYOUT_HELP}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        missing = [c for c in required if c not in cols]
-        if missing:
-            raise ValueError(f"{path.name} lacks column(s) {missing}; it has {cols}")
-        rows = [r for r in reader if any((v or "").strip() for v in r.values())]
+    # utf-8-sig: spreadsheet programs often save a byte-order mark, which would otherwise stick
+    # to the first column's name ("\ufefffile")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            cols = [c.strip() if isinstance(c, str) else c for c in (reader.fieldnames or [])]
+            reader.fieldnames = cols
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise ValueError(f"{path.name} lacks column(s) {missing}; it has {cols}")
+            rows = [r for r in reader if any(isinstance(v, str) and v.strip() for v in r.values())]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}); save it "
+                         f"as CSV (UTF-8)") from None
+    except csv.Error as e:
+        raise ValueError(f"{path.name} is not a valid CSV file ({e})") from None
     if not rows:
         raise ValueError(f"{path.name} has no data rows")
     return rows
@@ -85,6 +96,8 @@ def read_png(path, kind="image"):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{kind} {str(path)!r} is a folder, not a PNG file")
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file {str(path)!r} is missing")
     try:
@@ -209,6 +222,10 @@ def load_images(folder, files, normalize="scale", size=None, label_values=None):
             if bad.size:
                 raise ValueError(f"mask {f} contains label value(s) {bad.tolist()} not among the "
                                  f"documented labels {allowed.tolist()}")
+        if m.size and m.min() < 0:
+            raise ValueError(f"mask {f} has negative label value(s) "
+                             f"{np.unique(m[m < 0])[:5].tolist()}; labels must be 0 (background) "
+                             f"or positive integers")
         if m.max() > 255:
             raise ValueError(f"mask {f} has label {int(m.max())} > 255; regnp stores labels as uint8")
         x = normalize_intensity(im, normalize)

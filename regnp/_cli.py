@@ -1,0 +1,183 @@
+"""Helpers shared by the command-line entry points (``evaluate``, ``register``, ``data``, ``bench``).
+
+The contract of every ``python -m regnp.X`` tool (README, "Conventions"; the catalogue of bad
+inputs is ``docs/ERRORS.md``):
+
+* bad input prints **one** line ``error: <what was wrong>; <what to do>`` on stderr and exits with
+  a non-zero status, before anything is written;
+* a warning prints one line ``warning: <message>`` (not Python's two-line ``file:line:`` form);
+* Ctrl-C prints one line saying what was (not) written, with no traceback, and exits 130.
+
+This module imports only the standard library (NumPy on demand), so option checks run before the
+heavy imports (Numba, SciPy, matplotlib) and a mistyped option fails in a fraction of a second.
+"""
+import math
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["CLIError", "positive_int", "nonnegative_int", "finite_float", "nearest_multiples",
+           "check_size_divisible", "check_output_folder", "check_output_file", "run_cli"]
+
+INTERRUPTED_EXIT = 130          # the shell's convention for "terminated by SIGINT"
+
+
+class CLIError(ValueError):
+    """A command-line option or file is unusable; the message is shown as ``error: <message>``."""
+
+
+def positive_int(flag, value):
+    """Require an integer option to be ≥ 1 (``--repeats 0`` would time nothing)."""
+    if value is not None and value <= 0:
+        raise CLIError(f"{flag} must be a positive integer, got {value}")
+    return value
+
+
+def nonnegative_int(flag, value):
+    """Require an integer option to be ≥ 0."""
+    if value is not None and value < 0:
+        raise CLIError(f"{flag} must be an integer ≥ 0, got {value}")
+    return value
+
+
+def finite_float(flag, value, strictly_positive=False):
+    """Require a float option to be finite and ≥ 0 (> 0 with ``strictly_positive``)."""
+    if value is None:
+        return value
+    bad = not math.isfinite(value) or value < 0 or (strictly_positive and value == 0)
+    if bad:
+        raise CLIError(f"{flag} must be a finite number {'> 0' if strictly_positive else '≥ 0'}, "
+                       f"got {value:g}")
+    return value
+
+
+def nearest_multiples(n, f):
+    """The multiples of ``f`` nearest to ``n`` (the one below, when ≥ f, and the one above)."""
+    below = n // f * f
+    above = below + f
+    return (below, above) if below >= f else (above,)
+
+
+def check_size_divisible(flag, size, levels, model_name):
+    """A working size must be divisible by 2^levels (the U-Net halves the image ``levels``
+    times); the message names the nearest valid sizes, as ``python -m regnp.train`` does."""
+    if not levels or size is None:
+        return
+    f = 2 ** levels
+    sizes = (size,) if isinstance(size, int) else tuple(size)
+    for s in sizes:
+        if s % f:
+            near = " or ".join(str(v) for v in nearest_multiples(s, f))
+            raise CLIError(f"{flag} {s} is not divisible by 2^{levels} = {f} ({model_name} halves "
+                           f"the image {levels} times); use a multiple of {f}, e.g. {near}")
+
+
+def _blocking_file(folder):
+    """The first existing path among ``folder`` and its parents that is not a folder, or None."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_output_folder(flag, folder, names=()):
+    """Check, before anything is computed or written, that ``folder`` can hold the files ``names``.
+
+    Refuses: a folder path that is a file or lies under a file; an output name taken by a
+    folder (or anything else that is not a regular file); an existing output or folder that
+    cannot be written. Existing regular files are fine: they are replaced. Returns the Path.
+    """
+    import os
+    folder = Path(folder)
+    blocker = _blocking_file(folder)
+    if blocker is not None:
+        where = "is a file" if blocker == folder else f"lies under the file {blocker}"
+        raise CLIError(f"{flag} {folder} {where}, not a folder; choose another {flag}")
+    existing = folder if folder.exists() else next((p for p in folder.parents if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {folder}: cannot create files in {existing} (permission denied); "
+                       f"choose another {flag}")
+    for name in names:
+        p = folder / name
+        if p.is_symlink() and not p.exists():
+            continue                                  # a dangling link is simply replaced
+        if p.exists() and not p.is_file():
+            raise CLIError(f"cannot write {p}: a folder (or other non-file) of that name is in "
+                           f"the way; remove it or choose another {flag}")
+        if p.is_file() and not os.access(p, os.W_OK):
+            raise CLIError(f"cannot write {p}: the existing file is read-only; remove it or "
+                           f"choose another {flag}")
+    return folder
+
+
+def check_output_file(flag, path, suffixes=None):
+    """Check that the file ``path`` can be written (its folder is not a file, its name is not a
+    folder, its suffix is one of ``suffixes`` when given). Returns the Path."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower().lstrip(".") not in suffixes:
+        raise CLIError(f"{flag} {path}: unsupported file type {path.suffix or '(none)'!r}; use one "
+                       f"of {', '.join('.' + s for s in sorted(suffixes))}")
+    blocker = _blocking_file(path.parent)
+    if blocker is not None:
+        raise CLIError(f"{flag} {path} lies under the file {blocker}, not in a folder; choose "
+                       f"another {flag}")
+    check_output_folder(flag, path.parent, (path.name,))
+    return path
+
+
+def _oserror_text(e):
+    """``[Errno 13] Permission denied: 'x'`` → ``x: permission denied``; an OSError raised with
+    our own message (no errno) is shown as it is."""
+    if not e.strerror:
+        return str(e)
+    what = e.strerror[:1].lower() + e.strerror[1:]
+    return f"{e.filename}: {what}" if e.filename else what
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def _close_progress_bars():
+    """Close tqdm bars left open by an interrupted loop, so the next message starts on a line of
+    its own instead of after the bar's carriage return."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:                          # a half-torn-down bar: nothing to tidy
+            pass
+
+
+def run_cli(body, interrupted="nothing was written", return_status=False):
+    """Run ``body()`` as a command-line tool: bad input (ValueError, TypeError, missing or
+    unwritable files) becomes one ``error:`` line and exit status 1; Ctrl-C one line and exit
+    status 130; warnings one ``warning:`` line each. ``interrupted`` may be a string or a
+    no-argument callable returning one (what the user should know about partial outputs).
+
+    Returns what ``body`` returns. With ``return_status`` (for a ``main`` whose contract is to
+    return an exit status, as ``python -m regnp.data``'s does) a failure returns 2 (130 for
+    Ctrl-C) after printing its line, instead of calling ``sys.exit``.
+    """
+    def fail(line, status):
+        if return_status:
+            print(line, file=sys.stderr)
+            return status
+        if status == INTERRUPTED_EXIT:
+            print(line, file=sys.stderr)
+            sys.exit(status)
+        sys.exit(line)
+
+    previous, warnings.showwarning = warnings.showwarning, _one_line_warning
+    try:
+        return body()
+    except KeyboardInterrupt:
+        said = interrupted() if callable(interrupted) else interrupted
+        _close_progress_bars()
+        return fail(f"interrupted (Ctrl-C); {said}", INTERRUPTED_EXIT)
+    except (ValueError, TypeError) as e:
+        return fail(f"error: {e}", 2)
+    except OSError as e:
+        return fail(f"error: {_oserror_text(e)}", 2)
+    finally:
+        warnings.showwarning = previous
