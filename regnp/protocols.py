@@ -70,8 +70,8 @@ PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs")
 
 def _scale(quick):
     if quick:
-        return dict(size=64, steps=30, test_pairs=4, train_pairs=16, val_pairs=4, val_every=10,
-                    calib_steps=60, plateau=None)
+        return dict(size=64, steps=20, test_pairs=4, train_pairs=16, val_pairs=4, val_every=10,
+                    calib_steps=40, plateau=None)
     return dict(size=256, steps=TRAIN_STEPS, test_pairs=None, train_pairs=None, val_pairs=40,
                 val_every=500, calib_steps=20_000, plateau=[2000, 0.003])
 
@@ -114,7 +114,7 @@ def job_config(setting, variant, lam=LAMBDA, seed=0, quick=False, steps=None, ph
             "lam": lam, "seed": seed, "steps": steps, "size": sc["size"], "train_args": args,
             "tests": tests, "val_every": sc["val_every"] if calibrate else 0,
             "val_pairs": sc["val_pairs"] if calibrate else 0,
-            "plateau": sc["plateau"] if calibrate else None, "save_every": 250 if not quick else 10,
+            "plateau": sc["plateau"] if calibrate else None, "save_every": 250 if not quick else 20,
             "log_every": 50 if not quick else 10}
 
 

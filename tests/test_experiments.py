@@ -28,7 +28,7 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     """All seven protocols (shared jobs once) at 64×64 with the phantom standing in for the real
     sets; then the report fills every table from the JSON alone."""
     res = run_protocols(PROTOCOLS, tmp_path / "grid", quick=True, phantom=True, seeds=[0],
-                        jobs=1, progress=False)
+                        jobs=2, threads=1, progress=False)        # 2 worker processes
     names = {c["name"] for p in PROTOCOLS for c in protocol_jobs(p, seeds=[0], quick=True,
                                                                  phantom=True)}
     assert set(res) == names
