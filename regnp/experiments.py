@@ -123,7 +123,7 @@ def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, step
     with ``threads`` threads each (``jobs=1`` runs in this process). Returns ``{name: metrics}``.
     """
     from .grid import dask_executor, local_executor, run_grid
-    from .protocols import SEEDS, protocol_jobs
+    from .protocols import SEEDS, priority, protocol_jobs
     configs, seen = [], set()
     for proto in protocols:
         for c in protocol_jobs(proto, seeds=seeds or SEEDS, quick=quick, steps=steps,
@@ -131,6 +131,8 @@ def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, step
             if c["name"] not in seen:
                 seen.add(c["name"])
                 configs.append(c)
+    if len(protocols) > 1:                  # several protocols: the most important jobs first
+        configs.sort(key=priority)
     cores = os.cpu_count() or 1
     jobs = jobs or _default_jobs()
     threads = threads or max(1, cores // jobs)

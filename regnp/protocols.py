@@ -174,3 +174,25 @@ def protocol_jobs(protocol, seeds=SEEDS, quick=False, steps=None, phantom=False,
                 jobs.append(job_config(setting, v, seed=seeds[0], **kw))
             jobs.append(solver_config(setting, quick=quick, phantom=phantom))
     return jobs
+
+
+def priority(config):
+    """Sort key for running many protocols together: the central question first (Meta-Reg vs
+    VM-2 vs the ablated network at liver σ 16), then the other settings' core runs, then the
+    other table models, the ablation variants, the λ sweep and the RKHS comparison."""
+    setting_rank = {"liver16": 0, "liver10": 1, "cardiac": 2, "chest": 3}
+    v, lam = config["variant"], config.get("lam", LAMBDA)
+    if config.get("val_every"):                       # training-length runs come first of all
+        group = -1
+    elif abs(lam - LAMBDA) > 1e-12:
+        group = 4                                     # λ sweep
+    elif v in CORE:
+        group = 0 if config.get("seed", 0) == SEEDS[0] else 1
+    elif v in TABLE_MODELS:
+        group = 2
+    elif v.startswith("ablated"):
+        group = 3
+    else:
+        group = 5                                     # RKHS networks, the solver
+    return (group, setting_rank.get(config["setting"], 9), config.get("seed", 0),
+            list(VARIANTS).index(v) if v in VARIANTS else 99, lam)
