@@ -22,10 +22,10 @@ Run:  python lessons/01_bilinear_warp.py [--quick] [--out DIR]
 """
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from regnp.figures import lesson_output_dir, report_numbers
 from regnp.gradcheck import check_vjp
 from regnp.ops.warp import (warp_backward, warp_backward_reference, warp_forward,
                             warp_forward_reference, warp_nearest)
@@ -53,8 +53,7 @@ def main(quick=False, out_dir=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
     np.set_printoptions(precision=3, suppress=True)
 
     # Step 1 — A tiny moving image.
@@ -74,7 +73,8 @@ def main(quick=False, out_dir=None):
         print(f"   neighbour ({yy},{xx})  weight {w:.4f}  value {v:5.1f}  inside={inside}")
     u = np.zeros((1, 2, H, W)); u[0, 0, i, j] = uy; u[0, 1, i, j] = ux
     warped, _ = warp_forward(moving[None, None], u)
-    print(f"   by hand: {val:.4f}   warp_forward: {warped[0, 0, i, j]:.4f}"
+    warped_pixel = warped[0, 0, i, j]
+    print(f"   by hand: {val:.4f}   warp_forward: {warped_pixel:.4f}"
           "   (a linear image is reproduced exactly: 10*2.25 + 2.5 = 25)")
 
     # Step 3 — The zero-outside rule.
@@ -111,7 +111,8 @@ def main(quick=False, out_dir=None):
     small = (slice(None), slice(None), slice(0, 24), slice(0, 24))
     ref = warp_forward_reference(img[small], field[small])
     fast, _ = warp_forward(img[small], field[small])
-    print(f"\nStep 6 — reference vs Numba on 24x24: max |diff| = {np.abs(ref - fast).max():.2e}")
+    ref_vs_fast = np.abs(ref - fast).max()
+    print(f"\nStep 6 — reference vs Numba on 24x24: max |diff| = {ref_vs_fast:.2e}")
     img32, field32 = img.astype(np.float32), field.astype(np.float32)
     w_, c_ = warp_forward(img32, field32)                                 # compile / warm up
     warp_backward(np.ones_like(w_), c_)
@@ -146,9 +147,10 @@ def main(quick=False, out_dir=None):
     g_m, g_u = warp_backward(dout, c)
     rm, ru = warp_backward_reference(dout, m_r, u_r)
     f = lambda: warp_forward(m_r, u_r)[0]
-    print(f"   gradient check (float64, central differences): moving {check_vjp(f, m_r, g_m, dout):.1e},"
-          f" u {check_vjp(f, u_r, g_u, dout):.1e};  vs loop reference "
-          f"{max(np.abs(g_m - rm).max(), np.abs(g_u - ru).max()):.1e}")
+    fd_moving, fd_u = check_vjp(f, m_r, g_m, dout), check_vjp(f, u_r, g_u, dout)
+    grad_vs_ref = max(np.abs(g_m - rm).max(), np.abs(g_u - ru).max())
+    print(f"   gradient check (float64, central differences): moving {fd_moving:.1e},"
+          f" u {fd_u:.1e};  vs loop reference {grad_vs_ref:.1e}")
 
     # Step 9 — Kinks at integer displacements.
     # Sweep u_x at one pixel from -2 to 2. Between integers the four neighbours stay the same and
@@ -208,11 +210,15 @@ def main(quick=False, out_dir=None):
     fig.savefig(out_dir / "01_bilinear_warp_kinks.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     print(f"\nSaved {out_dir / '01_bilinear_warp.png'} and {out_dir / '01_bilinear_warp_kinks.png'}")
+    report_numbers(by_hand_vs_warp=abs(val - warped_pixel), reference_vs_fast=ref_vs_fast,
+                   gradcheck_moving=fd_moving, gradcheck_u=fd_u, gradient_vs_reference=grad_vs_ref,
+                   du_y=du[0, 0, i, j], du_x=du[0, 1, i, j])
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    p.add_argument("--out", default=None, help="folder for the figures (default: figures/)")
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
     args = p.parse_args()
     main(quick=args.quick, out_dir=args.out)

@@ -15,7 +15,6 @@ Run:  python lessons/02_convolution.py [--quick] [--out DIR]
 """
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -42,11 +41,11 @@ def main(quick=False, out_dir=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regnp.figures import lesson_output_dir, report_numbers
     from regnp.ops.conv import (conv2d_backward, conv2d_backward_reference, conv2d_forward,
                                 conv2d_forward_reference, conv_transpose2d_forward)
 
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
     rng = np.random.default_rng(0)
 
     # Step 1 — the definition, as loops. Three 3×3 filters that each "ask a question" of every
@@ -62,13 +61,15 @@ def main(quick=False, out_dir=None):
     for name, ch in zip(("vertical edges", "horizontal edges", "blur"), y_slow[0]):
         print(f"  {name:17s} min {ch.min():+.3f}  max {ch.max():+.3f}")
 
-    # Step 2 — the fast version. Instead of looping over pixels, regnp treats each of the 9 taps
-    # as one matrix product over *all* pixels at once: (Cout, Cin) @ (Cin, pixels), where the
-    # pixel matrix is the zero-padded input read at a shifted offset — no copies, see the
-    # docstring of regnp/ops/conv.py. Same numbers, up to float rounding:
+    # Step 2 — the fast version. Instead of looping over pixels, regnp (in float64, and for any
+    # kernel size) treats each of the 9 taps as one matrix product over *all* pixels at once:
+    # (Cout, Cin) @ (Cin, pixels), where the pixel matrix is the zero-padded input read at a
+    # shifted offset — no copies, see the comments in regnp/ops/conv.py. Same numbers, up to
+    # float rounding:
     print("Step 2 — fast vs slow forward")
     y_fast, _ = conv2d_forward(x, w, None, stride=1, pad=1)
-    print(f"  max |fast - slow| = {np.abs(y_fast - y_slow).max():.2e}")
+    fwd_diff = np.abs(y_fast - y_slow).max()
+    print(f"  max |fast - slow| = {fwd_diff:.2e}")
     xs = rng.standard_normal((2, 3, 11, 9))                     # odd sizes, batch 2, stride 2
     ws = rng.standard_normal((4, 3, 3, 3))
     d2 = np.abs(conv2d_forward(xs, ws, None, 2, 1)[0] - conv2d_forward_reference(xs, ws, None, 2, 1)[0])
@@ -90,6 +91,7 @@ def main(quick=False, out_dir=None):
     g = rng.standard_normal(yb.shape)                           # (N, Co, H, W) upstream grad
     dx, dw, _ = conv2d_backward(g, cache)
     dx_ref, dw_ref, _ = conv2d_backward_reference(g, conv2d_forward_reference(xb, wb, None, 1, 1)[1])
+    bwd_diff = max(np.abs(dx - dx_ref).max(), np.abs(dw - dw_ref).max())
     print(f"  fast vs loop reference: max |dx diff| = {np.abs(dx - dx_ref).max():.2e}, "
           f"max |dw diff| = {np.abs(dw - dw_ref).max():.2e}")
     w_flipped = np.ascontiguousarray(wb[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, Co, 3, 3)
@@ -105,8 +107,11 @@ def main(quick=False, out_dir=None):
     print(f"  dw = correlation of x with g:            max diff {np.abs(dw - dw_corr).max():.2e}")
 
     # Step 4 — how much faster? A moderate layer, float32, forward and forward+backward.
-    # The loop version does one small NumPy call per output pixel; the fast one does 9 big
-    # matrix products (BLAS, both cores) plus a few memory passes in Numba.
+    # The loop version does one small NumPy call per output pixel. A float32 3×3 pad-1 layer —
+    # the U-Net's own kind — does not even take the 9 matrix products of Step 2: it runs the
+    # direct Numba kernels of regnp/ops/_direct3x3.py (each parallel job copies the few padded
+    # input rows it needs into a small tile and accumulates 4 output channels at once along each
+    # row, in registers), checked against the same loop reference.
     N, C, Co, S = (2, 4, 4, 24) if quick else (2, 8, 8, 48)
     print(f"Step 4 — timing: batch {N}, {C}->{Co} channels, {S}×{S}, 3×3")
     xt = rng.standard_normal((N, C, S, S)).astype(np.float32)
@@ -156,12 +161,18 @@ def main(quick=False, out_dir=None):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"saved {path}")
+    report_numbers(forward_vs_loop=max(fwd_diff, d2.max()), backward_vs_loop=bwd_diff,
+                   dx_as_conv=np.abs(dx - dx_conv).max(),
+                   dx_as_conv_transpose=np.abs(dx - dx_ct).max(),
+                   dw_as_correlation=np.abs(dw - dw_corr).max(),
+                   speedup_forward=times["slow forward"] / times["fast forward"])
     return times
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, a few seconds")
-    ap.add_argument("--out", default=None, help="folder for the figure (default: figures/)")
+    ap.add_argument("--out", default=None,
+                    help="figure folder (default: figures/, or figures/quick/ with --quick)")
     args = ap.parse_args()
     main(quick=args.quick, out_dir=args.out)

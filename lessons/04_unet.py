@@ -14,7 +14,6 @@ thing against finite differences.
 Run:  python lessons/04_unet.py [--quick] [--out DIR]
 """
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -25,12 +24,13 @@ def main(quick=False, out_dir=None):
     import matplotlib.pyplot as plt
 
     from regnp.data import load_dataset
+    from regnp.figures import lesson_output_dir, report_numbers
     from regnp.gradcheck import check_vjp
     from regnp.nn.unet import UNet
-    from regnp.ops.activation import concat_backward
+    from regnp.ops.activation import leaky_relu_forward
+    from regnp.ops.conv import conv2d_forward
 
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
 
     # Step 1 — an input pair. The network sees fixed and moving stacked as 2 channels.
     S = 64 if quick else 128
@@ -50,6 +50,14 @@ def main(quick=False, out_dir=None):
     print(f"  flow: {flow.shape}, |u| max {np.abs(flow).max():.2e} px — the flow head starts "
           f"near zero (weights ~ N(0, 1e-5)), so training starts from the identity")
     print(f"  parameters: {net.num_parameters():,}")
+    # Each block is "3×3 conv + LeakyReLU(0.2)". The layer fuses the activation into the
+    # convolution's output pass (one sweep over memory instead of two); it must give exactly
+    # leaky_relu(conv(x) + b), and does:
+    blk = net.enc[0].conv
+    unfused = leaky_relu_forward(conv2d_forward(x, blk.params["w"], blk.params["b"], 2, 1)[0],
+                                 0.2)[0]
+    fused_diff = np.abs(blk.forward(x) - unfused).max()
+    print(f"  encoder block 0, fused vs conv then LeakyReLU: max |diff| = {fused_diff:.1e}")
 
     # Step 3 — backward. Use dL/du = u − target for a made-up target field, as if the loss were
     # ½‖u − target‖². Then split the gradient at every concat to see where it goes.
@@ -62,9 +70,13 @@ def main(quick=False, out_dir=None):
     dx = net.backward(dflow)
     print(f"Step 3 — backward: dL/dx {dx.shape}, ‖dL/dx‖ = {np.linalg.norm(dx):.3e}")
     # The concat backward simply slices the channel axis: the first block goes back up the
-    # decoder, the second back along the skip. We measure both on a fresh forward/backward.
+    # decoder, the second back along the skip. UNet.backward can hand both halves back at
+    # every concat (return_skip_grads=True); we measure them on a fresh forward/backward.
     net.forward(x)
-    norms = _skip_norms(net, dflow, concat_backward)
+    net.zero_grad()
+    _, splits = net.backward(dflow, return_skip_grads=True)
+    norms = [(np.linalg.norm(up), np.linalg.norm(skip))          # full resolution first,
+             for up, skip in (sp for sp in splits if sp is not None)]   # then coarser levels
     for lvl, (up, skip) in enumerate(norms):
         res = "full" if lvl == 0 else f"1/{2 ** lvl}"
         print(f"  concat at {res} resolution: ‖grad up the decoder‖ = {up:.3e}, ‖grad into the skip‖ "
@@ -117,33 +129,16 @@ def main(quick=False, out_dir=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"saved {path}")
-    return errs
-
-
-def _skip_norms(net, dflow, concat_backward):
-    """Run the decoder backward by hand, recording the gradient split at every concat.
-
-    This re-implements UNet.backward's decoder half step by step (it is short), so a reader can
-    see the skip gradients that UNet.backward adds to the encoder."""
-    dh = net.flow.backward(dflow)
-    for blk in reversed(net.dec_tail):
-        dh = blk.backward(dh)
-    out = []
-    dup, dskip = concat_backward(dh, net._final_cache)
-    out.append((np.linalg.norm(dup), np.linalg.norm(dskip)))
-    dh = net.final_up.backward(dup)
-    for blk in reversed(net.dec_half):
-        dh = blk.backward(dh)
-    for i in reversed(range(net.levels - 1)):
-        dup, dskip = concat_backward(dh, net._concat_caches[i])
-        out.append((np.linalg.norm(dup), np.linalg.norm(dskip)))
-        dh = net.dec_up[i].backward(net.ups[i].backward(dup))
-    return out                           # full resolution first, then coarser levels
+    numbers = {"fused_vs_unfused": fused_diff, "max_gradcheck_error": max(errs.values()),
+               "skip_share_full_res": norms[0][1] / (norms[0][0] + norms[0][1])}
+    report_numbers(**numbers)
+    return numbers
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
     a = p.parse_args()
     main(quick=a.quick, out_dir=a.out)

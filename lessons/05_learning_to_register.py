@@ -1,4 +1,4 @@
-"""Lesson 05 — Learning to register: train VoxelMorph-2 and watch the loss terms and the field.
+"""Lesson 05 — Learning to register: the training loop on the page, then the λ trade-off.
 
 Classical registration optimises a displacement for one pair. A learning-based method instead
 trains a network g_θ on many pairs to *predict* the displacement in one forward pass (eq. 2):
@@ -7,10 +7,13 @@ trains a network g_θ on many pairs to *predict* the displacement in one forward
 
 with S the mean squared intensity difference and R the diffusion regulariser (mean squared
 forward differences of u). No labels are used for training; the organ masks only score the
-result (Dice). Here we train VoxelMorph-2 on synthetic phantom pairs and follow:
+result (Dice). Here we train VoxelMorph-2 on synthetic phantom pairs:
 
-1. the two loss terms during training (S falls; R rises from 0 as the field appears);
-2. the predicted field on a held-out pair, before and after training;
+1. the training loop written out — batch → model forward → loss forward and backward → model
+   backward → Adam step → print — run for a few hundred steps;
+2. the same step as ``regnp.models.Objective`` computes it (what ``regnp.train`` calls), checked
+   equal, and then ``regnp.train.train`` for the longer runs (it adds checkpoints, logging,
+   validation and NaN/divergence checks around exactly this loop);
 3. what λ does: a weak λ matches intensities with a rough, folding field; a strong one is smooth
    but under-registers.
 
@@ -28,55 +31,114 @@ def main(quick=False, out_dir=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regnp.data import load_dataset
     from regnp.evaluate import evaluate_pairs, summarize_records
+    from regnp.figures import lesson_output_dir, report_numbers
+    from regnp.losses import diffusion_backward, diffusion_forward, mse_backward, mse_forward
     from regnp.metrics import jacobian_determinant
+    from regnp.models import Objective, build_model
+    from regnp.nn.optim import Adam
     from regnp.train import config_from_args, parse_args, train
 
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size, steps = (32, 40) if quick else (64, 300)
+    out_dir = lesson_output_dir(out_dir, quick)
+    size = 32 if quick else 64
+    loop_steps, train_steps = (30, 40) if quick else (300, 600)
     lambdas = (0.04,) if quick else (0.002, 0.04, 1.0)
+    lam, lr, sigma, n_eval = 0.04, 2e-3, 12, 8
 
-    # Step 1 — the recipe. One configuration = model + objective + data + optimiser.
-    def config(lam):
+    # Step 1 — data and model. 200 training pairs of phantom subjects, 8 held-out test pairs
+    # (other subjects) to score the result; VoxelMorph-2 starts at u ≈ 0 (its flow head's
+    # weights are ~1e-5), so before training the "registration" is the identity.
+    train_ds = load_dataset("phantom", "train", size=size, sigma=sigma, n_pairs=200)
+    test_ds = load_dataset("phantom", "test", size=size, sigma=sigma, n_pairs=n_eval)
+    model = build_model("vm2", seed=0)
+    opt = Adam(model, lr=lr)
+    before = summarize_records(evaluate_pairs(model, test_ds))
+    print(f"Step 1 — VoxelMorph-2 ({model.num_parameters():,} parameters) on {size}×{size} "
+          f"phantom pairs (σ = {sigma}); held-out Dice before training "
+          f"{before['dice_before']['mean']:.1f} %")
+
+    # Step 2 — the training loop. Everything a training step does, in order:
+    print(f"Step 2 — the loop by hand: {loop_steps} steps, batch 2, MSE + {lam}·diffusion, "
+          f"Adam lr {lr}")
+    rng = np.random.default_rng(0)
+    loop_log = []
+    for step in range(1, loop_steps + 1):
+        b = train_ds.batch(rng.choice(len(train_ds), size=2, replace=False))  # 1. a batch
+        F, M = b["fixed"], b["moving"]                                       #    (2, 1, S, S)
+        warped, u, _ = model.forward(F, M)                 # 2. forward: U-Net → u, warp M by u
+        sim, sim_cache = mse_forward(warped, F)            # 3. loss forward: S and R ...
+        reg, reg_cache = diffusion_forward(u)
+        dwarped, _ = mse_backward(sim_cache)               #    ... and backward: dL/dwarped,
+        du = lam * diffusion_backward(reg_cache)           #    dL/du (R's part)
+        model.zero_grad()
+        model.backward(dwarped, du)                        # 4. model backward: warp, U-Net
+        opt.step()                                         # 5. Adam updates every parameter
+        loop_log.append((step, sim, reg))
+        if step % (loop_steps // 6) == 0 or step == 1:     # 6. print
+            print(f"  step {step:4d}: loss {sim + lam * reg:.5f} = S {sim:.5f} + λ·R "
+                  f"{lam * reg:.5f}")
+    after_loop = summarize_records(evaluate_pairs(model, test_ds))
+    print(f"  held-out Dice {after_loop['dice_before']['mean']:.1f} → "
+          f"{after_loop['dice_after']['mean']:.1f} % after {loop_steps} steps")
+
+    # Step 3 — the same step, packaged. regnp.models.Objective runs steps 2–4 in one call
+    # (it also adds model-specific terms such as Meta-Reg's eq. 12 penalty); regnp.train calls it
+    # and then Adam. One more batch through both ways must give the same loss and gradients.
+    b = train_ds.batch([0, 1])
+    model.zero_grad()
+    warped, u, _ = model.forward(b["fixed"], b["moving"])
+    sim, sc = mse_forward(warped, b["fixed"])
+    reg, rc = diffusion_forward(u)
+    model.backward(mse_backward(sc)[0], lam * diffusion_backward(rc))
+    by_hand = {name: g.copy() for name, _, g in model.named_parameters()}
+    model.zero_grad()
+    terms, _, _ = Objective(sim="mse", lam=lam, reg="diffusion")(model, b["fixed"], b["moving"])
+    grad_diff = max(np.abs(g - by_hand[name]).max() / (np.abs(by_hand[name]).max() + 1e-30)
+                    for name, _, g in model.named_parameters())
+    loss_diff = abs(terms["loss"] - (sim + lam * reg))
+    print(f"Step 3 — Objective vs the loop by hand: |Δloss| = {loss_diff:.1e}, max relative "
+          f"gradient difference {grad_diff:.1e}")
+
+    # Step 4 — the longer runs with regnp.train.train, one per λ, on the same training pairs,
+    # each scored on the same held-out pairs.
+    def config(lam_):
         return config_from_args(parse_args([
-            "--model", "vm2", "--size", str(size), "--sigma", "12", "--lambda", str(lam),
-            "--lr", "2e-3", "--pairs", "200", "--val-pairs", "8"]))
-    print(f"Step 1 — VoxelMorph-2 on {size}×{size} phantom pairs (σ = 12), MSE + λ·diffusion, "
-          f"Adam, batch 2, {steps} steps")
-
-    # Step 2 — train for each λ and evaluate on held-out pairs.
+            "--model", "vm2", "--size", str(size), "--sigma", str(sigma), "--lambda", str(lam_),
+            "--lr", str(lr), "--pairs", "200"]))
+    print(f"Step 4 — regnp.train.train, {train_steps} steps per λ")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for lam in lambdas:
-            res = train(config(lam), steps, Path(tmp) / f"lam{lam}", save_every=steps,
-                        val_every=0, log_every=5, progress=False)
-            recs = evaluate_pairs(res["model"], res["val_ds"], res["val_idx"])
-            runs[lam] = (res, summarize_records(recs))
-            s = runs[lam][1]
-            print(f"Step 2 — λ = {lam:<6}: Dice {s['dice_before']['mean']:.1f} → "
+        for lam_ in lambdas:
+            res = train(config(lam_), train_steps, Path(tmp) / f"lam{lam_}",
+                        save_every=train_steps, val_every=0, log_every=5, progress=False)
+            s = summarize_records(evaluate_pairs(res["model"], test_ds))
+            runs[lam_] = (res, s)
+            print(f"  λ = {lam_:<6}: Dice {s['dice_before']['mean']:.1f} → "
                   f"{s['dice_after']['mean']:.1f} %, |J|>0 {s['pct_positive_jacobian']['mean']:.2f} %,"
                   f" min |J| {s['min_jacobian']['mean']:.2f}  ({res['seconds']:.0f} s)")
 
-    # Step 3 — the loss terms of the middle λ, and its field on one held-out pair.
-    lam = 0.04
+    # Step 5 — the λ = 0.04 run's field on one held-out pair.
     res, summ = runs[lam]
     h = res["history"]
-    b = res["val_ds"].batch([0])
+    b = test_ds.batch([0])
     warped, u, _ = res["model"].forward(b["fixed"], b["moving"])
     det = jacobian_determinant(u)[0]
-    print(f"Step 3 — held-out pair: |u| max {np.abs(u).max():.2f} px, "
+    print(f"Step 5 — held-out pair: |u| max {np.abs(u).max():.2f} px, "
           f"MSE {np.mean((b['fixed'] - b['moving']) ** 2):.4f} → "
           f"{np.mean((b['fixed'] - warped) ** 2):.4f}, det J in [{det.min():.2f}, {det.max():.2f}]")
 
     fig, ax = plt.subplots(1, 5, figsize=(19, 3.8))
-    st = [r["step"] for r in h]
-    ax[0].plot(st, [r["sim"] for r in h], label="S (MSE)")
-    ax[0].plot(st, [lam * r["reg"] for r in h], label="λ·R (diffusion)")
+    st, sims, regs = (np.array(c) for c in zip(*loop_log))
+    ax[0].plot(st, sims, color="C0", alpha=0.35, lw=0.8, label="S, loop by hand (per step)")
+    ax[0].plot(st, lam * regs, color="C1", alpha=0.35, lw=0.8, label="λ·R, loop by hand")
+    ax[0].plot([r["step"] for r in h], [r["sim"] for r in h], color="C0", label="S, regnp.train")
+    ax[0].plot([r["step"] for r in h], [lam * r["reg"] for r in h], color="C1",
+               label="λ·R, regnp.train")
     ax[0].set_yscale("log")
     ax[0].set_xlabel("step")
     ax[0].set_title(f"loss terms, λ = {lam}")
-    ax[0].legend()
+    ax[0].legend(fontsize=7)
     ax[1].imshow(b["fixed"][0, 0], cmap="gray")
     ax[1].set_title("fixed")
     ax[2].imshow(np.abs(b["fixed"][0, 0] - b["moving"][0, 0]), cmap="magma", vmin=0, vmax=0.5)
@@ -104,12 +166,19 @@ def main(quick=False, out_dir=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"saved {path}")
-    return {k: v[1] for k, v in runs.items()}
+    numbers = dict(dice_before=before["dice_before"]["mean"],
+                   dice_after_loop=after_loop["dice_after"]["mean"],
+                   dice_after_train=summ["dice_after"]["mean"],
+                   loop_sim_first=np.mean(sims[:5]), loop_sim_last=np.mean(sims[-5:]),
+                   objective_vs_loop_grad=grad_diff, objective_vs_loop_loss=loss_diff)
+    report_numbers(**numbers)
+    return numbers
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
     a = p.parse_args()
     main(quick=a.quick, out_dir=a.out)

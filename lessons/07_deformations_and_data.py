@@ -12,7 +12,6 @@ The real sets are read from $REGNP_DATA_ROOT or ../shared/data; without them the
 the embedded phantom and says so.
 """
 import argparse
-from pathlib import Path
 
 import matplotlib
 
@@ -24,6 +23,7 @@ from regnp.data.datasets import load_dataset  # noqa: E402
 from regnp.data.deform import deform, field_stats, foreground_mask, gaussian_mixture_field  # noqa
 from regnp.data.phantom import make_phantom  # noqa: E402
 from regnp.data.plotting import draw_contours  # noqa: E402
+from regnp.figures import lesson_output_dir, report_numbers  # noqa: E402
 from regnp.metrics import dice, jacobian_determinant  # noqa: E402
 
 NAME = "07_deformations_and_data"
@@ -55,8 +55,7 @@ def _base_slice(quick):
 
 
 def main(quick=False, out_dir=None):
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
     size = 128 if quick else 256
     scale = size / 256                      # σ and widths are quoted for 256×256 images
 
@@ -82,12 +81,14 @@ def main(quick=False, out_dir=None):
     body = foreground_mask(img)
     print(f"\nStep 2 — Gaussian mixtures on {where} (body = {body.mean():.0%} of the image)")
     # (same seed for both: the σ = 16 field is the σ = 10 one multiplied by 1.6)
-    fields = {}
+    fields, numbers = {}, {"scale": scale}
     for sig in (10, 16):
         u = gaussian_mixture_field(img.shape, sig * scale, seed=7, region=body,
                                    widths=(28 * scale, 60 * scale))
         st = field_stats(u, body)
         fields[sig] = u
+        numbers[f"rms_sigma{sig}"] = st["rms_disp"]
+        numbers[f"min_det_sigma{sig}"] = st["min_det"]
         print(f"  σ = {sig}: RMS over body {st['rms_disp']:.2f} px (σ·{scale:g}), mean {st['mean_disp']:.2f} px, "
               f"max {st['max_disp']:.1f} px, min det {st['min_det']:.2f}, folded "
               f"{st['pct_folded']:.2f} %")
@@ -186,11 +187,14 @@ def main(quick=False, out_dir=None):
     fig.savefig(out_dir / f"{NAME}_sets.png", dpi=90)
     plt.close(fig)
     print(f"\nfigures saved in {out_dir}")
+    report_numbers(**numbers)
+    return numbers
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small images, fewer samples")
-    ap.add_argument("--out", default=None, help="figure folder (default: the repo's figures/)")
+    ap.add_argument("--out", default=None,
+                    help="figure folder (default: figures/, or figures/quick/ with --quick)")
     args = ap.parse_args()
     main(quick=args.quick, out_dir=args.out)

@@ -17,8 +17,10 @@ This lesson checks each step with numbers:
 Run:  python lessons/09_from_gram_to_convolution.py [--quick] [--out DIR]
 """
 import argparse
-from pathlib import Path
 
+# regnp first, before NumPy: importing it sets the Numba/OpenBLAS threading defaults, and
+# OpenBLAS reads them when NumPy loads it (see regnp/__init__.py)
+import regnp  # noqa: F401
 import numpy as np
 
 
@@ -27,15 +29,14 @@ def main(quick=False, out_dir=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import regnp  # noqa: F401
+    from regnp.figures import lesson_output_dir, report_numbers
     from regnp.rkhs.kernels import (Gaussian, Wendland, Matern32, Exponential,
                                     InverseMultiquadric, StencilKernel)
     from regnp.rkhs.gram import gram_matrix, ConvGram
     from regnp.rkhs.reduced import (reduced_gram, mid_index, filter_diagnostics,
                                     diagnostics_table, operator_symbol, truncation_error)
 
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
 
     # Step 1 — K̃ exactly as eq. 9 builds it. On an n×n grid (pixels numbered row by row) K is
     # an n×n array of n×n blocks B[a, b]. Take the middle block row a = m and, from every block
@@ -44,14 +45,17 @@ def main(quick=False, out_dir=None):
     # indices. Column b of K̃ is then k(m − b, · − m): the kernel centred on pixel (m, m).
     print("Step 1 — the reduced matrix K̃ of eq. 9 from the dense K")
     k = Gaussian(2.0)
+    reduced_vs_window = 0.0
     for n in (15, 16):
         K = gram_matrix(k, (n, n))                                  # (n², n²)
         Kt_paper = reduced_gram(K, (n, n), layout="paper")          # literal eq. 9, (n, n)
         Kt13 = reduced_gram(K, (n, n), size=13)                     # 13×13 around the centre
+        diffs = (np.abs(Kt13 - k.window(13)).max(),
+                 np.abs(Kt_paper - reduced_gram(K, (n, n)).T).max())
+        reduced_vs_window = max(reduced_vs_window, *diffs)
         print(f"  n = {n}: middle index {mid_index(n)}; K̃ is {Kt_paper.shape}, "
-              f"max |K̃₁₃ − kernel window| = {np.abs(Kt13 - k.window(13)).max():.1e}, "
-              f"max |paper layout − image layoutᵀ| = "
-              f"{np.abs(Kt_paper - reduced_gram(K, (n, n)).T).max():.1e}")
+              f"max |K̃₁₃ − kernel window| = {diffs[0]:.1e}, "
+              f"max |paper layout − image layoutᵀ| = {diffs[1]:.1e}")
 
     # Step 2 — the claimed properties, kernel by kernel. For the separable Gaussian the window
     # is an outer product f fᵀ of the 1-D factor: rank 1, PSD, trace fᵀf ≥ 0 — exactly the
@@ -165,12 +169,19 @@ def main(quick=False, out_dir=None):
     fig.savefig(path2, dpi=100)
     plt.close(fig)
     print(f"saved {path2}")
-    return {label: errs for label, errs in table.items()}
+    compact = [e for wdt, e in zip(widths, table["wendland ρ"]) if wdt <= 7]
+    numbers = {"reduced_vs_window": reduced_vs_window,
+               "wendland_compact_truncation": max(max(e[0], e[1]) for e in compact),
+               "gaussian4_matrix_eig_min": d.eig_min, "gaussian4_symbol_min": sym.min(),
+               "wendland6_symbol_min": operator_symbol(w6).real.min()}
+    report_numbers(**numbers)
+    return numbers
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter run (used by the tests)")
-    p.add_argument("--out", default=None, help="folder for the figures (default: figures/)")
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
     a = p.parse_args()
     main(quick=a.quick, out_dir=a.out)

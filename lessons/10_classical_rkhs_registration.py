@@ -19,8 +19,10 @@ Run:  python lessons/10_classical_rkhs_registration.py [--quick] [--out DIR]
 """
 import argparse
 import time
-from pathlib import Path
 
+# regnp first, before NumPy: importing it sets the Numba/OpenBLAS threading defaults, and
+# OpenBLAS reads them when NumPy loads it (see regnp/__init__.py)
+import regnp  # noqa: F401
 import numpy as np
 
 
@@ -29,8 +31,8 @@ def main(quick=False, out_dir=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import regnp  # noqa: F401
     from regnp.data.datasets import load_dataset
+    from regnp.figures import lesson_output_dir, report_numbers
     from regnp.gradcheck import check_vjp
     from regnp.metrics import dice, folding_stats, jacobian_determinant
     from regnp.ops.warp import warp_nearest
@@ -38,8 +40,7 @@ def main(quick=False, out_dir=None):
     from regnp.rkhs.kernels import Gaussian
     from regnp.rkhs.solver import RKHSObjective, register_rkhs, upsample_field
 
-    out_dir = Path(out_dir) if out_dir else Path(__file__).resolve().parents[1] / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = lesson_output_dir(out_dir, quick)
     size = 128 if quick else 256
 
     # Step 1 — one pair. The phantom set's test pairs are a base image F and M = F ∘ (id + v)
@@ -61,18 +62,23 @@ def main(quick=False, out_dir=None):
     # Step 2 — is the hand-written gradient right? RKHSObjective is exactly what L-BFGS sees:
     # f(α) and ∂f/∂α as flat float64 vectors. On a 16×16 crop in float64, compare ∂f/∂α with
     # central differences along 40 random coordinates (the warp has kinks at integer
-    # displacements, so α is random: u is almost surely non-integer).
+    # displacements, so α is random: u is almost surely non-integer). Step h = 1e-5, the float64
+    # optimum of lesson 03: some entries of ∂f/∂α are 1e-7 of f, and at h = 1e-6 round-off
+    # alone (~1e-11 absolute) would read as a relative error of 1e-5 there.
     print("Step 2 — gradient check of the objective (float64, 16×16 crop)")
     crop = (slice(None), slice(None), slice(size // 2 - 8, size // 2 + 8),
             slice(size // 2 - 8, size // 2 + 8))
     Fc, Mc = F[crop].astype(np.float64), M[crop].astype(np.float64)
     rng = np.random.default_rng(0)
+    grad_errs = {}
     for reg in ("rkhs", "diffusion"):
         obj = RKHSObjective(Fc, Mc, make_gram(Gaussian(2.0), (16, 16)), scale=0.05, lam=0.01,
                             regularizer=reg)
         x = rng.standard_normal(2 * 16 * 16)
         _, g = obj(x)
-        err = check_vjp(lambda: np.array(obj(x)[0]), x, g, np.array(1.0), max_entries=40)
+        err = check_vjp(lambda: np.array(obj(x)[0]), x, g, np.array(1.0), max_entries=40,
+                        h=1e-5)
+        grad_errs[reg] = err
         print(f"  R = {reg:<9}: max relative error {err:.1e}")
 
     # Step 3 — solve. Defaults: Gaussian kernel 16 px wide (at 256×256), K scaled to unit DC
@@ -193,6 +199,9 @@ def main(quick=False, out_dir=None):
     fig.savefig(path2, dpi=80)
     plt.close(fig)
     print(f"saved {path2}")
+    report_numbers(gradcheck_rkhs=grad_errs["rkhs"], gradcheck_diffusion=grad_errs["diffusion"],
+                   dice_before=d_before, dice_after=d_after, seconds=res.seconds,
+                   pct_positive_jacobian=fold["pct_positive"][0])
     return {"dice_before": d_before, "dice_after": d_after, "seconds": res.seconds,
             "seconds_within_1pt": t_within, "variants": rows}
 
@@ -200,6 +209,7 @@ def main(quick=False, out_dir=None):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shorter run (used by the tests)")
-    p.add_argument("--out", default=None, help="folder for the figures (default: figures/)")
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
     a = p.parse_args()
     main(quick=a.quick, out_dir=a.out)

@@ -8,8 +8,14 @@ Usage::
 
 Each lesson is a script ``lessons/NN_topic.py`` with ``main(quick, out_dir)``; it is run in a fresh
 Python process so one lesson's state (imports, RNG, Numba threads) cannot leak into the next.
+
+Where figures go: full runs write ``figures/`` (the committed figures); ``--quick`` runs write the
+git-ignored ``figures/quick/``, so a quick run never overwrites a real figure; ``--out DIR``
+overrides both. Each lesson also prints its key numbers as one line ``RESULT {json}``
+(:func:`report_numbers`), which ``tests/test_lessons.py`` reads and checks.
 """
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -19,6 +25,28 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = REPO / "lessons"
+FIGURES = REPO / "figures"
+QUICK_FIGURES = FIGURES / "quick"          # git-ignored
+RESULT_PREFIX = "RESULT "
+
+
+def lesson_output_dir(out_dir=None, quick=False):
+    """The folder a lesson saves its figures in (created): ``out_dir`` when given, else
+    ``figures/`` for a full run and ``figures/quick/`` (git-ignored) for a quick one."""
+    path = Path(out_dir) if out_dir else (QUICK_FIGURES if quick else FIGURES)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def report_numbers(**numbers):
+    """Print a lesson's key numbers as one parseable line, ``RESULT {"name": value, ...}``."""
+    print(RESULT_PREFIX + json.dumps({k: float(v) for k, v in numbers.items()}))
+
+
+def parse_numbers(output):
+    """The dict of the last ``RESULT {...}`` line in a lesson's output (None if there is none)."""
+    lines = [ln for ln in output.splitlines() if ln.startswith(RESULT_PREFIX)]
+    return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
 
 
 def lesson_files(only=None):
@@ -44,7 +72,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Regenerate figures/ by running every lesson.")
     p.add_argument("--quick", action="store_true", help="run the lessons' shortened versions")
     p.add_argument("--only", default=None, help="run only lessons whose name contains this")
-    p.add_argument("--out", default=None, help="write figures here instead of figures/")
+    p.add_argument("--out", default=None,
+                   help="write figures here instead of figures/ (figures/quick/ with --quick)")
     a = p.parse_args(argv)
     files = lesson_files(a.only)
     if not files:
@@ -58,7 +87,7 @@ def main(argv=None):
             tqdm.write(out[-3000:])
     if failed:
         sys.exit(f"{len(failed)} lesson(s) failed: {', '.join(failed)}")
-    print(f"all {len(files)} lessons ran; figures in {a.out or REPO / 'figures'}")
+    print(f"all {len(files)} lessons ran; figures in {lesson_output_dir(a.out, a.quick)}")
 
 
 if __name__ == "__main__":

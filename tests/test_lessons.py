@@ -1,7 +1,54 @@
-"""Every lesson runs in quick mode and writes at least one figure (so no lesson can rot)."""
+"""Every lesson runs in quick mode, writes its figures, and its key numbers are what it teaches.
+
+Each lesson prints one line ``RESULT {json}`` (``regnp.figures.report_numbers``); ``EXPECT`` below
+states, per lesson, the bound each number must meet in quick mode."""
+import operator
+
 import pytest
 
-from regnp.figures import lesson_files, run_lesson
+from regnp.figures import lesson_files, parse_numbers, run_lesson
+
+LT, GT = operator.lt, operator.gt
+EXPECT = {
+    "01": {"by_hand_vs_warp": (LT, 1e-12), "reference_vs_fast": (LT, 1e-12),
+           "gradcheck_moving": (LT, 1e-6), "gradcheck_u": (LT, 1e-6),
+           "gradient_vs_reference": (LT, 1e-12),
+           "du_y": (GT, 9.999999), "du_x": (GT, 0.999999)},   # the linear image's slopes (10, 1)
+    "02": {"forward_vs_loop": (LT, 1e-10), "backward_vs_loop": (LT, 1e-10),
+           "dx_as_conv": (LT, 1e-10), "dx_as_conv_transpose": (LT, 1e-10),
+           "dw_as_correlation": (LT, 1e-10)},
+    "03": {"conv_dx_error": (LT, 1e-7), "conv_dw_error": (LT, 1e-7), "conv_db_error": (LT, 1e-7),
+           "warp_jacobian_error": (LT, 1e-7), "warp_smooth_error": (LT, 1e-7),
+           "broken_error": (GT, 1e-2), "kink_error": (GT, 1e-2)},
+    "04": {"fused_vs_unfused": (LT, 1e-6), "max_gradcheck_error": (LT, 1e-6),
+           "skip_share_full_res": (GT, 0.01)},
+    "05": {"objective_vs_loop_grad": (LT, 1e-6), "objective_vs_loop_loss": (LT, 1e-9),
+           "dice_before": (GT, 50), "dice_after_loop": (GT, 50), "dice_after_train": (GT, 50)},
+    "06": {"layer_forward_vs_hand": (LT, 1e-12), "layer_backward_vs_hand": (LT, 1e-10),
+           "gradcheck_dg": (LT, 1e-6), "gradcheck_dK": (LT, 1e-6),
+           "penalty_vs_hand": (LT, 1e-10), "gradcheck_penalty": (LT, 1e-7)},
+    "07": {"min_det_sigma10": (GT, 0.1), "min_det_sigma16": (GT, 0.1)},
+    "08": {"dense_kron_fft_agreement": (LT, 1e-10), "fft_vs_loop": (LT, 1e-10),
+           "kron_factorisation": (LT, 1e-12), "block_toeplitz": (LT, 1e-12),
+           "min_eigenvalue": (GT, -1e-10)},
+    "09": {"reduced_vs_window": (LT, 1e-12), "wendland_compact_truncation": (LT, 1e-12),
+           "gaussian4_matrix_eig_min": (GT, -1e-12), "gaussian4_symbol_min": (LT, -1e-3),
+           "wendland6_symbol_min": (GT, 0)},
+    "10": {"gradcheck_rkhs": (LT, 1e-5), "gradcheck_diffusion": (LT, 1e-5),
+           "dice_after": (GT, 0.9), "pct_positive_jacobian": (GT, 99.0)},
+}
+
+
+def _check_relations(prefix, got):
+    """Relations between numbers (beyond fixed bounds)."""
+    if prefix == "06":        # the paper form's filter grows; the default keeps unit sum
+        assert got["paper_sum_last"] > got["paper_sum_first"] + 0.1, got
+        assert abs(got["default_sum_last"] - 1.0) < 1e-4, got
+    if prefix == "07":        # σ is the RMS displacement over the body (σ·scale at this size)
+        for sig in (10, 16):
+            assert abs(got[f"rms_sigma{sig}"] - sig * got["scale"]) < 1e-6, got
+    if prefix == "10":        # the solver improves Dice
+        assert got["dice_after"] > got["dice_before"] + 0.1, got
 
 
 @pytest.mark.parametrize("path", lesson_files(), ids=lambda p: p.name)
@@ -11,3 +58,18 @@ def test_lesson_runs_quick(path, tmp_path):
     pngs = list(tmp_path.glob("*.png"))
     assert pngs, f"{path.name} saved no figure into --out"
     assert all(p.stat().st_size > 5000 for p in pngs), "a figure is (nearly) empty"
+    got = parse_numbers(out)
+    assert got is not None, f"{path.name} printed no RESULT line"
+    prefix = path.name[:2]
+    for key, (op, bound) in EXPECT[prefix].items():
+        assert key in got, f"{path.name}: no {key!r} in {got}"
+        assert op(got[key], bound), (f"{path.name}: {key} = {got[key]:.3g}, expected "
+                                     f"{'<' if op is LT else '>'} {bound:g}")
+    _check_relations(prefix, got)
+
+
+def test_quick_runs_do_not_touch_the_committed_figures():
+    from regnp.figures import FIGURES, QUICK_FIGURES, lesson_output_dir
+    assert lesson_output_dir(None, quick=True) == QUICK_FIGURES
+    assert lesson_output_dir(None, quick=False) == FIGURES
+    assert QUICK_FIGURES.parent == FIGURES

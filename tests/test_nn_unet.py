@@ -79,3 +79,29 @@ def test_default_is_voxelmorph2_and_flow_starts_near_zero():
     assert np.abs(u).max() < 1e-2                              # training starts at u ≈ 0
     # the published VoxelMorph-2 2-D network has about 100k parameters
     assert 90_000 < net.num_parameters() < 120_000
+
+
+@pytest.mark.parametrize("full_size", [True, False])
+def test_backward_returns_the_gradient_split_at_every_concat(full_size):
+    """``backward(..., return_skip_grads=True)``: the same dx, and at each concat the two
+    halves of the gradient, shaped like the decoder input and like the skip it came from."""
+    rng = np.random.default_rng(4)
+    net = tiny(full_size)
+    x = rng.standard_normal((2, 2, 16, 24))
+    y = net.forward(x)
+    dout = rng.standard_normal(y.shape)
+    net.zero_grad()
+    dx_plain = net.backward(dout)
+    net.forward(x)
+    dx, splits = net.backward(dout, return_skip_grads=True)
+    np.testing.assert_array_equal(dx, dx_plain)
+    assert len(splits) == net.levels + 1 and splits[-1] is None
+    assert (splits[0] is not None) == full_size
+    for k, sp in enumerate(splits[:-1]):
+        if sp is None:
+            continue
+        up, skip = sp
+        size = (16 >> k, 24 >> k)
+        channels = 2 if k == 0 else net.enc[k - 1].conv.params["w"].shape[0]
+        assert skip.shape == (2, channels) + size
+        assert up.shape[0] == 2 and up.shape[2:] == size

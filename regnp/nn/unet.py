@@ -154,21 +154,30 @@ class UNet(Module):
             h = blk.forward(h)
         return self.flow.forward(h)                   # (N, out_ch, ·, ·)
 
-    def backward(self, dflow):
+    def backward(self, dflow, return_skip_grads=False):
+        """dL/dflow → dL/dx (and the parameter gradients, accumulated).
+
+        With ``return_skip_grads=True`` also returns, for every skip k, the two halves the
+        gradient splits into at its concat: ``splits[k] = (grad going up the decoder, grad going
+        into skip k)``. Skip 0 is the input x (full resolution, only when ``full_size``), skip
+        k >= 1 the encoder output e_{k-1} at 1/2^k resolution; ``None`` where there is no concat.
+        Lesson 04 prints their norms.
+        """
         L = self.levels
         dh = self.flow.backward(dflow)
         for blk in reversed(self.dec_tail):
             dh = blk.backward(dh)
         dskip = [None] * (L + 1)                      # gradients arriving through the skips
+        splits = [None] * (L + 1)
         if self.full_size:
             dup, dx_skip = concat_backward(dh, self._final_cache)
-            dskip[0] = dx_skip
+            dskip[0], splits[0] = dx_skip, (dup, dx_skip)
             dh = self.final_up.backward(dup)
         for blk in reversed(self.dec_half):
             dh = blk.backward(dh)
         for i in reversed(range(L - 1)):
             dup, ds = concat_backward(dh, self._concat_caches[i])
-            dskip[L - 1 - i] = ds
+            dskip[L - 1 - i], splits[L - 1 - i] = ds, (dup, ds)
             dh = self.dec_up[i].backward(self.ups[i].backward(dup))
         # encoder, deepest first; each level's gradient = from above + from its skip
         for lvl in reversed(range(L)):
@@ -177,4 +186,4 @@ class UNet(Module):
             dh = self.enc[lvl].backward(dh)
         if dskip[0] is not None:
             dh = dh + dskip[0]
-        return dh                                     # (N, in_ch, H, W)
+        return (dh, splits) if return_skip_grads else dh   # dh: (N, in_ch, H, W)
