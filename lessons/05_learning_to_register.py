@@ -101,7 +101,9 @@ def main(quick=False, out_dir=None):
           f"gradient difference {grad_diff:.1e}")
 
     # Step 4 — the longer runs with regnp.train.train, one per λ, on the same training pairs,
-    # each scored on the same held-out pairs.
+    # each scored on the same held-out pairs. (Dice over 8 pairs moves by a point or two from
+    # run to run — another batch order, float32 rounding — so compare the λ values with each
+    # other rather than with Step 2's number.)
     def config(lam_):
         return config_from_args(parse_args([
             "--model", "vm2", "--size", str(size), "--sigma", str(sigma), "--lambda", str(lam_),
