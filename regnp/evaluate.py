@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ._cli import CLIError, check_output_folder, check_size_divisible, finite_float, positive_int
-from .metrics import dice, folding_stats, summarize, ttest_unpaired
-from .ops.warp import warp_nearest
 
 OUTPUTS = ("metrics.json", "table.md")
 
@@ -26,6 +24,9 @@ OUTPUTS = ("metrics.json", "table.md")
 def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate"):
     """Register the pairs ``indices`` of ``ds`` one at a time; returns a list of records."""
     from tqdm import tqdm
+
+    from .metrics import dice, folding_stats
+    from .ops.warp import warp_nearest
     indices = range(len(ds)) if indices is None else indices
     labels = list(ds.eval_labels)
     report = list(getattr(ds, "report_labels", labels))
@@ -56,6 +57,8 @@ def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate"):
 
 def summarize_records(records):
     """Mean ± std over pairs (Dice in %, sample std) and the median seconds per pair."""
+    from .metrics import summarize
+
     def ms(key, scale=1.0):
         m, s = summarize([scale * r[key] for r in records])
         return {"mean": m, "std": s}
@@ -150,15 +153,15 @@ def data_settings(cfg, ck):
 
 def run(a, state):
     """The evaluation behind :func:`main` (``a``: parsed options)."""
-    from .checkpoint import checkpoint_path, load_model
-    from .data import load_dataset
     positive_int("--pairs", a.pairs)
     positive_int("--size", a.size)
     finite_float("--sigma", a.sigma)
     compare = [read_compare(c) for c in a.compare]
+    from .checkpoint import checkpoint_path, load_model
     out = Path(a.out) if a.out else checkpoint_path(a.checkpoint).parent
     check_output_folder("--out", out, OUTPUTS)
     model, cfg = load_model(a.checkpoint)
+    from .data import load_dataset
     data_name, data_size, data_sigma = data_settings(cfg, a.checkpoint)
     name = a.dataset or data_name
     sigma = a.sigma if a.sigma is not None else data_sigma
@@ -176,6 +179,7 @@ def run(a, state):
               "split": a.split, "sigma": sigma, "size": size, "summary": summary,
               "pairs": records}
     tests = {}
+    from .metrics import ttest_unpaired
     for other, values in compare:
         t, pv = ttest_unpaired([r["dice_after"] for r in records], values)
         tests[other] = {"t": t, "p": pv}

@@ -39,6 +39,9 @@ DOC = REPO / "docs" / "ERRORS.md"
 Case = namedtuple("Case", "tool args message what kind data wait", defaults=("error", False, None))
 
 # The smallest network that trains: a 32×32 U-Net with two levels and a 5×5 filter.
+# Tools whose refusals must not even create an empty folder (train may leave its --out folder).
+MINE = ("evaluate", "register", "data", "bench")
+
 TINY = "--size 32 --enc 4,8 --dec 8,8,8,8 --kernel-size 5 --pairs 4 --steps 2 --val-pairs 0"
 IMG = "--fixed F.npy --moving M.npy"
 CK = "--checkpoint ck"
@@ -521,6 +524,9 @@ def test_catalogue_case(case, template, tmp_path, request):
     after = _snapshot(work)
     changed = [p for p, h in before.items() if after.get(p) != h]
     assert not changed, f"files changed or removed: {changed}{shown}"
+    if case.kind != "warning":             # a refused command writes nothing at all
+        new = [p for p in after if p not in before and (after[p] != "<dir>" or case.tool in MINE)]
+        assert not new, f"a refused command wrote {new}{shown}"
 
 
 # ------------------------------------------------------------------------------------------

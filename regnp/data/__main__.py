@@ -37,6 +37,9 @@ def _fmt_stats(st, labels):
     return "\n".join(lines)
 
 
+# The named sets (the keys of regnp.data.datasets.DATASETS, spelled out so that a mistyped
+# option fails before the data code and Numba load; tests/test_bad_inputs.py keeps them equal).
+SET_NAMES = ("acdc", "chaos", "jsrt", "phantom")
 # File types matplotlib writes (checked before anything is loaded).
 FIGURE_TYPES = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "eps", "ps", "webp")
 NETWORK_FACTOR = 16             # the U-Nets halve the image 4 times: sizes must divide by 16
@@ -123,7 +126,6 @@ def run(a):
 
 def main(argv=None):
     from .._cli import run_cli
-    from .datasets import DATASETS
 
     p = argparse.ArgumentParser(prog="python -m regnp.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +138,7 @@ def main(argv=None):
                         help="pair-sampling seed (default: 0 train, the fixed test seed for test)")
     common.add_argument("--n-pairs", type=int, default=None)
     s = sub.add_parser("show", parents=[common], help="figure of sample pairs + statistics")
-    s.add_argument("dataset", choices=sorted(DATASETS))
+    s.add_argument("dataset", choices=SET_NAMES)
     s.add_argument("--sigma", type=float, default=10.0)
     s.add_argument("--n", type=int, default=4, help="pairs in the figure")
     s.add_argument("--out", default=None,
