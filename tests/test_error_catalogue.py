@@ -66,7 +66,7 @@ CASES = [
          "python -m regnp.train into its --out folder)",
          "--resume in a folder without a checkpoint"),
     Case("train", "--out corrupt --resume",
-         "error: …corrupt…",
+         "error: cannot read corrupt/checkpoint.npz: …; the file is corrupt",
          "--resume from a corrupt checkpoint"),
     Case("train", "--batch-size 0", "error: --batch-size must be a positive integer, got 0",
          "a zero batch size"),
@@ -109,7 +109,7 @@ CASES = [
          "error: the folder empty_run holds no checkpoint.npz (a checkpoint is written by python "
          "-m regnp.train into its --out folder)",
          "a run folder without a checkpoint"),
-    Case("evaluate", "--checkpoint corrupt", "error: …corrupt…", "a corrupt checkpoint"),
+    Case("evaluate", "--checkpoint corrupt", "error: cannot read corrupt/checkpoint.npz: …; the file is corrupt", "a corrupt checkpoint"),
     Case("evaluate", "--checkpoint edited --pairs 2",
          "error: edited: its model description does not build a model (…); the checkpoint was "
          "edited or comes from another version",
@@ -189,7 +189,7 @@ CASES = [
          "error: edited: its model description does not build a model (…); the checkpoint was "
          "edited or comes from another version",
          "a hand-edited checkpoint with a wrong-typed option"),
-    Case("register", f"{IMG} --checkpoint corrupt --out res", "error: …corrupt…",
+    Case("register", f"{IMG} --checkpoint corrupt --out res", "error: cannot read corrupt/checkpoint.npz: …; the file is corrupt",
          "a corrupt checkpoint"),
     Case("register", f"--fixed complex.npy --moving M.npy {CK} --out res",
          "error: complex.npy holds complex values (complex64); registration needs real "
@@ -590,7 +590,8 @@ def render_markdown():
             args = c.args.replace(TINY, "TINY").replace("{data}", "../shared/data")
             cmd = f"python -m regnp.{tool} {args}" + (" then Ctrl-C" if c.kind == "interrupt" else "")
             what = c.what + (" (needs the real data sets)" if c.data else "")
-            lines.append(f"| {k} | {what} | `{cmd}` | `{c.message}` |".replace("||", "| |"))
+            cells = [str(k), what, f"`{cmd}`", f"`{c.message}`"]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         lines.append("")
     lines.append(f"{len(CASES)} entries: {n['error']} errors, {n['warning']} warnings, "
                  f"{n['interrupt']} Ctrl-C.")
