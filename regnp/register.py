@@ -272,6 +272,13 @@ def run(a, state):
     """The registration behind :func:`main` (``a``: parsed options)."""
     check_options(a)
     fixed, moving = load_pair(a.fixed, a.moving)
+    if a.method == "rkhs" and a.gram == "dense":
+        from .rkhs.gram import MAX_DENSE_PIXELS
+        H, W = fixed.shape
+        if H * W > MAX_DENSE_PIXELS:
+            raise CLIError(f"--gram dense builds the (H·W)² Gram matrix, {(H * W) ** 2 * 8 / 1e9:.1f} "
+                           f"GB for this {H}×{W} image (at most {MAX_DENSE_PIXELS} pixels, "
+                           f"64×64); use --gram auto, kronecker or fft (exact and fast)")
     masks = load_masks(a.fixed_mask, a.moving_mask, fixed.shape) if a.fixed_mask else None
     from .metrics import dice, folding_stats, jacobian_determinant
     from .ops.warp import warp_forward, warp_nearest

@@ -246,6 +246,10 @@ CASES = [
          "all-empty masks (once \"Dice nan → nan\")", kind="warning"),
     Case("register", f"{IMG} --method rkhs --iterations 0 --out res",
          "error: --iterations must be a positive integer, got 0", "zero solver iterations"),
+    Case("register", "--fixed big.npy --moving big2.npy --method rkhs --gram dense --out res",
+         "error: --gram dense builds the (H·W)² Gram matrix, 34.4 GB for this 256×256 image (at "
+         "most 4096 pixels, 64×64); use --gram auto, kronecker or fft (exact and fast)",
+         "the dense Gram matrix for a large image (once refused after a minute of solving)"),
     Case("register", f"{IMG} --method rkhs --kernel-width nan --out res",
          "error: --kernel-width must be a finite number > 0, got nan", "a NaN kernel width"),
     Case("register", f"{IMG} {CK} --out afile",
@@ -288,6 +292,9 @@ CASES = [
     Case("data", "show chaos --data-root nowhere",
          "error: data root 'nowhere' does not exist; expected layout: …",
          "a data folder that does not exist"),
+    Case("data", "show chaos --data-root afile",
+         "error: data root 'afile' is a file, not a folder; expected layout: …",
+         "a file given as the data folder (once \"does not exist\")"),
     Case("data", "show chaos --data-root fakeset",
          "error: mask chaos_t2_sub…_z1.png contains label value(s) [9] not among the documented "
          "labels [0, 1, 2, 3, 4]",

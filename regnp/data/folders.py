@@ -38,6 +38,8 @@ def find_data_root(data_root=None):
     """
     if data_root is not None:
         p = Path(data_root).expanduser()
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"data root {str(p)!r} is a file, not a folder; {LAYOUT_HELP}")
         if not p.is_dir():
             raise FileNotFoundError(f"data root {str(p)!r} does not exist; {LAYOUT_HELP}")
         return p
