@@ -127,28 +127,38 @@ def read_compare(path):
     return name, values
 
 
-def data_settings(cfg, ck):
-    """The checkpoint's data description (dataset, size, sigma), checked: a hand-edited or
-    foreign checkpoint gets one clear message instead of a failure deep in the data loader."""
+def data_settings(cfg, ck, dataset=None, size=None, sigma=None):
+    """The data set, size and σ to evaluate on: the options given, else the checkpoint's.
+
+    The checkpoint's entries that are used are checked first, so a hand-edited or foreign
+    checkpoint gets one clear message (naming the option that overrides the bad entry) instead of
+    a failure deep in the data loader. Returns ``(dataset, size, sigma)``.
+    """
     data = cfg.get("data", {})
     if not isinstance(data, dict):
-        raise CLIError(f"{ck}: its data description is {type(data).__name__}, not a mapping; "
-                       f"the checkpoint was edited or comes from another version (give --dataset, "
-                       f"--size and --sigma)")
-    name, size, sigma = data.get("dataset", "phantom"), data.get("size"), data.get("sigma", 10.0)
+        if None in (dataset, sigma):
+            raise CLIError(f"{ck}: its data description is a {type(data).__name__}, not a "
+                           f"mapping; the checkpoint was edited or comes from another version "
+                           f"(give --dataset, --size and --sigma)")
+        data = {}
     problems = []
-    if not isinstance(name, str):
-        problems.append(f"dataset {name!r} is not a name")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        problems.append(f"size {size!r} is not a positive integer")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) \
-            or sigma < 0:
-        problems.append(f"sigma {sigma!r} is not a number ≥ 0")
+    if dataset is None:
+        dataset = data.get("dataset", "phantom")
+        if not isinstance(dataset, str):
+            problems.append(f"dataset {dataset!r} is not a name (override: --dataset)")
+    if size is None:
+        size = data.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            problems.append(f"size {size!r} is not a positive integer (override: --size)")
+    if sigma is None:
+        sigma = data.get("sigma", 10.0)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
+                or not math.isfinite(sigma) or sigma < 0:
+            problems.append(f"sigma {sigma!r} is not a number ≥ 0 (override: --sigma)")
     if problems:
         raise CLIError(f"{ck}: its data description is not valid ({'; '.join(problems)}); the "
-                       f"checkpoint was edited or comes from another version (override with "
-                       f"--dataset, --size, --sigma)")
-    return name, size, sigma
+                       f"checkpoint was edited or comes from another version")
+    return dataset, size, sigma
 
 
 def run(a, state):
@@ -162,10 +172,7 @@ def run(a, state):
     check_output_folder("--out", out, OUTPUTS)
     model, cfg = load_model(a.checkpoint)
     from .data import load_dataset
-    data_name, data_size, data_sigma = data_settings(cfg, a.checkpoint)
-    name = a.dataset or data_name
-    sigma = a.sigma if a.sigma is not None else data_sigma
-    size = a.size if a.size is not None else data_size
+    name, size, sigma = data_settings(cfg, a.checkpoint, a.dataset, a.size, a.sigma)
     check_size_divisible("--size" if a.size is not None else "the checkpoint's size", size,
                          model.levels, cfg["model"])
     ds = load_dataset(name, a.split, data_root=a.data_root, size=size, sigma=sigma)

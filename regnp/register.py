@@ -4,9 +4,13 @@
                              --out result/ [--fixed-mask Fm.png --moving-mask Mm.png]
 
 Inputs: 2-D grayscale PNG (8/16-bit; colour is converted to gray with a warning) or ``.npy``
-arrays, both of the same size. Intensities are mapped to [0, 1] per image (min–max), as in
-training. Sizes need not be divisible by 2^levels: the pair is zero-padded at the bottom/right to
-the next multiple (the network sees background there) and every output is cropped back.
+arrays, both of the same size. Float ``.npy`` images are used as they are; integer, boolean and
+float16 ones are converted to float with a warning; complex ones, NaN/Inf and constant images are
+refused. Intensities are mapped to [0, 1] per image (min–max), as in training. Sizes need not be
+divisible by 2^levels: the pair is zero-padded at the bottom/right to the next multiple (the
+network sees background there) and every output is cropped back. Masks are integer label maps
+(0 = background; see :func:`as_mask`); Dice is scored per label of the fixed mask. Every output
+destination is checked before anything is computed, so a refused run writes nothing.
 
 Outputs in ``--out``:
 
@@ -276,9 +280,10 @@ def run(a, state):
         from .rkhs.gram import MAX_DENSE_PIXELS
         H, W = fixed.shape
         if H * W > MAX_DENSE_PIXELS:
+            side = int(MAX_DENSE_PIXELS ** 0.5)
             raise CLIError(f"--gram dense builds the (H·W)² Gram matrix, {(H * W) ** 2 * 8 / 1e9:.1f} "
                            f"GB for this {H}×{W} image (at most {MAX_DENSE_PIXELS} pixels, "
-                           f"64×64); use --gram auto, kronecker or fft (exact and fast)")
+                           f"{side}×{side}); use --gram auto, kronecker or fft (exact and fast)")
     masks = load_masks(a.fixed_mask, a.moving_mask, fixed.shape) if a.fixed_mask else None
     from .metrics import dice, folding_stats, jacobian_determinant
     from .ops.warp import warp_forward, warp_nearest

@@ -222,6 +222,24 @@ def test_evaluate_run_folder_and_compare(tmp_path, run_folder):
     assert "no list of per-pair results" in r.stderr
 
 
+def test_evaluate_hand_edited_data_entry(tmp_path, run_folder):
+    """A wrong-typed data entry in a hand-edited checkpoint is named in one line, and the option
+    that overrides it makes the checkpoint usable again."""
+    with np.load(run_folder / "checkpoint.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("__meta__")))
+    meta["data"]["size"] = "32"
+    (tmp_path / "ed").mkdir()
+    with open(tmp_path / "ed" / "checkpoint.npz", "wb") as f:
+        np.savez(f, **arrays, __meta__=np.array(json.dumps(meta)))
+    r = run("evaluate", "--checkpoint", "ed", "--pairs", "2", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "size '32' is not a positive integer (override: --size)" in r.stderr
+    r = run("evaluate", "--checkpoint", "ed", "--pairs", "2", "--size", "32", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "ed" / "metrics.json").read_text())["size"] == 32
+
+
 def test_size_messages_name_the_nearest_valid_sizes():
     assert nearest_multiples(50, 16) == (48, 64) and nearest_multiples(5, 16) == (16,)
     with pytest.raises(CLIError, match="e.g. 48 or 64"):

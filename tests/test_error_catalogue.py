@@ -116,8 +116,7 @@ CASES = [
          "a hand-edited checkpoint: a wrong-typed model option (\"kernel_size\": \"5\")"),
     Case("evaluate", "--checkpoint edited_data --pairs 2",
          "error: edited_data: its data description is not valid (size '32' is not a positive "
-         "integer); the checkpoint was edited or comes from another version (override with "
-         "--dataset, --size, --sigma)",
+         "integer (override: --size)); the checkpoint was edited or comes from another version",
          "a hand-edited checkpoint: a wrong-typed data option (\"size\": \"32\")"),
     Case("evaluate", f"{CK} --pairs 0", "error: --pairs must be a positive integer, got 0",
          "zero pairs (once silently all pairs)"),
