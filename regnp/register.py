@@ -239,6 +239,20 @@ def load_masks(fixed_mask_path, moving_mask_path, shape):
     return fm, mm, in_fixed
 
 
+def pyramid_levels(shape, most=3, coarsest=8):
+    """Levels of the solver's coarse-to-fine pyramid for an image of ``shape``: ``most`` (the
+    solver's default), fewer for small images, so that the coarsest level keeps ≥ ``coarsest``
+    pixels per side. Images below that size cannot be solved at all."""
+    side = min(shape)
+    if side < coarsest:
+        raise CLIError(f"--method rkhs needs images of at least {coarsest}×{coarsest} pixels, got "
+                       f"{shape[0]}×{shape[1]}")
+    levels = most
+    while levels > 1 and side // 2 ** (levels - 1) < coarsest:
+        levels -= 1
+    return levels
+
+
 def check_options(a):
     """Reject unusable options before reading any file."""
     positive_int("--iterations", a.iterations)
@@ -295,7 +309,8 @@ def run(a, state):
         from .rkhs.solver import register_rkhs
         t0 = time.perf_counter()
         res = register_rkhs(fixed, moving, kernel=a.kernel, width=a.kernel_width, gram=a.gram,
-                            lam=a.lam, max_iter=a.iterations, progress=True)
+                            lam=a.lam, max_iter=a.iterations, levels=pyramid_levels(fixed.shape),
+                            progress=True)
         seconds = time.perf_counter() - t0
         u = np.ascontiguousarray(res.u[0], dtype=np.float32)          # (2, H, W)
     warped = warp_forward(moving[None, None], u[None])[0][0, 0]

@@ -142,6 +142,21 @@ def test_register_accepts_a_run_folder_and_an_int_image(tmp_path, run_folder):
     np.testing.assert_array_equal(*fields)
 
 
+def test_solver_pyramid_fits_small_images(tmp_path):
+    """--method rkhs on a 12×12 image used to stop with "use levels ≤ 1" (not an option of
+    register); the pyramid now has as many levels as the image allows."""
+    from regnp.register import pyramid_levels
+    assert [pyramid_levels((s, s)) for s in (8, 15, 16, 31, 32, 256)] == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(CLIError, match="at least 8×8"):
+        pyramid_levels((5, 40))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.random((12, 12)))
+    np.save(tmp_path / "b.npy", rng.random((12, 12)))
+    r = run("register", "--fixed", "a.npy", "--moving", "b.npy", "--method", "rkhs",
+            "--iterations", "5", "--out", "res", cwd=tmp_path)
+    assert r.returncode == 0 and np.load(tmp_path / "res" / "displacement.npy").shape == (2, 12, 12)
+
+
 # ------------------------------------------------------------------------------------------
 # outputs (items 9, 11)
 # ------------------------------------------------------------------------------------------

@@ -249,6 +249,9 @@ CASES = [
          "error: --gram dense builds the (H·W)² Gram matrix, 34.4 GB for this 256×256 image (at "
          "most 4096 pixels, 64×64); use --gram auto, kronecker or fft (exact and fast)",
          "the dense Gram matrix for a large image (once refused after a minute of solving)"),
+    Case("register", "--fixed small.npy --moving small.npy --method rkhs --out res",
+         "error: --method rkhs needs images of at least 8×8 pixels, got 5×9",
+         "an image too small for the solver's pyramid (once \"use levels ≤ 1\", not an option)"),
     Case("register", f"{IMG} --method rkhs --kernel-width nan --out res",
          "error: --kernel-width must be a finite number > 0, got nan", "a NaN kernel width"),
     Case("register", f"{IMG} {CK} --out afile",
@@ -393,6 +396,7 @@ def make_fixtures(root):
     np.save(root / "f16.npy", F.astype(np.float16))
     np.save(root / "vol.npy", np.stack([F, M]))
     noise = np.random.default_rng(0).random((2, 256, 256), dtype=np.float32)
+    np.save(root / "small.npy", noise[0, :5, :9])
     np.save(root / "big.npy", noise[0])
     np.save(root / "big2.npy", noise[1])
     (root / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
