@@ -308,6 +308,20 @@ def test_negative_labels_in_a_mask_are_refused(tmp_path, monkeypatch):
         folders.load_images(root, ["neg.png"])
 
 
+def test_describe_scores_labels_of_the_fixed_mask_only():
+    """data show's "Dice before registration" counted an evaluated label absent from both masks
+    as a perfect 1.0 (README convention: Dice per label present in the fixed mask)."""
+    from regnp.data.datasets import ImagePairs, describe
+    F, M = blobs()
+    images = np.stack([F, M])[:, None]
+    masks = np.stack([(F > 0.5), (M > 0.5)]).astype(np.uint8)[:, None]      # label 1 only
+    ds = ImagePairs(images, masks, [(0, 1)], ["p"], eval_labels=(1, 4))
+    st = describe(ds)
+    from regnp.metrics import dice
+    want = dice(masks[0, 0], masks[1, 0], labels=[1])["mean"]
+    assert st["dice_before"][0] == pytest.approx(want) and want < 0.9
+
+
 def test_a_folder_given_as_a_png_is_not_called_missing(tmp_path):
     from regnp.data.folders import read_csv, read_png
     with pytest.raises(ValueError, match="is a folder"):

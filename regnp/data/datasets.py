@@ -406,6 +406,8 @@ def describe(ds, max_pairs=None):
     Returns a dict: n_pairs, shape, per-label Dice before registration (mean, std over pairs),
     mean Dice over ``eval_labels``, intensity mean/std, label areas and, for synthetic sets,
     mean/max displacement over the body, RMS, % folded pixels and min det of the fields.
+    Dice follows the README's convention: per label present in the fixed mask (a label absent
+    from a pair's fixed mask is not scored for that pair, rather than scoring 1.0).
     """
     from ..metrics import dice
 
@@ -423,14 +425,17 @@ def describe(ds, max_pairs=None):
             areas[l].append(area)
             if area:                      # a label absent from the fixed mask is not scored
                 per_label[l].append(d[l])
-        pair_dice.append(np.mean([d[l] for l in ds.eval_labels]))
+        present = [l for l in ds.eval_labels if (fm == l).any()]
+        if present:                       # a pair whose fixed mask has none of them has no Dice
+            pair_dice.append(np.mean(list(dice(fm, mm, labels=present)["per_label"].values())))
         means.append(float(it["fixed"].mean()))
         stds.append(float(it["fixed"].std()))
         if it["u"] is not None:
             disp.append(field_stats(it["u"][0], ds.body(i)))
     out = dict(name=ds.name, split=ds.split, n_pairs=len(ds), n_scored=n, shape=tuple(ds.shape),
                eval_labels=tuple(ds.eval_labels),
-               dice_before=(float(np.mean(pair_dice)), float(np.std(pair_dice))),
+               dice_before=((float(np.mean(pair_dice)), float(np.std(pair_dice))) if pair_dice
+                            else (float("nan"), float("nan"))),
                dice_per_label={l: (float(np.mean(v)), float(np.std(v))) for l, v in per_label.items() if v},
                label_area_px={l: float(np.mean(v)) for l, v in areas.items()},
                intensity_mean=float(np.mean(means)), intensity_std=float(np.mean(stds)))
