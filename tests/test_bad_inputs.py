@@ -142,6 +142,24 @@ def test_register_accepts_a_run_folder_and_an_int_image(tmp_path, run_folder):
     np.testing.assert_array_equal(*fields)
 
 
+def test_register_option_checks(tmp_path):
+    """Options are checked before any file is read; a checkpoint given to the classical solver
+    is said to be ignored."""
+    from argparse import Namespace
+
+    from regnp.register import check_options
+    a = Namespace(iterations=10, kernel_width=16.0, lam=1e-4, method="rkhs", checkpoint="ck",
+                  fixed_mask=None, moving_mask=None, out=str(tmp_path / "res"))
+    with pytest.warns(UserWarning, match="--checkpoint is ignored with --method rkhs"):
+        check_options(a)
+    for change, match in [({"iterations": -1}, "--iterations"), ({"lam": float("inf")}, "--lambda"),
+                          ({"method": "network", "checkpoint": None}, "--checkpoint is required"),
+                          ({"fixed_mask": "m.npy"}, "give both")]:
+        with pytest.raises(CLIError, match=match):
+            check_options(Namespace(**{**vars(a), "checkpoint": None, **change}))
+    assert not (tmp_path / "res").exists()
+
+
 def test_solver_pyramid_fits_small_images(tmp_path):
     """--method rkhs on a 12×12 image used to stop with "use levels ≤ 1" (not an option of
     register); the pyramid now has as many levels as the image allows."""
