@@ -8,10 +8,11 @@ inputs is ``docs/ERRORS.md``):
 * a warning prints one line ``warning: <message>`` (not Python's two-line ``file:line:`` form);
 * Ctrl-C prints one line saying what was (not) written, with no traceback, and exits 130.
 
-This module imports only the standard library (NumPy on demand), so option checks run before the
-heavy imports (Numba, SciPy, matplotlib) and a mistyped option fails in a fraction of a second.
+This module imports only the standard library, so option checks run before the heavy imports
+(Numba, SciPy, matplotlib) and a mistyped option fails in a fraction of a second.
 """
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -87,7 +88,6 @@ def check_output_folder(flag, folder, names=()):
     folder (or anything else that is not a regular file); an existing output or folder that
     cannot be written. Existing regular files are fine: they are replaced. Returns the Path.
     """
-    import os
     folder = Path(folder)
     blocker = _blocking_file(folder)
     if blocker is not None:
