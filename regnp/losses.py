@@ -1,5 +1,6 @@
 """Losses as forward/backward pairs: similarity (MSE, local NCC), smoothness (diffusion, TV),
-and the paper's meta-regularization penalty on the 13×13 filters (eq. 12).
+the paper's meta-regularization penalty on the 13×13 filters (eq. 12), and the soft Dice of
+segmentation-supervised training.
 
 Every loss returns a Python float and a cache; its backward takes ``dloss`` (the upstream
 gradient of the scalar, 1.0 when the loss is the final objective) and returns gradients with the
@@ -14,6 +15,8 @@ Reductions (stated once more in each docstring):
                    ``Grad('l2')`` normalisation)
 ``tv``             ``(mean(ρ(dy)) + mean(ρ(dx))) / 2`` with ``ρ(d) = sqrt(d² + eps²) - eps``
 ``meta_penalty``   a *sum* over the filters of eq. 12
+``soft_dice``      ``1 - mean`` of the soft Dice over the (pair, label) entries whose target is
+                   not empty
 =================  ==========================================================================
 """
 import numba
@@ -24,7 +27,8 @@ from ._checks import check_array, check_same_shape, check_positive_int
 __all__ = ["mse_forward", "mse_backward", "ncc_forward", "ncc_backward", "ncc_forward_reference",
            "diffusion_forward", "diffusion_backward", "tv_forward", "tv_backward",
            "meta_penalty_forward", "meta_penalty_backward", "psd_from_factor_forward",
-           "psd_from_factor_backward", "exchange_matrix"]
+           "psd_from_factor_backward", "exchange_matrix", "one_hot", "soft_dice_forward",
+           "soft_dice_backward", "soft_dice_reference"]
 
 
 def _check_pair(pred, target):
@@ -467,3 +471,73 @@ def psd_from_factor_backward(dK, cache):
     dUt = (dK3 + dK3.transpose(0, 2, 1)) @ Ut                         # (C, k, k)
     dU = np.where(upper, dUt, 0) + np.where(diag, sign * dUt, 0)
     return dU.astype(Ut.dtype, copy=False).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# soft Dice (segmentation-supervised training, VoxelMorph's semi-supervised mode)
+# ---------------------------------------------------------------------------------------------
+def one_hot(labels, values, dtype=np.float32):
+    """One channel per label value: ``out[n, c] = (labels[n, 0] == values[c])``.
+
+    Inputs: labels ``(N, 1, H, W)`` integer label map; values: the label values (e.g. (1, 4)).
+    Returns: ``(N, len(values), H, W)`` array of 0/1 in ``dtype``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 4 or labels.shape[1] != 1:
+        raise ValueError(f"labels must be a label map (N, 1, H, W), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer label map, got dtype {labels.dtype}")
+    return np.concatenate([labels == v for v in values], axis=1).astype(dtype)
+
+
+def soft_dice_reference(pred, target):
+    """The definition, one (pair, label) entry at a time: the loss of :func:`soft_dice_forward`."""
+    N, C = pred.shape[:2]
+    dices = []
+    for n in range(N):
+        for c in range(C):
+            p = pred[n, c].astype(np.float64)
+            t = target[n, c].astype(np.float64)
+            if t.sum() > 0:                                 # a label the fixed map holds
+                dices.append(2.0 * np.sum(p * t) / (np.sum(p) + np.sum(t)))
+    return 1.0 - float(np.mean(dices)) if dices else 0.0
+
+
+def soft_dice_forward(pred, target):
+    """Soft Dice loss between soft label maps (e.g. a bilinearly warped one-hot map) and targets.
+
+    Per pair n and label channel c, with sums over the pixels,
+    ``dice[n,c] = 2 Σ pred·target / (Σ pred + Σ target)``; the loss is ``1 − mean(dice)`` over
+    the entries whose target is not empty (the Dice metric scores the labels present in the
+    fixed mask too), and 0 if there are none. For 0/1 maps it is 1 − the usual Dice.
+
+    Inputs: pred, target ``(N, C, H, W)`` of one float dtype, values ≥ 0 (probabilities or
+    one-hot). Returns: loss (float), cache.
+    """
+    _check_pair(pred, target)
+    P = pred.sum(axis=(2, 3), dtype=np.float64)                       # (N, C)
+    T = target.sum(axis=(2, 3), dtype=np.float64)
+    inter = np.einsum("ncij,ncij->nc", pred.astype(np.float64), target.astype(np.float64))
+    present = T > 0                                                   # (N, C) entries scored
+    denom = np.where(present, P + T, 1.0)
+    dice = np.where(present, 2.0 * inter / denom, 0.0)                # (N, C)
+    k = int(present.sum())
+    loss = 1.0 - float(dice.sum()) / k if k else 0.0
+    return loss, (pred, target, dice, denom, present, k)
+
+
+def soft_dice_backward(cache, dloss=1.0):
+    """Returns ``(dpred, dtarget)``: for each scored entry,
+    ``dpred = −dloss/K · (2·target − dice) / (Σ pred + Σ target)`` and the same with pred and
+    target exchanged (K = number of scored entries); 0 on the others. (On an empty target
+    channel the loss jumps as soon as it holds anything, so its dtarget there is not a
+    derivative; training never needs dtarget: the fixed labels are data.)"""
+    pred, target, dice, denom, present, k = cache
+    d = _check_dloss(dloss)
+    if k == 0:
+        return np.zeros_like(pred), np.zeros_like(target)
+    w = np.where(present, -d / k / denom, 0.0)[:, :, None, None]     # (N, C, 1, 1)
+    dice4 = dice[:, :, None, None]
+    dpred = (w * (2.0 * target - dice4)).astype(pred.dtype)          # (N, C, H, W)
+    dtarget = (w * (2.0 * pred - dice4)).astype(pred.dtype)
+    return dpred, dtarget

@@ -5,8 +5,9 @@ import pytest
 from regnp.gradcheck import check_vjp, numerical_vjp
 from regnp.losses import (diffusion_backward, diffusion_forward, exchange_matrix, meta_penalty_backward,
                           meta_penalty_forward, mse_backward, mse_forward, ncc_backward, ncc_forward,
-                          ncc_forward_reference, psd_from_factor_backward, psd_from_factor_forward,
-                          tv_backward, tv_forward)
+                          ncc_forward_reference, one_hot, psd_from_factor_backward,
+                          psd_from_factor_forward, soft_dice_backward, soft_dice_forward,
+                          soft_dice_reference, tv_backward, tv_forward)
 
 ONE = np.array(1.0)
 
@@ -261,3 +262,59 @@ def test_psd_from_factor():
     assert psd_from_factor_backward(dK, cz)[1, 1] == 1.0
     with pytest.raises(ValueError, match="expected"):
         psd_from_factor_backward(np.zeros((2, 3)), cz)
+
+
+# --------------------------------------------------------------------------------- soft Dice
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (3, 1, 9, 12)])
+def test_soft_dice_matches_reference_and_gradients(shape):
+    """Odd and non-square shapes, batch >= 2, float64 central differences for pred and target
+    (every target channel non-empty: see the next test for empty ones)."""
+    rng = np.random.default_rng(3)
+    p = rng.random(shape)
+    t = (rng.random(shape) > 0.6).astype(np.float64)
+    t[..., 0, 0] = 1.0
+    loss, cache = soft_dice_forward(p, t)
+    assert loss == pytest.approx(soft_dice_reference(p, t), rel=1e-13)
+    assert 0 < loss < 1
+    dp, dt = soft_dice_backward(cache)
+    f = lambda: np.array(soft_dice_forward(p, t)[0])
+    assert check_vjp(f, p, dp, ONE, h=1e-6) < 1e-7
+    assert grad_error(f, t, dt) < 1e-7      # some dtarget entries cancel to ~1e-9 (2p ≈ dice)
+    dp3, _ = soft_dice_backward(cache, dloss=3.0)
+    np.testing.assert_allclose(dp3, 3.0 * dp, rtol=1e-13)
+
+
+def test_soft_dice_scores_only_labels_the_target_holds():
+    """An empty target channel is not scored (as the Dice metric scores the labels present in
+    the fixed map); its pred gets no gradient; nothing to score gives 0."""
+    rng = np.random.default_rng(4)
+    p = rng.random((2, 2, 6, 5))
+    t = (rng.random((2, 2, 6, 5)) > 0.5).astype(np.float64)
+    t[1, 0] = 0.0
+    loss, cache = soft_dice_forward(p, t)
+    kept = [(0, 0), (0, 1), (1, 1)]
+    by_hand = 1 - np.mean([2 * np.sum(p[e] * t[e]) / (p[e].sum() + t[e].sum()) for e in kept])
+    assert loss == pytest.approx(by_hand, rel=1e-13)
+    dp, _ = soft_dice_backward(cache)
+    assert not dp[1, 0].any() and dp[0, 0].any()
+    assert check_vjp(lambda: np.array(soft_dice_forward(p, t)[0]), p, dp, ONE) < 1e-7
+    loss0, cache0 = soft_dice_forward(p, np.zeros_like(p))
+    assert loss0 == 0.0 and not soft_dice_backward(cache0)[0].any()
+
+
+def test_soft_dice_of_one_hot_maps_is_one_minus_dice():
+    """For 0/1 maps the soft Dice is the Dice metric (per pair, labels present in the fixed map)."""
+    from regnp.metrics import dice
+    rng = np.random.default_rng(5)
+    a = rng.choice([0, 1, 4], size=(2, 1, 9, 11)).astype(np.uint8)
+    b = rng.choice([0, 1, 4], size=(2, 1, 9, 11)).astype(np.uint8)
+    loss, _ = soft_dice_forward(one_hot(b, (1, 4), np.float64), one_hot(a, (1, 4), np.float64))
+    per = [dice(a[n, 0], b[n, 0], labels=[1, 4])["per_label"] for n in range(2)]
+    assert loss == pytest.approx(1 - np.mean([d for pl in per for d in pl.values()]), rel=1e-12)
+    oh = one_hot(a, (4, 1))
+    assert oh.shape == (2, 2, 9, 11) and oh.dtype == np.float32
+    np.testing.assert_array_equal(oh[:, 0], a[:, 0] == 4)
+    with pytest.raises(TypeError, match="integer label map"):
+        one_hot(a.astype(np.float32), (1,))
+    with pytest.raises(ValueError, match="label map"):
+        one_hot(a[:, 0], (1,))
