@@ -23,7 +23,7 @@ from regnp.data.datasets import load_dataset  # noqa: E402
 from regnp.data.deform import deform, field_stats, foreground_mask, gaussian_mixture_field  # noqa
 from regnp.data.phantom import make_phantom  # noqa: E402
 from regnp.data.plotting import draw_contours  # noqa: E402
-from regnp.figures import lesson_output_dir, report_numbers  # noqa: E402
+from regnp.figures import lesson_output_dir, licensed_output_dir, report_numbers  # noqa: E402
 from regnp.metrics import dice, jacobian_determinant  # noqa: E402
 
 NAME = "07_deformations_and_data"
@@ -55,6 +55,7 @@ def _base_slice(quick):
 
 
 def main(quick=False, out_dir=None):
+    real_dir = licensed_output_dir(out_dir, quick)   # figures with real-set pixels: git-ignored
     out_dir = lesson_output_dir(out_dir, quick)
     size = 128 if quick else 256
     scale = size / 256                      # σ and widths are quoted for 256×256 images
@@ -123,7 +124,9 @@ def main(quick=False, out_dir=None):
         ax.set_yticks([])
     fig.suptitle(f"Gaussian-mixture deformations on {where}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}_sigma.png", dpi=90)
+    # a real slice's pixels stay on this machine (git-ignored); the phantom's may be committed
+    fig.savefig((out_dir if where.startswith("phantom") else real_dir) / f"{NAME}_sigma.png",
+                dpi=90)
     plt.close(fig)
 
     # Step 4 — the embedded phantom next to a real T2 slice -------------------------------------
@@ -151,7 +154,7 @@ def main(quick=False, out_dir=None):
     fig.suptitle("real T2-SPIR slice (left) and procedural phantoms; bottom: label contours",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}_phantom_vs_real.png", dpi=90)
+    fig.savefig(real_dir / f"{NAME}_phantom_vs_real.png", dpi=90)
     plt.close(fig)
 
     # Step 5 — one sample pair from every set ------------------------------------------------------
@@ -184,9 +187,10 @@ def main(quick=False, out_dir=None):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
     fig.tight_layout()
-    fig.savefig(out_dir / f"{NAME}_sets.png", dpi=90)
+    fig.savefig(real_dir / f"{NAME}_sets.png", dpi=90)
     plt.close(fig)
-    print(f"\nfigures saved in {out_dir}")
+    print(f"\nfigures saved in {real_dir} (they show licensed images: git-ignored, never "
+          f"commit them)")
     report_numbers(**numbers)
     return numbers
 

@@ -17,7 +17,8 @@ cores than one job with 2 threads) or on a Dask cluster (``--scheduler``). ``rep
 Trains Meta-Reg (default options; 600 steps at 128×128 unless told otherwise) once on phantom
 pairs and once on CHAOS training slices, with the same σ, size, steps and seed, then evaluates
 both on the CHAOS test pairs (subjects never seen) and the phantom test pairs. Writes
-``figures/transfer_phantom_to_chaos.png`` and ``runs/transfer/results.json``.
+``figures/licensed/transfer_phantom_to_chaos.png`` (git-ignored: it shows CHAOS pixels) and
+``runs/transfer/results.json`` under the current directory.
 """
 import argparse
 import json
@@ -41,7 +42,7 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
     from .ops.warp import warp_forward
     from .train import config_from_args, parse_args, train
 
-    out = Path(out or REPO / "runs" / "transfer")
+    out = Path(out or Path("runs") / "transfer")          # under the current directory
     test = {name: load_dataset(name, "test", data_root=data_root, size=size, sigma=sigma)
             for name in ("phantom", "chaos")}
     results, models = {}, {}
@@ -90,7 +91,9 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
         a.set_xticks([])
         a.set_yticks([])
     fig.tight_layout()
-    path = Path(fig_dir or REPO / "figures") / "transfer_phantom_to_chaos.png"
+    # the figure shows CHAOS pixels (CC BY-NC-SA): a git-ignored folder, never committed
+    path = Path(fig_dir or REPO / "figures" / "licensed") / "transfer_phantom_to_chaos.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"saved {path} and {out / 'results.json'}")
@@ -153,6 +156,16 @@ def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, step
                 executor.close()
 
 
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer ≥ 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a seed is an integer ≥ 0, got {v}")
+    return v
+
+
 def _positive_int(text):
     try:
         v = int(text)
@@ -179,7 +192,7 @@ def main(argv=None):
                        help="threads per job (default: cores / jobs)")
         g.add_argument("--scheduler", default=None,
                        help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-        g.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+        g.add_argument("--seeds", type=_seed, nargs="+", default=list(SEEDS),
                        help="training seeds of Meta-Reg, VM-2 and the ablated network "
                             "(other models use the first)")
         g.add_argument("--all-seeds", action="store_true", help="every model with every seed")
@@ -202,10 +215,11 @@ def main(argv=None):
     t.add_argument("--pairs", type=_positive_int, default=40, help="test pairs per set")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     a = p.parse_args(argv)
     from .checkpoint import CheckpointError
     from .grid import GridError
+    from .train import TrainingError
     try:
         if a.experiment == "transfer":
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
@@ -239,7 +253,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.exit("interrupted: finished jobs are saved, interrupted ones resume from their "
                  "checkpoints; run the same command again to continue")
-    except (GridError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (GridError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -11,7 +11,8 @@ Python process so one lesson's state (imports, RNG, Numba threads) cannot leak i
 
 Where figures go: full runs write ``figures/`` (the committed figures); ``--quick`` runs write the
 git-ignored ``figures/quick/``, so a quick run never overwrites a real figure; ``--out DIR``
-overrides both. Each lesson also prints its key numbers as one line ``RESULT {json}``
+overrides both. Figures that show pixels of the licensed real sets go to a git-ignored
+``licensed/`` folder inside it (:func:`licensed_output_dir`). Each lesson also prints its key numbers as one line ``RESULT {json}``
 (:func:`report_numbers`), which ``tests/test_lessons.py`` reads and checks.
 """
 import argparse
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 LESSONS = REPO / "lessons"
 FIGURES = REPO / "figures"
 QUICK_FIGURES = FIGURES / "quick"          # git-ignored
+LICENSED_FIGURES = FIGURES / "licensed"    # git-ignored: pixels of the licensed real sets
 RESULT_PREFIX = "RESULT "
 
 
@@ -34,6 +36,16 @@ def lesson_output_dir(out_dir=None, quick=False):
     """The folder a lesson saves its figures in (created): ``out_dir`` when given, else
     ``figures/`` for a full run and ``figures/quick/`` (git-ignored) for a quick one."""
     path = Path(out_dir) if out_dir else (QUICK_FIGURES if quick else FIGURES)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def licensed_output_dir(out_dir=None, quick=False):
+    """Where a figure showing pixels of the licensed real sets goes (created): a ``licensed/``
+    folder inside the lesson's output folder, git-ignored. CHAOS and ACDC are CC BY-NC-SA and
+    JSRT's terms forbid redistribution, so such figures are made on the user's machine and never
+    committed; committed figures show the phantom or plots of numbers."""
+    path = lesson_output_dir(out_dir, quick) / "licensed"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -21,7 +21,8 @@ local process pool (``jobs`` worker processes, each limited to ``threads`` threa
 Thread counts: on the 2-core development machine one job with 2 threads ran a Meta-Reg step in
 133 ms and a VoxelMorph-2 step in 111 ms; two jobs with 1 thread each ran them at the same time in
 197 and 161 ms — 11.3 steps/s in all against 8.2 (1.38×), so 2 single-threaded jobs are the
-default on 2 cores (``python -m regnp.bench --grid-throughput`` measures it).
+default on 2 cores (measured on CHAOS batches: 40 training steps per model, medians, two
+single-threaded processes running at once against one two-threaded process per model).
 """
 import datetime as _dt
 import hashlib
