@@ -272,6 +272,11 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true",
                     help="instead: peak memory and allocation growth over 100 Meta-Reg training "
                          "steps (batch 2, 256x256)")
+    ap.add_argument("--compare-torch", action="store_true",
+                    help="instead: Meta-Reg and VoxelMorph-2 training step and one-pair inference, "
+                         "regnp vs a PyTorch model of the same architecture and loss, each in its "
+                         "own process (NumPy imported first), alternating A/B for --rounds rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="A/B rounds for --compare-torch")
     args = ap.parse_args(argv)
     from regnp._cli import run_cli
     return run_cli(lambda: _run_main(args), "no table was printed")
@@ -282,6 +287,18 @@ def _run_main(args):
     is built)."""
     from regnp._cli import CLIError, positive_int
     positive_int("--repeats", args.repeats)
+    if args.compare_torch:
+        from regnp import bench_torch
+        positive_int("--rounds", args.rounds)
+        rows = bench_torch.compare(rounds=args.rounds, repeats=3 if args.quick else args.repeats)
+        if rows is None:
+            print("torch is not installed: nothing to compare with (pip install torch, a CPU "
+                  "build; regnp itself never imports it)")
+            return None
+        print(f"batch 2, 256x256, float32; medians of {args.repeats} per process, "
+              f"{args.rounds} alternating rounds; ratio = regnp / torch (< 1: regnp faster)")
+        print(bench_torch.format_compare(rows))
+        return rows
     if args.memory:
         m = memory_check()
         print(f"{m['model']}, {m['steps']} training steps, batch 2, 256x256: peak resident "
