@@ -49,9 +49,16 @@ SAFE_ON_RESUME = ("steps", "epochs", "save_every", "val_every", "val_pairs", "lo
                   "no_progress", "data_root", "out", "resume", "overwrite", "divergence_patience")
 
 # The entries of a run's config that define what it computes, with the flags that set them.
-RUN_KEYS = {"model": "--model", "model_options": "--model/--enc/--dec/--kernel-size/--seed/...",
-            "objective": "--loss/--reg/--lambda/--rho1/--rho2", "data": "--dataset/--size/--sigma/--pairs",
+RUN_KEYS = {"model": "--model", "model_options": "--model/--enc/--dec/--kernel-size/--seed/--integrate/...",
+            "objective": "--loss/--reg/--lambda/--rho1/--rho2/--bidir/--seg-weight/--seg-labels",
+            "data": "--dataset/--size/--sigma/--pairs",
             "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed"}
+
+# Options beyond the paper, with their defaults. A run that leaves all of them at their defaults
+# has exactly the config (and stored args) of a run from before they existed, so such runs resume.
+BEYOND_PAPER = {"integrate": 0, "int_downsize": 2, "bidir": False, "seg_weight": 0.0,
+                "seg_labels": None}
+INTEGRATING_MODELS = ("metareg", "ablated", "vm1", "vm2")
 
 # A loss above DIVERGENCE_FACTOR × |its starting value| for --divergence-patience consecutive
 # steps is divergence. Healthy runs start at their highest loss (unregistered pairs); 10× is
@@ -84,6 +91,16 @@ def parse_args(argv=None):
     g.add_argument("--kernel-width", type=float, default=3.0, help="rkhs model: kernel width (px)")
     g.add_argument("--gram", default="exact", choices=("exact", "conv13"),
                    help="rkhs model: exact K·α (Kronecker/FFT) or the 13×13 approximation")
+    g.add_argument("--integrate", type=int, default=0, metavar="STEPS",
+                   help="diffeomorphic mode (metareg, ablated, vm1, vm2): read the field as a "
+                        "stationary velocity v and warp by exp(v), by scaling and squaring with "
+                        "STEPS squarings (VoxelMorph uses 7); for metareg the 13x13 filter "
+                        "smooths v and --lambda regularises v. Default 0: the field is the "
+                        "displacement, as in the paper")
+    g.add_argument("--int-downsize", type=int, default=2, choices=(1, 2),
+                   help="with --integrate: integrate at full (1) or half (2) resolution and "
+                        "upsample (default 2, as VoxelMorph's int_downsize=2; 4x fewer pixels "
+                        "per squaring)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="phantom", help="phantom|chaos|acdc|jsrt")
     g.add_argument("--data-root", default=None, help="folder with the real sets (default ../shared/data)")
@@ -96,6 +113,16 @@ def parse_args(argv=None):
     g.add_argument("--lambda", dest="lam", type=float, default=0.04, help="regularisation weight")
     g.add_argument("--rho1", type=float, default=None, help="symmetry weight (default 10; 0 for baselines)")
     g.add_argument("--rho2", type=float, default=None, help="trace weight (default 1e-3; 0 for baselines)")
+    g.add_argument("--bidir", action="store_true",
+                   help="with --integrate: symmetric similarity 1/2 [S(F, M∘φ) + S(M, F∘φ⁻¹)], "
+                        "φ⁻¹ = exp(−v), as VoxelMorph's bidir")
+    g.add_argument("--seg-weight", type=float, default=0.0, metavar="W",
+                   help="add W x soft-Dice loss between the warped moving label map (one-hot, "
+                        "bilinear) and the fixed one (VoxelMorph's semi-supervised mode; default "
+                        "0 = off, training uses no labels)")
+    g.add_argument("--seg-labels", default=None, metavar="L1,L2",
+                   help="with --seg-weight: the label values that supervise, e.g. 1,4 (default: "
+                        "the set's evaluated labels: phantom/chaos 1,4, acdc 3, jsrt 1,2)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None,
                    help="training steps (default 1000); may change on --resume")
@@ -152,7 +179,8 @@ def check_options(a):
         if v is not None and v <= 0:
             raise TrainingError(f"{flag} must be a positive integer, got {v}")
     for dest, flag in {"val_every": "--val-every", "val_pairs": "--val-pairs",
-                       "divergence_patience": "--divergence-patience"}.items():
+                       "divergence_patience": "--divergence-patience",
+                       "integrate": "--integrate"}.items():
         if getattr(a, dest) < 0:
             raise TrainingError(f"{flag} must be ≥ 0 (0 turns it off), got {getattr(a, dest)}")
     if a.pairs is not None and a.pairs <= 0:
@@ -166,7 +194,8 @@ def check_options(a):
         raise TrainingError(f"--kernel-size must be odd (the filter has a centre), got "
                             f"{a.kernel_size}")
     for dest, flag in (("lr", "--lr"), ("lam", "--lambda"), ("rho1", "--rho1"),
-                       ("rho2", "--rho2"), ("sigma", "--sigma"), ("kernel_width", "--kernel-width")):
+                       ("rho2", "--rho2"), ("sigma", "--sigma"), ("kernel_width", "--kernel-width"),
+                       ("seg_weight", "--seg-weight")):
         v = getattr(a, dest)
         if v is not None and (not np.isfinite(v) or v < 0 or (dest in ("lr", "kernel_width")
                                                               and v == 0)):
@@ -201,19 +230,70 @@ def config_from_args(a):
             mopts["filter"] = False
     if a.model == "rkhs":
         mopts.update(kernel=a.kernel, kernel_width=a.kernel_width, gram=a.gram)
+    if a.integrate:
+        if a.model not in INTEGRATING_MODELS:
+            raise TrainingError(f"--integrate applies to {', '.join(INTEGRATING_MODELS)}, not "
+                                f"{a.model}")
+        mopts.update(integrate=a.integrate, int_downsize=a.int_downsize)
+    elif "int_downsize" in getattr(a, "explicit", ()):
+        raise TrainingError("--int-downsize sets where --integrate integrates; give --integrate "
+                            "STEPS too (e.g. --integrate 7)")
     rho1 = a.rho1 if a.rho1 is not None else (10.0 if is_meta else 0.0)
     rho2 = a.rho2 if a.rho2 is not None else (1e-3 if is_meta else 0.0)
+    objective = {"sim": a.loss, "lam": a.lam, "reg": a.reg, "rho1": rho1, "rho2": rho2}
+    if a.bidir:
+        if not a.integrate:
+            raise TrainingError("--bidir needs --integrate STEPS: the inverse warp F∘φ⁻¹ uses "
+                                "φ⁻¹ = exp(−v), which only a velocity field gives (e.g. "
+                                "--integrate 7 --bidir)")
+        objective["bidir"] = True
+    if a.seg_weight > 0:
+        objective.update(seg_weight=a.seg_weight, seg_labels=_seg_labels(a))
+    elif a.seg_labels is not None:
+        raise TrainingError("--seg-labels chooses the labels of the segmentation loss; give "
+                            "--seg-weight W (> 0) too, e.g. --seg-weight 0.1")
     return {
         "model": a.model, "model_options": mopts,
-        "objective": {"sim": a.loss, "lam": a.lam, "reg": a.reg, "rho1": rho1, "rho2": rho2},
+        "objective": objective,
         "data": {"dataset": a.dataset, "size": a.size, "sigma": a.sigma, "pairs": a.pairs},
         "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
     }
 
 
+def _seg_labels(a):
+    """The label values of --seg-weight: --seg-labels, or the set's evaluated labels; checked
+    against the labels the set's masks hold."""
+    from .data.datasets import DATASETS
+    spec = DATASETS.get(a.dataset)
+    if spec is None:
+        raise TrainingError(f"unknown dataset {a.dataset!r}; choose one of {sorted(DATASETS)}")
+    known = spec.get("labels") or {}
+    if not known:
+        raise TrainingError(f"--seg-weight needs label maps, and the {a.dataset} set has no "
+                            f"masks; train without --seg-weight")
+    if a.seg_labels is None:
+        return [int(v) for v in spec["eval_labels"]]
+    try:
+        labels = [int(v) for v in a.seg_labels.split(",")]
+    except ValueError:
+        raise TrainingError(f"--seg-labels must be label values separated by commas, e.g. 1,4; "
+                            f"got {a.seg_labels!r}") from None
+    bad = [v for v in labels if v not in known]
+    if bad or len(set(labels)) != len(labels) or not labels:
+        names = ", ".join(f"{k} {v}" for k, v in sorted(known.items()))
+        raise TrainingError(f"--seg-labels {a.seg_labels}: the {a.dataset} masks hold labels "
+                            f"{names}; give distinct values among them")
+    return labels
+
+
 def _args_record(a):
-    """The command-line options as stored in a checkpoint (to check a later --resume)."""
-    return {k: v for k, v in vars(a).items() if k not in SAFE_ON_RESUME and k != "explicit"}
+    """The command-line options as stored in a checkpoint (to check a later --resume). The
+    options of ``BEYOND_PAPER`` are left out when all are at their defaults (the record is then
+    what it was before they existed)."""
+    rec = {k: v for k, v in vars(a).items() if k not in SAFE_ON_RESUME and k != "explicit"}
+    if all(rec.get(k, v) == v for k, v in BEYOND_PAPER.items()):
+        rec = {k: v for k, v in rec.items() if k not in BEYOND_PAPER}
+    return rec
 
 
 def _batch_indices(step, n, batch_size, seed):
@@ -420,7 +500,8 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
             b = train_ds.batch(_batch_indices(step, n, bs, config["seed"]))
             model.zero_grad()
             try:
-                terms, _, _ = obj(model, b["fixed"], b["moving"])
+                masks = (b["fixed_mask"], b["moving_mask"]) if obj.seg_weight > 0 else ()
+                terms, _, _ = obj(model, b["fixed"], b["moving"], *masks)
             except ValueError as e:       # an op met NaN/Inf inside the network
                 raise TrainingError(f"step {s}: the forward/backward pass failed ({e}); "
                                     f"parameters were not updated; {last_good()}. Try a lower "

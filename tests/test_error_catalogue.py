@@ -87,6 +87,29 @@ CASES = [
     Case("train", "--lr nan", "error: --lr must be a finite number > 0, got nan", "a NaN learning rate"),
     Case("train", "--lambda -1", "error: --lambda must be a finite number ≥ 0, got -1.0",
          "a negative λ"),
+    Case("train", "--bidir",
+         "error: --bidir needs --integrate STEPS: the inverse warp F∘φ⁻¹ uses φ⁻¹ = exp(−v), which "
+         "only a velocity field gives (e.g. --integrate 7 --bidir)",
+         "the bidirectional loss without a velocity field"),
+    Case("train", "--model dirnet --integrate 7",
+         "error: --integrate applies to metareg, ablated, vm1, vm2, not dirnet",
+         "diffeomorphic mode for a model that does not have it"),
+    Case("train", "--integrate -1", "error: --integrate must be ≥ 0 (0 turns it off), got -1",
+         "a negative number of squarings"),
+    Case("train", "--int-downsize 1",
+         "error: --int-downsize sets where --integrate integrates; give --integrate STEPS too "
+         "(e.g. --integrate 7)",
+         "--int-downsize without --integrate"),
+    Case("train", "--seg-weight -0.5", "error: --seg-weight must be a finite number ≥ 0, got -0.5",
+         "a negative segmentation weight"),
+    Case("train", "--seg-labels 1,4",
+         "error: --seg-labels chooses the labels of the segmentation loss; give --seg-weight W "
+         "(> 0) too, e.g. --seg-weight 0.1",
+         "--seg-labels without --seg-weight"),
+    Case("train", "--seg-weight 0.1 --seg-labels 1,7",
+         "error: --seg-labels 1,7: the phantom masks hold labels 1 liver, 2 right kidney, 3 left "
+         "kidney, 4 spleen; give distinct values among them",
+         "a supervising label the set's masks do not have"),
     Case("train", "--size 50 --pairs 4 --out r50",
          "error: --size 50 is not divisible by 2^4 = 16 (metareg halves the image 4 times); use a "
          "multiple of 16, e.g. 48 or 64",

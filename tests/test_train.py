@@ -158,3 +158,60 @@ def test_upsample_flag_reaches_the_model():
     assert build_model(cfg["model"], **cfg["model_options"]).unet.upsample == "transpose"
     with pytest.raises(TrainingError, match="U-Net models"):
         tiny_config("--model", "dirnet", "--upsample", "nearest")
+
+
+# ------------------------------------------------------------------ beyond the paper: options
+def test_unused_beyond_paper_options_leave_the_config_as_before():
+    """Runs without --integrate/--bidir/--seg-weight must have exactly the config (and stored
+    args) of runs from before these options existed: checkpoints are compared key by key on
+    --resume, and experiment jobs are identified by their config."""
+    from regnp.train import BEYOND_PAPER, _args_record
+    for extra in ([], ["--model", "vm2"], ["--model", "dirnet"], ["--model", "rkhs"]):
+        a = parse_args(TINY + extra)
+        cfg = config_from_args(a)
+        assert not set(BEYOND_PAPER) & set(cfg["model_options"])
+        assert set(cfg["objective"]) == {"sim", "lam", "reg", "rho1", "rho2"}
+        assert not set(BEYOND_PAPER) & set(_args_record(a))
+
+
+def test_beyond_paper_options_in_the_config():
+    from regnp.train import _args_record
+    a = parse_args(TINY + ["--integrate", "7", "--bidir", "--seg-weight", "0.5"])
+    cfg = config_from_args(a)
+    assert cfg["model_options"]["integrate"] == 7 and cfg["model_options"]["int_downsize"] == 2
+    assert cfg["objective"]["bidir"] is True
+    assert cfg["objective"]["seg_weight"] == 0.5 and cfg["objective"]["seg_labels"] == [1, 4]
+    assert _args_record(a)["integrate"] == 7
+    cfg = tiny_config("--model", "vm1", "--integrate", "4", "--int-downsize", "1",
+                      "--seg-weight", "1", "--seg-labels", "4")
+    assert cfg["model_options"]["int_downsize"] == 1 and cfg["objective"]["seg_labels"] == [4]
+    assert "bidir" not in cfg["objective"]
+    acdc = config_from_args(parse_args(["--dataset", "acdc", "--seg-weight", "0.1"]))
+    assert acdc["objective"]["seg_labels"] == [3]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--bidir"], "--bidir needs --integrate"),
+    (["--model", "fcnss", "--integrate", "7"], "--integrate applies to"),
+    (["--int-downsize", "1"], "--int-downsize sets where --integrate"),
+    (["--seg-labels", "1"], "give --seg-weight"),
+    (["--seg-weight", "0.1", "--seg-labels", "1,1"], "distinct values"),
+    (["--seg-weight", "0.1", "--seg-labels", "x"], "separated by commas"),
+])
+def test_beyond_paper_bad_combinations(extra, match):
+    with pytest.raises(TrainingError, match=match):
+        tiny_config(*extra)
+
+
+def test_diffeomorphic_bidir_seg_run_trains_and_resumes_exactly(tmp_path):
+    """All three options on: the loss terms are logged, and resume is bit-identical."""
+    cfg = tiny_config("--integrate", "3", "--bidir", "--seg-weight", "0.5")
+    a = train(dict(cfg), 8, tmp_path / "a", save_every=100, val_every=0, log_every=1,
+              progress=False)
+    train(dict(cfg), 4, tmp_path / "b", save_every=4, val_every=0, progress=False)
+    b = train(dict(cfg), 8, tmp_path / "b", resume=True, save_every=100, val_every=0,
+              progress=False)
+    last = a["history"][-1]
+    assert {"sim", "sim_inv", "seg", "reg", "meta"} <= set(last) and 0 < last["seg"] < 1
+    for k, v in a["model"].state_dict().items():
+        np.testing.assert_array_equal(v, b["model"].state_dict()[k], err_msg=k)

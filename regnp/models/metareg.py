@@ -14,6 +14,10 @@ Architecture choices (the paper gives few details; see also MetaRegConv's docstr
   ``normalize="unit_sum"`` + ``trace="hinge"`` (default, well-posed) or ``normalize="none"`` +
   ``trace="linear"`` (eq. 12 exactly as printed).
 
+Diffeomorphic mode (``integrate=T`` > 0, see :mod:`regnp.models.base`): the filtered field
+``K̃ * g`` is a stationary *velocity* v, and u = exp(v) − id by scaling and squaring — the learned
+filter smooths the velocity, not the displacement, and R regularises v.
+
 The **ablated network** of Table 5 is this model with ρ1 = ρ2 = 0 and an unconstrained filter
 (``normalize="none"``), or without the filter at all (``filter=False``).
 """
@@ -28,7 +32,8 @@ from .voxelmorph import VM2_DEC
 class MetaReg(RegistrationModel):
     def __init__(self, enc=(16, 32, 32, 32), dec=VM2_DEC, upsample="transpose", kernel_size=13,
                  shared=True, param="free", init="gaussian", init_sigma=2.0, normalize="unit_sum",
-                 trace="hinge", filter=True, seed=0, dtype=np.float32, name="metareg"):
+                 trace="hinge", filter=True, integrate=0, int_downsize=2, seed=0,
+                 dtype=np.float32, name="metareg"):
         super().__init__()
         self.name = name
         self.unet = UNet(in_ch=2, enc=enc, dec=dec, full_size=True, upsample=upsample,
@@ -43,12 +48,13 @@ class MetaReg(RegistrationModel):
                         "init": init, "init_sigma": init_sigma, "normalize": normalize,
                         "trace": trace,
                         "filter": filter, "name": name}
+        self.set_integration(integrate, int_downsize)
 
     def displacement(self, x):
         g = self.unet.forward(x)                           # (N, 2, H, W) raw field
         if self.meta is None:
             return g, {"raw": g}
-        return self.meta.forward(g), {"raw": g}            # u = K̃ * g
+        return self.meta.forward(g), {"raw": g}            # u = K̃ * g (or the velocity v)
 
     def displacement_backward(self, du, dextras):
         dg = du if self.meta is None else self.meta.backward(du)

@@ -10,6 +10,11 @@
   coarse pixel is two fine pixels).
 
 Both use nearest-neighbour ×2 upsampling in the decoder, as VoxelMorph does.
+
+``integrate=T`` (> 0) reads the full-resolution field (VoxelMorph-1: after its ×2 upsampling) as
+a stationary velocity and integrates it by scaling and squaring, at half resolution with the
+default ``int_downsize=2`` — VoxelMorph's diffeomorphic mode (``int_steps=7, int_downsize=2``);
+see :mod:`regnp.models.base`.
 """
 import numpy as np
 
@@ -22,8 +27,8 @@ VM1_DEC = (32, 32, 32, 32, 8, 8)
 
 
 class VoxelMorph(RegistrationModel):
-    def __init__(self, variant=2, enc=(16, 32, 32, 32), dec=None, upsample="nearest", seed=0,
-                 dtype=np.float32):
+    def __init__(self, variant=2, enc=(16, 32, 32, 32), dec=None, upsample="nearest",
+                 integrate=0, int_downsize=2, seed=0, dtype=np.float32):
         super().__init__()
         if variant not in (1, 2):
             raise ValueError(f"VoxelMorph variant must be 1 or 2, got {variant!r}")
@@ -35,6 +40,7 @@ class VoxelMorph(RegistrationModel):
         self.levels = len(enc)
         self.options = {"variant": variant, "enc": list(enc), "dec": list(dec),
                         "upsample": upsample}
+        self.set_integration(integrate, int_downsize)
 
     def displacement(self, x):
         flow = self.unet.forward(x)                        # (N, 2, H, W) or (N, 2, H/2, W/2)
