@@ -208,6 +208,100 @@ def memory_check(name="metareg", steps=100, S=256, N=2):
             "traced_peak_in_step_mb": (peak - base) / 2 ** 20}
 
 
+class _Profiler:
+    """Self time of wrapped callables (time inside minus time in wrapped callees), per label."""
+
+    def __init__(self):
+        import time
+        self.clock, self.stack, self.total = time.perf_counter, [], {}
+
+    def wrap(self, label, fn):
+        def timed(*a, **k):
+            t0 = self.clock()
+            self.stack.append(0.0)
+            try:
+                return fn(*a, **k)
+            finally:
+                child = self.stack.pop()
+                dt = self.clock() - t0
+                self.total[label] = self.total.get(label, 0.0) + dt - child
+                if self.stack:
+                    self.stack[-1] += dt
+        return timed
+
+
+def profile_step(name="metareg", steps=10, N=2, S=256):
+    """Split a training step's time by op: every conv / transposed conv / upsampling layer's
+    forward and backward (by its place in the network), concatenations, warp, the 13×13 filter,
+    losses, the meta penalty, Adam, zero_grad and input checks; "other" is what is left (Python
+    glue, allocations of the remaining temporaries). Returns (rows, ms per step): rows of
+    (label, ms per step, % of the step)."""
+    import time
+
+    import regnp.models.base as base
+    import regnp.models.objective as objective
+    import regnp.nn.metareg as metareg
+    import regnp.nn.unet as unet
+    from regnp.models import Objective, build_model
+    from regnp.nn.layers import Conv2d, ConvTranspose2d, UpsampleNearest2x
+    from regnp.nn.metareg import MetaRegConv
+    from regnp.nn.optim import Adam
+    model = build_model(name, seed=0)
+    meta = name == "metareg"
+    obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
+    opt = Adam(model, lr=1e-4)
+    rng = np.random.default_rng(0)
+    F = rng.random((N, 1, S, S), dtype=np.float32)
+    M = rng.random((N, 1, S, S), dtype=np.float32)
+
+    def step():
+        model.zero_grad()
+        obj(model, F, M)
+        opt.step()
+    for _ in range(3):                                   # warm up (compilation, buffers)
+        step()
+    prof = _Profiler()
+    patched = []
+
+    def patch(owner, attr, label):
+        own = attr in vars(owner)           # a module global, or a method bound per instance?
+        patched.append((owner, attr, getattr(owner, attr), own))
+        setattr(owner, attr, prof.wrap(label, getattr(owner, attr)))
+    kinds = (Conv2d, ConvTranspose2d, UpsampleNearest2x, MetaRegConv)
+    for mname, m in model.modules():
+        if isinstance(m, kinds):
+            short = mname.replace("unet.", "")
+            patch(m, "forward", f"{short} fwd")
+            patch(m, "backward", f"{short} bwd")
+    for owner, attr, label in [
+            (unet, "concat_forward", "concat fwd"), (unet, "concat_backward", "concat bwd"),
+            (base, "warp_forward", "warp fwd"), (base, "warp_backward", "warp bwd"),
+            (base, "check_array", "input checks"), (base.np, "concatenate", "input concat"),
+            (objective, "mse_forward", "MSE fwd"), (objective, "mse_backward", "MSE bwd"),
+            (objective, "diffusion_forward", "diffusion fwd"),
+            (objective, "diffusion_backward", "diffusion bwd"),
+            (metareg, "meta_penalty_forward", "meta penalty"),
+            (metareg, "meta_penalty_backward", "meta penalty"),
+            (opt, "step", "Adam"), (model, "zero_grad", "zero_grad")]:
+        if hasattr(owner, attr):
+            patch(owner, attr, label)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        for owner, attr, orig, own in reversed(patched):       # undo, last patch first
+            if own:
+                setattr(owner, attr, orig)
+            else:
+                delattr(owner, attr)                            # the class's method shows again
+    per = {k: v / steps for k, v in prof.total.items()}
+    per["other (glue, remaining temporaries)"] = max(0.0, total - sum(per.values()))
+    rows = sorted(((k, 1e3 * v, 100 * v / total) for k, v in per.items()), key=lambda r: -r[1])
+    return rows, 1e3 * total
+
+
 def _median_ms(fn, repeats, warmup=1):
     """Median milliseconds of fn() over ``repeats`` runs after ``warmup`` untimed runs."""
     from regnp.metrics import Timer
@@ -277,6 +371,8 @@ def main(argv=None):
                          "regnp vs a PyTorch model of the same architecture and loss, each in its "
                          "own process (NumPy imported first), alternating A/B for --rounds rounds")
     ap.add_argument("--rounds", type=int, default=5, help="A/B rounds for --compare-torch")
+    ap.add_argument("--profile", default=None, metavar="MODEL",
+                    help="instead: split one training step of MODEL (metareg, vm2, ...) by op")
     args = ap.parse_args(argv)
     from regnp._cli import run_cli
     return run_cli(lambda: _run_main(args), "no table was printed")
@@ -298,6 +394,17 @@ def _run_main(args):
         print(f"batch 2, 256x256, float32; medians of {args.repeats} per process, "
               f"{args.rounds} alternating rounds; ratio = regnp / torch (< 1: regnp faster)")
         print(bench_torch.format_compare(rows))
+        return rows
+    if args.profile:
+        from regnp.models import MODEL_NAMES
+        if args.profile not in MODEL_NAMES:
+            raise CLIError(f"--profile {args.profile!r}: choose one of {', '.join(MODEL_NAMES)}")
+        rows, total = profile_step(args.profile, steps=3 if args.quick else args.repeats)
+        print(f"{args.profile}: training step, batch 2, 256x256, {total:.1f} ms (mean of "
+              f"{3 if args.quick else args.repeats} steps after 3 warm-up steps); self time per op")
+        w = max(len(r[0]) for r in rows) + 2
+        for label, ms, pct in rows:
+            print(f"{label:<{w}}{ms:>8.2f} ms{pct:>7.1f} %")
         return rows
     if args.memory:
         m = memory_check()
