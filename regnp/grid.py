@@ -12,6 +12,8 @@ setting's test pairs. It is a pure function of its config: :func:`run_job` write
 ``sittings.jsonl``  one line per sitting that trained it: steps run, seconds, machine
 ``metrics.json``    the result; its presence means *finished*, and a finished job is
                     never run again
+``running.lock``    held while a process runs the job, so two grids sharing a folder
+                    never run the same job (a dead process's lock is taken over)
 ==================  ===================================================================
 
 Running many jobs is the business of an executor with the ``concurrent.futures`` interface: a
@@ -38,6 +40,45 @@ JOB_FORMAT = "regnp-job-1"
 
 class GridError(RuntimeError):
     """A grid cannot run as asked (conflicting folder, bad protocol, scheduler unreachable)."""
+
+
+class JobBusy(GridError):
+    """Another live process is running this job (its folder holds a ``running.lock``)."""
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, TypeError, ValueError):
+        return True
+    return True
+
+
+def acquire_job(folder):
+    """Take the job's ``running.lock`` (created atomically with O_EXCL) so two grids sharing an
+    ``--out`` never train the same job at once. A lock left by a process that no longer exists
+    on this host (a killed grid) is stale and taken over; a lock from another host is respected
+    (delete it by hand if that machine is gone). Returns the lock path; raises :class:`JobBusy`."""
+    lock = Path(folder) / "running.lock"
+    me = {"host": platform.node(), "pid": os.getpid(),
+          "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = _read_json(lock) or {}
+            if other.get("host") == platform.node() and not _pid_alive(other.get("pid")):
+                lock.unlink(missing_ok=True)          # stale: its process is gone
+                continue
+            raise JobBusy(f"job {Path(folder).name} is being run by pid {other.get('pid', '?')} "
+                          f"on {other.get('host', '?')} (since {other.get('since', '?')}); "
+                          f"skipped here") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return lock
+    raise JobBusy(f"could not take {lock}")
 
 
 def job_key(config):
@@ -95,11 +136,15 @@ def _write_json(path, obj):
 
 
 def job_status(root, config):
-    """``"done"``, ``"partial"`` (has a checkpoint) or ``"todo"``."""
+    """``"done"``, ``"running"`` (locked by a live process), ``"partial"`` (has a checkpoint) or
+    ``"todo"``."""
     folder = Path(root) / config["name"]
     m = _read_json(folder / "metrics.json")
     if m is not None and m.get("config") == config:
         return "done"
+    lock = _read_json(folder / "running.lock")
+    if lock and not (lock.get("host") == platform.node() and not _pid_alive(lock.get("pid"))):
+        return "running"
     if (folder / "checkpoint.npz").is_file():
         return "partial"
     return "todo"
@@ -130,19 +175,29 @@ def run_job(config, root, data_root=None, threads=None, progress=False):
     ``{"name", "dataset", "sigma", "pairs"}``), ``size``. A finished job returns its stored
     metrics at once.
     """
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs
-    from .train import config_from_args, parse_args, train
-
     if threads:
         set_threads(threads)
     folder = claim_folder(root, config)
     done = _read_json(folder / "metrics.json")
     if done is not None and done.get("config") == config:
         return done
-    if config.get("kind") == "solver":
-        return _run_solver_job(config, folder, data_root)
+    lock = acquire_job(folder)
+    try:
+        done = _read_json(folder / "metrics.json")      # finished while we waited for the lock?
+        if done is not None and done.get("config") == config:
+            return done
+        if config.get("kind") == "solver":
+            return _run_solver_job(config, folder, data_root)
+        return _run_train_job(config, folder, data_root, progress)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_train_job(config, folder, data_root, progress):
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .evaluate import evaluate_pairs
+    from .train import config_from_args, parse_args, train
     run_cfg = config_from_args(parse_args(list(config["train_args"])))
     resume = (folder / "checkpoint.npz").is_file()
     if not resume:                          # a fresh start: no stale log from a killed attempt
@@ -305,12 +360,16 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
             todo.append(c)
     bar = tqdm(total=len(configs), initial=len(results), desc="jobs", unit="job",
                disable=not progress, dynamic_ncols=True)
-    errors = {}
+    errors, busy = {}, []
     try:
         if executor is None:
             for c in todo:
                 try:
                     m = run_job(c, root, data_root, threads, progress=progress)
+                except JobBusy:
+                    busy.append(c["name"])
+                    bar.update(1)
+                    continue
                 except Exception as e:          # noqa: BLE001 — reported below, grid goes on
                     errors[c["name"]] = e
                     continue
@@ -325,6 +384,10 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
                 name = futures[fut]
                 try:
                     m = fut.result()
+                except JobBusy:
+                    busy.append(name)
+                    bar.update(1)
+                    continue
                 except Exception as e:          # noqa: BLE001
                     errors[name] = e
                     continue
@@ -334,6 +397,9 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
                     on_result(m)
     finally:
         bar.close()
+    if busy:
+        print(f"{len(busy)} job(s) skipped: another live process is running them "
+              f"({', '.join(busy[:4])}{' …' if len(busy) > 4 else ''})")
     if errors:
         lines = [f"{n}: {type(e).__name__}: {e}" for n, e in errors.items()]
         raise GridError(f"{len(errors)} job(s) failed (the others are saved; rerun to retry):\n  "

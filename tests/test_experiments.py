@@ -204,3 +204,22 @@ def test_transfer_experiment_runs(tmp_path, data_root):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["results"]["phantom->chaos"]["summary"]["n_pairs"] == 2
     assert (tmp_path / "transfer_phantom_to_chaos.png").stat().st_size > 10000
+
+
+def test_a_running_job_is_not_run_twice_and_a_dead_lock_is_taken_over(tmp_path):
+    from regnp.grid import JobBusy, acquire_job
+    lock = acquire_job(tmp_path)
+    with pytest.raises(JobBusy, match="being run by pid"):
+        acquire_job(tmp_path)                        # this (live) process holds it
+    c = job_config("liver16", "vm2", quick=True, phantom=True)
+    (tmp_path / "g" / c["name"]).mkdir(parents=True)
+    held = acquire_job(tmp_path / "g" / c["name"])
+    assert job_status(tmp_path / "g", c) == "running"
+    assert run_grid([c], tmp_path / "g", progress=False) == {}      # skipped, not failed
+    held.unlink()
+    lock.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    import platform
+    (tmp_path / "running.lock").write_text(json.dumps({"host": platform.node(), "pid": int(dead)}))
+    acquire_job(tmp_path).unlink()                   # a dead process's lock is stale
