@@ -9,7 +9,10 @@ The cases: every convolution of the VoxelMorph-2 U-Net at batch 2, 256×256, plu
 transposed-convolution upsampler; the headline row — all U-Net convolutions run back to back
 (what a training step spends in convolutions); the 13×13 depthwise filter, the bilinear warp and
 NCC at the model's shapes; and whole models, where "fwd" is the inference of one 256×256 pair and
-"fwd+bwd" one training step at batch 2 (forward, loss, backward, Adam). ``--memory`` reports the
+"fwd+bwd" one training step at batch 2 (forward, loss, backward, Adam); scaling and squaring
+(``integrate``, 7 squarings at half and full resolution), and with it — ``--only integrate`` — what
+``--integrate 7`` adds to a Meta-Reg and a VoxelMorph-2 training step, timed in alternating rounds
+(:func:`integration_overhead`). ``--memory`` reports the
 peak memory of training and checks that allocations do not grow from step to step. Add a case by
 appending to ``CASES``.
 """
@@ -156,12 +159,28 @@ def _prep_ncc(N=2, S=256):
     return fwd, fb
 
 
-def _prep_model(name, N=2, S=256):
+def _prep_integrate(downsize, N=2, S=256, steps=7):
+    """exp(v) by scaling and squaring of an (N, 2, S, S) field, at full (1) or half (2) size."""
+    from regnp.ops.integrate import integrate_velocity_backward, integrate_velocity_forward
+    rng = np.random.default_rng(0)
+    v = (4 * rng.standard_normal((N, 2, S, S))).astype(np.float32)
+    dout = rng.standard_normal((N, 2, S, S)).astype(np.float32)
+
+    def fwd():
+        integrate_velocity_forward(v, steps, downsize)
+
+    def fb():
+        integrate_velocity_backward(dout, integrate_velocity_forward(v, steps, downsize)[1])
+    return fwd, fb
+
+
+def _prep_model(name, N=2, S=256, **options):
     """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
-    (model forward, loss, backward, Adam update)."""
+    (model forward, loss, backward, Adam update). ``options`` go to ``build_model`` (e.g.
+    ``integrate=7``)."""
     from regnp.models import Objective, build_model
     from regnp.nn.optim import Adam
-    model = build_model(name, seed=0)
+    model = build_model(name, seed=0, **options)
     meta = name == "metareg"
     obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
     opt = Adam(model, lr=1e-4)
@@ -182,9 +201,41 @@ def _prep_model(name, N=2, S=256):
 CASES += [
     Case("warp bilinear (2,1,256,256), field (2,2,256,256)", (0.0, 0.0), _prep_warp),
     Case("NCC win 9 (2,1,256,256)", (0.0, 0.0), _prep_ncc),
+    Case("integrate exp(v) 7 squarings, half res (2,2,256,256)", (0.0, 0.0),
+         lambda: _prep_integrate(2)),
+    Case("integrate exp(v) 7 squarings, full res (2,2,256,256)", (0.0, 0.0),
+         lambda: _prep_integrate(1)),
 ]
 CASES += [Case(f"model {m}: infer 1 pair | train step batch 2 (256x256)", (0.0, 0.0),
                     lambda m=m: _prep_model(m)) for m in ("metareg", "vm2", "vm1", "dirnet", "fcnss")]
+
+
+def integration_overhead(models=("metareg", "vm2"), steps=7, int_downsize=2, rounds=10, N=2,
+                         S=256):
+    """What ``--integrate steps`` adds to a training step (batch N, S×S), per model.
+
+    Both models (with and without integration) are built once and warmed up; then each round
+    times one step of each, in alternating order (A B, B A, ...), so a machine that is busy with
+    other work slows both alike. Returns rows: model, plain_ms and integrate_ms (medians over the
+    rounds) and added_pct = 100 × (median of the per-round ratios − 1).
+    """
+    import time
+    rows = []
+    for name in models:
+        _, plain = _prep_model(name, N, S)
+        _, integ = _prep_model(name, N, S, integrate=steps, int_downsize=int_downsize)
+        plain(), integ()
+        ta, tb = [], []
+        for r in range(rounds):
+            for fn, times in ([(plain, ta), (integ, tb)] if r % 2 == 0 else
+                              [(integ, tb), (plain, ta)]):
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t0))
+        ratio = float(np.median(np.array(tb) / np.array(ta)))
+        rows.append({"model": name, "plain_ms": float(np.median(ta)),
+                     "integrate_ms": float(np.median(tb)), "added_pct": 100 * (ratio - 1)})
+    return rows
 
 
 def memory_check(name="metareg", steps=100, S=256, N=2):
@@ -430,6 +481,11 @@ def _run_main(args):
             ours = [r for r in rows if "headline" in r["name"]][0]["fb_ms"]
             print(f"torch, same convolutions forward+backward: {t:.1f} ms "
                   f"(regnp / torch = {ours / t:.2f})")
+    if any("integrate" in c.name for c in cases):
+        for r in integration_overhead(rounds=repeats):
+            print(f"{r['model']} training step (batch 2, 256x256): {r['plain_ms']:.1f} ms, with "
+                  f"--integrate 7 (half resolution) {r['integrate_ms']:.1f} ms: "
+                  f"{r['added_pct']:+.1f} % (median of {repeats} alternating rounds)")
     return rows
 
 
