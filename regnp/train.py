@@ -429,11 +429,6 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
         raise TrainingError(f"--out {out} already holds a run ({', '.join(p.name for p in existing)}); "
                             f"continue it with --resume, replace it with --overwrite, or choose "
                             f"another --out")
-    elif existing:
-        for p in existing + [out / "loss_curve.png"]:
-            if p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
     history, start, loss_ref, last_saved = [], 0, None, None
     if resume:
         arrays, saved = load_checkpoint(ck_path)
@@ -461,6 +456,13 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
                             f"a multiple of {f}, e.g. {lo} or {lo + f}")
     obj = Objective(**config["objective"])
     opt = Adam(model, lr=config["lr"])
+    # only now, with everything checked: a refused run leaves no empty folder, and --overwrite
+    # deletes the old run only when the new one is about to start
+    if existing and overwrite and not resume:
+        for p in existing + [out / "loss_curve.png"]:
+            if p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     if resume:
         try:
             model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
@@ -617,6 +619,9 @@ def _config_for_resume(a):
     """The run's config when continuing ``--out``: the checkpoint's own options, with the ones
     the user typed checked against them (only ``SAFE_ON_RESUME`` options may differ)."""
     ck = Path(a.out) / "checkpoint.npz"
+    if not ck.is_file():
+        raise CheckpointError(f"--resume: there is no checkpoint in --out {a.out} ({ck} not "
+                              f"found); start a new run without --resume")
     _, saved = load_checkpoint(ck)
     typed = sorted(a.explicit - set(SAFE_ON_RESUME))
     if not isinstance(saved.get("args"), dict):

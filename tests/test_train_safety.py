@@ -235,3 +235,19 @@ def test_diverging_cli_run_exits_non_zero(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert last_line(r).startswith("error:")
     assert any(w in last_line(r) for w in ("diverged", "NaN/Inf", "overflowed")), last_line(r)
+
+
+def test_a_refused_run_writes_nothing_and_overwrite_keeps_the_old_run_until_the_new_starts(tmp_path):
+    r = cli(*TINY, "--size", "34", "--steps", "2", "--out", "new", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "not divisible" in last_line(r)
+    assert not (tmp_path / "new").exists()                    # no empty folder left behind
+    r = cli(*TINY, "--steps", "2", "--val-every", "0", "--out", "run", "--no-progress",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    r = cli(*TINY, "--size", "34", "--steps", "2", "--out", "run", "--overwrite", "--no-progress",
+            cwd=tmp_path)
+    assert r.returncode != 0 and "not divisible" in last_line(r)
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
+    r = cli("--resume", "--steps", "3", "--out", "nothing", "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "start a new run without --resume" in last_line(r)
