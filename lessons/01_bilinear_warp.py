@@ -1,3 +1,4 @@
+# %% Lesson 01 — Bilinear warping
 """Lesson 01 — Bilinear warping: the spatial transformer and its two gradients.
 
 Every learning-based registration network ends in the same layer: given a moving image ``M``
@@ -19,16 +20,19 @@ ends with the one thing to remember when checking them: bilinear interpolation h
 integer displacements.
 
 Run:  python lessons/01_bilinear_warp.py [--quick] [--out DIR]
+(or open it as a notebook: every ``# %%`` line starts a cell).
 """
-import argparse
 import time
 
 import numpy as np
 
-from regnp.figures import lesson_output_dir, report_numbers
+from regnp.figures import lesson_options, report_numbers, show_or_close, use_script_backend
 from regnp.gradcheck import check_vjp
 from regnp.ops.warp import (warp_backward, warp_backward_reference, warp_forward,
                             warp_forward_reference, warp_nearest)
+
+use_script_backend()
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def bilinear_by_hand(m, y, x):
@@ -48,177 +52,177 @@ def bilinear_by_hand(m, y, x):
     return total, parts
 
 
-def main(quick=False, out_dir=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# %% Options
+# As a script: --quick (the shortened run the tests use) and --out DIR (the figure folder). In a
+# notebook the kernel's own arguments are ignored (a full run into figures/); set quick = True
+# here for a short one.
+quick, out_dir = lesson_options(__doc__.splitlines()[0])
+np.set_printoptions(precision=3, suppress=True)
 
-    out_dir = lesson_output_dir(out_dir, quick)
-    np.set_printoptions(precision=3, suppress=True)
+# %%
+# Step 1 — A tiny moving image.
+# A 5×6 image whose value tells you where it came from: 10·row + column.
+H, W = 5, 6
+moving = (10.0 * np.arange(H)[:, None] + np.arange(W)[None, :])      # (H, W)
+print("Step 1 — the moving image (value = 10*row + col):\n", moving)
 
-    # Step 1 — A tiny moving image.
-    # A 5×6 image whose value tells you where it came from: 10·row + column.
-    H, W = 5, 6
-    moving = (10.0 * np.arange(H)[:, None] + np.arange(W)[None, :])      # (H, W)
-    print("Step 1 — the moving image (value = 10*row + col):\n", moving)
+# %%
+# Step 2 — One output pixel, by hand.
+# Output pixel (i, j) = (2, 1) with u = (0.25, 1.5) samples M at (2.25, 2.5).
+# Its neighbours are rows 2..3 and columns 2..3; the weights are products of the fractional
+# distances and always sum to 1.
+i, j, uy, ux = 2, 1, 0.25, 1.5
+val, parts = bilinear_by_hand(moving, i + uy, j + ux)
+print(f"\nStep 2 — pixel ({i},{j}) with u=({uy},{ux}) samples M at ({i + uy}, {j + ux})")
+for yy, xx, w, v, inside in parts:
+    print(f"   neighbour ({yy},{xx})  weight {w:.4f}  value {v:5.1f}  inside={inside}")
+u = np.zeros((1, 2, H, W)); u[0, 0, i, j] = uy; u[0, 1, i, j] = ux
+warped, _ = warp_forward(moving[None, None], u)
+warped_pixel = warped[0, 0, i, j]
+print(f"   by hand: {val:.4f}   warp_forward: {warped_pixel:.4f}"
+      "   (a linear image is reproduced exactly: 10*2.25 + 2.5 = 25)")
 
-    # Step 2 — One output pixel, by hand.
-    # Output pixel (i, j) = (2, 1) with u = (0.25, 1.5) samples M at (2.25, 2.5).
-    # Its neighbours are rows 2..3 and columns 2..3; the weights are products of the fractional
-    # distances and always sum to 1.
-    i, j, uy, ux = 2, 1, 0.25, 1.5
-    val, parts = bilinear_by_hand(moving, i + uy, j + ux)
-    print(f"\nStep 2 — pixel ({i},{j}) with u=({uy},{ux}) samples M at ({i + uy}, {j + ux})")
-    for yy, xx, w, v, inside in parts:
-        print(f"   neighbour ({yy},{xx})  weight {w:.4f}  value {v:5.1f}  inside={inside}")
-    u = np.zeros((1, 2, H, W)); u[0, 0, i, j] = uy; u[0, 1, i, j] = ux
-    warped, _ = warp_forward(moving[None, None], u)
-    warped_pixel = warped[0, 0, i, j]
-    print(f"   by hand: {val:.4f}   warp_forward: {warped_pixel:.4f}"
-          "   (a linear image is reproduced exactly: 10*2.25 + 2.5 = 25)")
+# %%
+# Step 3 — The zero-outside rule.
+# Half a pixel left of column 0 the two left neighbours are outside and count as 0, so we get
+# half the border value; a full pixel outside gives 0. This is zero padding, and it is what
+# makes content that moves in from outside the image black.
+for x in (-0.5, -1.0, W - 0.5):
+    v, _ = bilinear_by_hand(moving, 1.0, x)
+    print(f"Step 3 — sample at (1, {x:4.1f}) -> {v:5.2f}")
 
-    # Step 3 — The zero-outside rule.
-    # Half a pixel left of column 0 the two left neighbours are outside and count as 0, so we get
-    # half the border value; a full pixel outside gives 0. This is zero padding, and it is what
-    # makes content that moves in from outside the image black.
-    for x in (-0.5, -1.0, W - 0.5):
-        v, _ = bilinear_by_hand(moving, 1.0, x)
-        print(f"Step 3 — sample at (1, {x:4.1f}) -> {v:5.2f}")
+# %%
+# Step 4 — An integer shift: u_x = +3 everywhere.
+# Pulling from j + 3 moves the *content* 3 pixels to the LEFT; the last 3 columns pull from
+# outside the image and become 0.
+u = np.zeros((1, 2, H, W)); u[:, 1] = 3.0
+shifted, _ = warp_forward(moving[None, None], u)
+print("\nStep 4 — u_x = +3: warped[:, j] = moving[:, j+3]\n", shifted[0, 0])
 
-    # Step 4 — An integer shift: u_x = +3 everywhere.
-    # Pulling from j + 3 moves the *content* 3 pixels to the LEFT; the last 3 columns pull from
-    # outside the image and become 0.
-    u = np.zeros((1, 2, H, W)); u[:, 1] = 3.0
-    shifted, _ = warp_forward(moving[None, None], u)
-    print("\nStep 4 — u_x = +3: warped[:, j] = moving[:, j+3]\n", shifted[0, 0])
+# %%
+# Step 5 — A sub-pixel shift: u_x = +0.5 averages horizontal neighbours.
+u[:, 1] = 0.5
+half, _ = warp_forward(moving[None, None], u)
+print("Step 5 — u_x = +0.5 (averages of neighbours; last column half of the border value)\n",
+      half[0, 0])
 
-    # Step 5 — A sub-pixel shift: u_x = +0.5 averages horizontal neighbours.
-    u[:, 1] = 0.5
-    half, _ = warp_forward(moving[None, None], u)
-    print("Step 5 — u_x = +0.5 (averages of neighbours; last column half of the border value)\n",
-          half[0, 0])
+# %%
+# Step 6 — The slow loop version and the fast Numba kernel agree.
+rng = np.random.default_rng(0)
+n = 64 if quick else 256
+yy, xx = np.mgrid[0:n, 0:n] / n
+img = (0.5 + 0.5 * np.sin(12 * xx) * np.cos(9 * yy)) * ((xx - .5) ** 2 + (yy - .5) ** 2 < .16)
+img = img[None, None].astype(np.float64)                             # (1, 1, n, n)
+# a smooth swirl: displacement perpendicular to the radius, largest mid-way out
+r2 = (xx - .5) ** 2 + (yy - .5) ** 2
+amp = 0.08 * n * np.exp(-r2 / 0.05)
+field = np.stack([amp * (xx - .5), -amp * (yy - .5)])[None] * 4      # (1, 2, n, n)
+small = (slice(None), slice(None), slice(0, 24), slice(0, 24))
+ref = warp_forward_reference(img[small], field[small])
+fast, _ = warp_forward(img[small], field[small])
+ref_vs_fast = np.abs(ref - fast).max()
+print(f"\nStep 6 — reference vs Numba on 24x24: max |diff| = {ref_vs_fast:.2e}")
+img32, field32 = img.astype(np.float32), field.astype(np.float32)
+w_, c_ = warp_forward(img32, field32)                                 # compile / warm up
+warp_backward(np.ones_like(w_), c_)
+reps = 5 if quick else 50
+t0 = time.perf_counter()
+for _ in range(reps):
+    swirled, cache = warp_forward(img32, field32)
+    warp_backward(np.ones_like(swirled), cache)
+print(f"   forward+backward on {n}x{n} float32: {(time.perf_counter() - t0) / reps * 1e3:.2f} ms")
 
-    # Step 6 — The slow loop version and the fast Numba kernel agree.
-    rng = np.random.default_rng(0)
-    n = 64 if quick else 256
-    yy, xx = np.mgrid[0:n, 0:n] / n
-    img = (0.5 + 0.5 * np.sin(12 * xx) * np.cos(9 * yy)) * ((xx - .5) ** 2 + (yy - .5) ** 2 < .16)
-    img = img[None, None].astype(np.float64)                             # (1, 1, n, n)
-    # a smooth swirl: displacement perpendicular to the radius, largest mid-way out
-    r2 = (xx - .5) ** 2 + (yy - .5) ** 2
-    amp = 0.08 * n * np.exp(-r2 / 0.05)
-    field = np.stack([amp * (xx - .5), -amp * (yy - .5)])[None] * 4      # (1, 2, n, n)
-    small = (slice(None), slice(None), slice(0, 24), slice(0, 24))
-    ref = warp_forward_reference(img[small], field[small])
-    fast, _ = warp_forward(img[small], field[small])
-    ref_vs_fast = np.abs(ref - fast).max()
-    print(f"\nStep 6 — reference vs Numba on 24x24: max |diff| = {ref_vs_fast:.2e}")
-    img32, field32 = img.astype(np.float32), field.astype(np.float32)
-    w_, c_ = warp_forward(img32, field32)                                 # compile / warm up
-    warp_backward(np.ones_like(w_), c_)
-    reps = 5 if quick else 50
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        swirled, cache = warp_forward(img32, field32)
-        warp_backward(np.ones_like(swirled), cache)
-    print(f"   forward+backward on {n}x{n} float32: {(time.perf_counter() - t0) / reps * 1e3:.2f} ms")
+# %%
+# Step 7 — Gradient with respect to the moving image: a scatter.
+# warped is linear in M, so dL/dM is the transpose: each dL/dwarped value is spread back
+# onto the four neighbours it was read from, with the same weights.
+u = np.zeros((1, 2, H, W)); u[0, 0, i, j] = uy; u[0, 1, i, j] = ux
+_, cache = warp_forward(moving[None, None], u)
+d = np.zeros((1, 1, H, W)); d[0, 0, i, j] = 1.0                       # only pixel (2, 1)
+dM, du = warp_backward(d, cache)
+print("\nStep 7 — dL/dM for dL/dwarped = 1 at pixel (2,1): the four weights of step 2\n",
+      dM[0, 0])
 
-    # Step 7 — Gradient with respect to the moving image: a scatter.
-    # warped is linear in M, so dL/dM is the transpose: each dL/dwarped value is spread back
-    # onto the four neighbours it was read from, with the same weights.
-    u = np.zeros((1, 2, H, W)); u[0, 0, i, j] = uy; u[0, 1, i, j] = ux
-    _, cache = warp_forward(moving[None, None], u)
-    d = np.zeros((1, 1, H, W)); d[0, 0, i, j] = 1.0                       # only pixel (2, 1)
-    dM, du = warp_backward(d, cache)
-    print("\nStep 7 — dL/dM for dL/dwarped = 1 at pixel (2,1): the four weights of step 2\n",
-          dM[0, 0])
+# %%
+# Step 8 — Gradient with respect to u: the image gradient at the sampled point.
+# With the neighbours fixed, warped is linear in the fractional parts (wy, wx), so
+# d warped / d u_y = (1-wx)(M[y0+1,x0] - M[y0,x0]) + wx (M[y0+1,x0+1] - M[y0,x0+1]):
+# a finite-difference image gradient, interpolated along the other axis. For our linear
+# image that is exactly (10, 1).
+print(f"Step 8 — dL/du at (2,1) = ({du[0, 0, i, j]:.3f}, {du[0, 1, i, j]:.3f})"
+      "  (the image's slope along rows and columns)")
+m_r = rng.standard_normal((2, 1, 5, 6))
+u_r = rng.uniform(-2, 2, (2, 2, 5, 6)) + 0.013                       # keep away from integers
+dout = rng.standard_normal(m_r.shape)
+_, c = warp_forward(m_r, u_r)
+g_m, g_u = warp_backward(dout, c)
+rm, ru = warp_backward_reference(dout, m_r, u_r)
+f = lambda: warp_forward(m_r, u_r)[0]
+fd_moving, fd_u = check_vjp(f, m_r, g_m, dout), check_vjp(f, u_r, g_u, dout)
+grad_vs_ref = max(np.abs(g_m - rm).max(), np.abs(g_u - ru).max())
+print(f"   gradient check (float64, central differences): moving {fd_moving:.1e},"
+      f" u {fd_u:.1e};  vs loop reference {grad_vs_ref:.1e}")
 
-    # Step 8 — Gradient with respect to u: the image gradient at the sampled point.
-    # With the neighbours fixed, warped is linear in the fractional parts (wy, wx), so
-    # d warped / d u_y = (1-wx)(M[y0+1,x0] - M[y0,x0]) + wx (M[y0+1,x0+1] - M[y0,x0+1]):
-    # a finite-difference image gradient, interpolated along the other axis. For our linear
-    # image that is exactly (10, 1).
-    print(f"Step 8 — dL/du at (2,1) = ({du[0, 0, i, j]:.3f}, {du[0, 1, i, j]:.3f})"
-          "  (the image's slope along rows and columns)")
-    m_r = rng.standard_normal((2, 1, 5, 6))
-    u_r = rng.uniform(-2, 2, (2, 2, 5, 6)) + 0.013                       # keep away from integers
-    dout = rng.standard_normal(m_r.shape)
-    _, c = warp_forward(m_r, u_r)
-    g_m, g_u = warp_backward(dout, c)
-    rm, ru = warp_backward_reference(dout, m_r, u_r)
-    f = lambda: warp_forward(m_r, u_r)[0]
-    fd_moving, fd_u = check_vjp(f, m_r, g_m, dout), check_vjp(f, u_r, g_u, dout)
-    grad_vs_ref = max(np.abs(g_m - rm).max(), np.abs(g_u - ru).max())
-    print(f"   gradient check (float64, central differences): moving {fd_moving:.1e},"
-          f" u {fd_u:.1e};  vs loop reference {grad_vs_ref:.1e}")
+# %%
+# Step 9 — Kinks at integer displacements.
+# Sweep u_x at one pixel from -2 to 2. Between integers the four neighbours stay the same and
+# the warped value is linear in u_x; crossing an integer swaps in new neighbours, so the
+# slope (the image's local difference) jumps. A central-difference check straddling an
+# integer averages two slopes and disagrees with either one — so gradient checks use
+# non-integer displacements, and the backward pass takes the right-hand slope at integers.
+row = np.array([[0.0, 2.0, 3.0, 7.0, 4.0, 4.0, 1.0]])                 # (1, 7)
+j0 = 3
+sweep = np.linspace(-2, 2, 81 if quick else 401)
+values, slopes = [], []
+for s in sweep:
+    uu = np.zeros((1, 2, 1, 7)); uu[0, 1, 0, j0] = s
+    w_, c_ = warp_forward(row[None, None], uu)
+    dd = np.zeros((1, 1, 1, 7)); dd[0, 0, 0, j0] = 1.0
+    values.append(w_[0, 0, 0, j0])
+    slopes.append(warp_backward(dd, c_)[1][0, 1, 0, j0])
+print("\nStep 9 — slope of warped(u_x) on each unit interval:",
+      [float(row[0, j0 + k + 1] - row[0, j0 + k]) for k in range(-2, 2)])
 
-    # Step 9 — Kinks at integer displacements.
-    # Sweep u_x at one pixel from -2 to 2. Between integers the four neighbours stay the same and
-    # the warped value is linear in u_x; crossing an integer swaps in new neighbours, so the
-    # slope (the image's local difference) jumps. A central-difference check straddling an
-    # integer averages two slopes and disagrees with either one — so gradient checks use
-    # non-integer displacements, and the backward pass takes the right-hand slope at integers.
-    row = np.array([[0.0, 2.0, 3.0, 7.0, 4.0, 4.0, 1.0]])                 # (1, 7)
-    j0 = 3
-    sweep = np.linspace(-2, 2, 81 if quick else 401)
-    values, slopes = [], []
-    for s in sweep:
-        uu = np.zeros((1, 2, 1, 7)); uu[0, 1, 0, j0] = s
-        w_, c_ = warp_forward(row[None, None], uu)
-        dd = np.zeros((1, 1, 1, 7)); dd[0, 0, 0, j0] = 1.0
-        values.append(w_[0, 0, 0, j0])
-        slopes.append(warp_backward(dd, c_)[1][0, 1, 0, j0])
-    print("\nStep 9 — slope of warped(u_x) on each unit interval:",
-          [float(row[0, j0 + k + 1] - row[0, j0 + k]) for k in range(-2, 2)])
+# %%
+# Step 10 — Labels are warped with nearest neighbour (for Dice), not bilinear.
+labels = (img[0, 0] > 0.6).astype(np.int32)[None, None]
+warped_labels = warp_nearest(labels, field)
+print(f"Step 10 — nearest-neighbour label warp keeps integer labels: "
+      f"{np.unique(warped_labels).tolist()}")
 
-    # Step 10 — Labels are warped with nearest neighbour (for Dice), not bilinear.
-    labels = (img[0, 0] > 0.6).astype(np.int32)[None, None]
-    warped_labels = warp_nearest(labels, field)
-    print(f"Step 10 — nearest-neighbour label warp keeps integer labels: "
-          f"{np.unique(warped_labels).tolist()}")
+# Figures.
+fig, ax = plt.subplots(1, 4, figsize=(13, 3.4))
+ax[0].imshow(img[0, 0], cmap="gray"); ax[0].set_title("moving M")
+ax[1].imshow(warp_forward(img, np.concatenate([np.zeros_like(field[:, :1]),
+                                               np.full_like(field[:, :1], n / 8)], 1))[0][0, 0],
+             cmap="gray"); ax[1].set_title(f"u_x = +{n // 8}: content moves left")
+ax[2].imshow(swirled[0, 0], cmap="gray"); ax[2].set_title("M ∘ (id + u), swirl")
+step = max(n // 16, 1)
+# arrows point from each output pixel to the point it pulls from (data coordinates, rows down)
+ax[2].quiver(np.arange(0, n, step), np.arange(0, n, step), field[0, 1, ::step, ::step],
+             field[0, 0, ::step, ::step], color="tab:red", angles="xy", scale_units="xy", scale=1)
+ax[2].set_xlim(-0.5, n - 0.5)                  # keep the image frame (quiver autoscales)
+ax[2].set_ylim(n - 0.5, -0.5)
+ax[3].imshow(warped_labels[0, 0], cmap="viridis"); ax[3].set_title("labels, nearest warp")
+for a in ax:
+    a.set_xticks([]); a.set_yticks([])
+fig.tight_layout()
+fig.savefig(out_dir / "01_bilinear_warp.png", dpi=90, bbox_inches="tight")
+show_or_close(fig)
 
-    # Figures.
-    fig, ax = plt.subplots(1, 4, figsize=(13, 3.4))
-    ax[0].imshow(img[0, 0], cmap="gray"); ax[0].set_title("moving M")
-    ax[1].imshow(warp_forward(img, np.concatenate([np.zeros_like(field[:, :1]),
-                                                   np.full_like(field[:, :1], n / 8)], 1))[0][0, 0],
-                 cmap="gray"); ax[1].set_title(f"u_x = +{n // 8}: content moves left")
-    ax[2].imshow(swirled[0, 0], cmap="gray"); ax[2].set_title("M ∘ (id + u), swirl")
-    step = max(n // 16, 1)
-    # arrows point from each output pixel to the point it pulls from (data coordinates, rows down)
-    ax[2].quiver(np.arange(0, n, step), np.arange(0, n, step), field[0, 1, ::step, ::step],
-                 field[0, 0, ::step, ::step], color="tab:red", angles="xy", scale_units="xy", scale=1)
-    ax[2].set_xlim(-0.5, n - 0.5)                  # keep the image frame (quiver autoscales)
-    ax[2].set_ylim(n - 0.5, -0.5)
-    ax[3].imshow(warped_labels[0, 0], cmap="viridis"); ax[3].set_title("labels, nearest warp")
-    for a in ax:
-        a.set_xticks([]); a.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out_dir / "01_bilinear_warp.png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax[0].plot(sweep, values); ax[0].set_xlabel("u_x at one pixel"); ax[0].set_ylabel("warped value")
-    ax[0].set_title("piecewise linear in u_x")
-    ax[1].plot(sweep, slopes, drawstyle="steps-post", color="tab:orange")
-    ax[1].set_xlabel("u_x"); ax[1].set_ylabel("d warped / d u_x (backward)")
-    ax[1].set_title("derivative jumps at integers")
-    for a in ax:
-        for k in range(-2, 3):
-            a.axvline(k, color="0.85", lw=0.8, zorder=0)
-    fig.tight_layout()
-    fig.savefig(out_dir / "01_bilinear_warp_kinks.png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    print(f"\nSaved {out_dir / '01_bilinear_warp.png'} and {out_dir / '01_bilinear_warp_kinks.png'}")
-    report_numbers(by_hand_vs_warp=abs(val - warped_pixel), reference_vs_fast=ref_vs_fast,
-                   gradcheck_moving=fd_moving, gradcheck_u=fd_u, gradient_vs_reference=grad_vs_ref,
-                   du_y=du[0, 0, i, j], du_x=du[0, 1, i, j])
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    p.add_argument("--out", default=None,
-                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
-    args = p.parse_args()
-    main(quick=args.quick, out_dir=args.out)
+fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+ax[0].plot(sweep, values); ax[0].set_xlabel("u_x at one pixel"); ax[0].set_ylabel("warped value")
+ax[0].set_title("piecewise linear in u_x")
+ax[1].plot(sweep, slopes, drawstyle="steps-post", color="tab:orange")
+ax[1].set_xlabel("u_x"); ax[1].set_ylabel("d warped / d u_x (backward)")
+ax[1].set_title("derivative jumps at integers")
+for a in ax:
+    for k in range(-2, 3):
+        a.axvline(k, color="0.85", lw=0.8, zorder=0)
+fig.tight_layout()
+fig.savefig(out_dir / "01_bilinear_warp_kinks.png", dpi=90, bbox_inches="tight")
+show_or_close(fig)
+print(f"\nSaved {out_dir / '01_bilinear_warp.png'} and {out_dir / '01_bilinear_warp_kinks.png'}")
+report_numbers(by_hand_vs_warp=abs(val - warped_pixel), reference_vs_fast=ref_vs_fast,
+               gradcheck_moving=fd_moving, gradcheck_u=fd_u, gradient_vs_reference=grad_vs_ref,
+               du_y=du[0, 0, i, j], du_x=du[0, 1, i, j])

@@ -6,8 +6,12 @@ Usage::
     python -m regnp.figures --quick    # shortened runs (what the test suite does)
     python -m regnp.figures --only 03  # lessons whose file name contains "03"
 
-Each lesson is a script ``lessons/NN_topic.py`` with ``main(quick, out_dir)``; it is run in a fresh
-Python process so one lesson's state (imports, RNG, Numba threads) cannot leak into the next.
+Each lesson is a script ``lessons/NN_topic.py`` that runs top to bottom (options ``--quick`` and
+``--out DIR``, read by :func:`lesson_options`); it is run in a fresh Python process so one
+lesson's state (imports, RNG, Numba threads) cannot leak into the next. Its steps are marked with
+``# %%`` lines (the "percent" cell format), so the same file opens as a notebook in VS Code or,
+with jupytext, in Jupyter; there :func:`use_script_backend` and :func:`show_or_close` show the
+figures under their cells instead of only saving them.
 
 Where figures go: full runs write ``figures/`` (the committed figures); ``--quick`` runs write the
 git-ignored ``figures/quick/``, so a quick run never overwrites a real figure; ``--out DIR``
@@ -48,6 +52,41 @@ def licensed_output_dir(out_dir=None, quick=False):
     path = lesson_output_dir(out_dir, quick) / "licensed"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def in_notebook():
+    """True inside a Jupyter kernel (a lesson opened as a notebook in Jupyter, JupyterLab or VS
+    Code), False when it runs as ``python lessons/NN_topic.py``."""
+    return "ipykernel" in sys.modules
+
+
+def lesson_options(description):
+    """A lesson's options, ``(quick, out_dir)``: ``--quick`` (the shortened run the tests use) and
+    ``--out DIR`` (figure folder, see :func:`lesson_output_dir`). In a notebook the kernel's own
+    command-line arguments are ignored, so a notebook does the full run into ``figures/``."""
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    p.add_argument("--quick", action="store_true", help="a shortened run (what the tests do)")
+    p.add_argument("--out", default=None,
+                   help="figure folder (default: figures/, or figures/quick/ with --quick)")
+    a = p.parse_known_args()[0] if in_notebook() else p.parse_args()
+    return a.quick, lesson_output_dir(a.out, a.quick)
+
+
+def use_script_backend():
+    """Draw off-screen (matplotlib's Agg backend) in a script; a notebook keeps its inline
+    backend, so figures show under their cells. Call before importing ``matplotlib.pyplot``."""
+    import matplotlib
+    if not in_notebook():
+        matplotlib.use("Agg")
+
+
+def show_or_close(fig):
+    """After saving ``fig``: show it under the cell in a notebook, close it in a script."""
+    import matplotlib.pyplot as plt
+    if in_notebook():
+        plt.show()
+    else:
+        plt.close(fig)
 
 
 def report_numbers(**numbers):

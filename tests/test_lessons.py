@@ -3,6 +3,9 @@
 Each lesson prints one line ``RESULT {json}`` (``regnp.figures.report_numbers``); ``EXPECT`` below
 states, per lesson, the bound each number must meet in quick mode."""
 import operator
+import re
+import sys
+import types
 
 import pytest
 
@@ -36,6 +39,9 @@ EXPECT = {
            "wendland6_symbol_min": (GT, 0)},
     "10": {"gradcheck_rkhs": (LT, 1e-5), "gradcheck_diffusion": (LT, 1e-5),
            "dice_after": (GT, 0.9), "pct_positive_jacobian": (GT, 99.0)},
+    "11": {"by_hand_vs_op": (LT, 1e-12), "disp_min_det": (LT, 0.0), "disp_pct_folded": (GT, 1.0),
+           "exp_min_det": (GT, 0.5), "exp_pct_folded": (LT, 1e-9),
+           "pct_positive_exp_lam0.04": (GT, 99.9)},
 }
 
 
@@ -49,6 +55,10 @@ def _check_relations(prefix, got):
             assert abs(got[f"rms_sigma{sig}"] - sig * got["scale"]) < 1e-6, got
     if prefix == "10":        # the solver improves Dice
         assert got["dice_after"] > got["dice_before"] + 0.1, got
+    if prefix == "11":        # exp(−v) inverts exp(v); integration does not add folding; it learns
+        assert got["inverse_residual"] < 0.05 * got["naive_inverse_residual"], got
+        assert got["pct_positive_exp_lam0.04"] >= got["pct_positive_disp_lam0.04"], got
+        assert got["dice_exp_lam0.04"] > got["dice_before_exp_lam0.04"] + 1.0, got
 
 
 @pytest.mark.parametrize("path", lesson_files(), ids=lambda p: p.name)
@@ -73,3 +83,30 @@ def test_quick_runs_do_not_touch_the_committed_figures():
     assert lesson_output_dir(None, quick=True) == QUICK_FIGURES
     assert lesson_output_dir(None, quick=False) == FIGURES
     assert QUICK_FIGURES.parent == FIGURES
+
+
+@pytest.mark.parametrize("path", lesson_files(), ids=lambda p: p.name)
+def test_lesson_cells_stand_alone(path):
+    """Each lesson is in the percent cell format: it starts with a ``# %%`` cell, and every cell
+    compiles on its own (a ``# %%`` line never splits a statement), so Jupyter (jupytext) and VS
+    Code can run it cell by cell."""
+    src = path.read_text()
+    assert src.startswith("# %%"), f"{path.name}: the first line must be a '# %%' cell marker"
+    cells = re.split(r"^# %%.*$", src, flags=re.M)[1:]
+    assert len(cells) >= 4, f"{path.name}: only {len(cells)} cells"
+    for k, cell in enumerate(cells):
+        compile(cell, f"{path.name} [cell {k}]", "exec")
+    assert sum("lesson_options(" in c for c in cells) == 1
+
+
+def test_lesson_options_in_a_notebook_ignore_the_kernel_arguments(monkeypatch):
+    """In a Jupyter kernel sys.argv holds the kernel's own flags (-f kernel.json, or --f=...):
+    a lesson opened as a notebook ignores them and does the full run into figures/."""
+    from regnp import figures
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    for argv in (["ipykernel_launcher.py", "-f", "/tmp/kernel-1.json"],
+                 ["ipykernel_launcher.py", "--f=/tmp/kernel-1.json"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert figures.lesson_options("test") == (False, figures.FIGURES)
+    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "--quick", "-f", "k.json"])
+    assert figures.lesson_options("test") == (True, figures.QUICK_FIGURES)
