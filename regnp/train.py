@@ -10,7 +10,8 @@ before and after registration on held-out pairs. Everything a VoxelMorph user lo
 
 Outputs in ``--out``: ``checkpoint.npz`` (weights, Adam state, step and options in one file,
 replaced atomically every ``--save-every`` steps and at the end; the one before it is kept as
-``checkpoint.prev.npz``), ``loss_curve.png``, ``log.jsonl`` (one line per logged step).
+``checkpoint.prev.npz``), ``loss_curve.png``, ``log.jsonl`` (one line per logged step) and
+``example.png`` (a held-out pair registered, as the paper's Fig. 2, with the learned filter).
 Batches are drawn from a permutation of the training pairs seeded by (seed, epoch), so a resumed
 run sees exactly the batches the uninterrupted run would have seen, and ends with the same
 parameters.
@@ -615,6 +616,69 @@ def plot_history(history, path, title=""):
     plt.close(fig)
 
 
+def save_example(path, model, ds, i=0, title=""):
+    """One pair registered by ``model``, as the paper's Fig. 2 (fixed, moving, registered, the
+    deformed grid with folds in red, |F − M| and |F − warped|), plus the learned 13×13 filter for
+    Meta-Reg. Returns the pair's Dice before and after (%)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics import dice, jacobian_determinant
+    from .ops.warp import warp_nearest
+    b = ds.batch([i])
+    warped, u, _ = model.forward(b["fixed"], b["moving"])
+    F, M, Wd, U = b["fixed"][0, 0], b["moving"][0, 0], warped[0, 0], u[0]
+    det = jacobian_determinant(U)
+    labels = list(ds.eval_labels)
+    before = 100 * dice(b["fixed_mask"][0, 0], b["moving_mask"][0, 0], labels=labels)["mean"]
+    after = 100 * dice(b["fixed_mask"][0, 0], warp_nearest(b["moving_mask"], u)[0, 0],
+                       labels=labels)["mean"]
+    filt = getattr(getattr(model, "meta", None), "effective_filter", None)
+    ncol = 4 if filt is not None else 3
+    fig, ax = plt.subplots(2, ncol, figsize=(3.6 * ncol, 7.4))
+    for a, img, t in ((ax[0, 0], F, "fixed"), (ax[0, 1], M, f"moving (Dice {before:.1f} %)"),
+                      (ax[0, 2], Wd, f"registered (Dice {after:.1f} %)")):
+        a.imshow(img, cmap="gray", vmin=0, vmax=1)
+        a.set_title(t, fontsize=10)
+    H, W = F.shape
+    step = max(4, min(H, W) // 24)
+    yy, xx = np.mgrid[:H, :W].astype(np.float64)
+    py, px = yy + U[0], xx + U[1]                          # φ(p) = p + u(p)
+    ax[1, 0].imshow(F, cmap="gray", vmin=0, vmax=1, alpha=0.35)
+    for r in range(0, H, step):
+        ax[1, 0].plot(px[r], py[r], "-", color="tab:orange", lw=0.6)
+    for c in range(0, W, step):
+        ax[1, 0].plot(px[:, c], py[:, c], "-", color="tab:orange", lw=0.6)
+    fy, fx = np.nonzero(det <= 0)
+    ax[1, 0].plot(fx, fy, "r.", ms=1)
+    ax[1, 0].set_xlim(0, W - 1)
+    ax[1, 0].set_ylim(H - 1, 0)
+    ax[1, 0].set_title(f"φ = id + u ({100 * np.mean(det > 0):.2f} % det > 0)", fontsize=10)
+    d0, d1 = np.abs(F - M), np.abs(F - Wd)
+    vmax = max(float(d0.max()), 1e-6)
+    ax[1, 1].imshow(d0, cmap="magma", vmin=0, vmax=vmax)
+    ax[1, 1].set_title(f"|F − M|, mean {d0.mean():.4f}", fontsize=10)
+    ax[1, 2].imshow(d1, cmap="magma", vmin=0, vmax=vmax)
+    ax[1, 2].set_title(f"|F − registered|, mean {d1.mean():.4f}", fontsize=10)
+    if filt is not None:
+        K = np.asarray(filt())[0]
+        m = float(np.abs(K).max())
+        im = ax[0, 3].imshow(K, cmap="RdBu_r", vmin=-m, vmax=m)
+        plt.colorbar(im, ax=ax[0, 3], fraction=0.046)
+        ax[0, 3].set_title(f"learned K̃ ({K.shape[0]}×{K.shape[1]}, sum {K.sum():.2f})", fontsize=10)
+        ax[1, 3].imshow(np.hypot(U[0], U[1]), cmap="viridis")
+        ax[1, 3].set_title("|u| (pixels)", fontsize=10)
+    for a in ax.ravel():
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return before, after
+
+
 def _config_for_resume(a):
     """The run's config when continuing ``--out``: the checkpoint's own options, with the ones
     the user typed checked against them (only ``SAFE_ON_RESUME`` options may differ)."""
@@ -681,8 +745,13 @@ def main(argv=None):
               f"Dice before {s['dice_before']['mean']:.2f} ± {s['dice_before']['std']:.2f} %, "
               f"after {s['dice_after']['mean']:.2f} ± {s['dice_after']['std']:.2f} %; "
               f"|J|>0 {s['pct_positive_jacobian']['mean']:.2f} %")
-    print(f"checkpoint: {res['checkpoint']}; loss curve: {out / 'loss_curve.png'}; test-set "
-          f"scores: python -m regnp.evaluate --checkpoint {out}")
+    if res["val_ds"] is not None:
+        save_example(out / "example.png", res["model"], res["val_ds"], 0,
+                     f"{config['model']} after {res['steps_done']} steps: a held-out "
+                     f"{config['data']['dataset']} pair (σ = {config['data']['sigma']:g})")
+    print(f"checkpoint: {res['checkpoint']}; loss curve: {out / 'loss_curve.png'}"
+          f"{'; an example pair: ' + str(out / 'example.png') if res['val_ds'] is not None else ''}"
+          f"; test-set scores: python -m regnp.evaluate --checkpoint {out}")
 
 
 if __name__ == "__main__":
