@@ -110,9 +110,10 @@ def _jobs_of(results, setting, variant, lam=LAMBDA, calibration=False):
     return sorted(out, key=lambda m: m["config"].get("seed", 0))
 
 
-def cell(results, setting, variant, test, lam=LAMBDA):
-    """Pooled statistics of one table cell, or None when no seed has finished."""
-    jobs = [m for m in _jobs_of(results, setting, variant, lam) if test in m["tests"]]
+def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
+    """Pooled statistics of one table cell, or None when no seed has finished (``calibration``:
+    the long runs of the `steps` protocol instead of the grid's jobs)."""
+    jobs = [m for m in _jobs_of(results, setting, variant, lam, calibration) if test in m["tests"]]
     if not jobs:
         return None
     pairs = [m["tests"][test]["pairs"] for m in jobs]
@@ -273,6 +274,36 @@ def chosen_steps(curve, window=2000, min_gain=0.003, smooth=3):
     return None, list(zip(st.tolist(), v.tolist()))
 
 
+def _long_training_table(calib):
+    """The long runs of the `steps` protocol scored on the test pairs: does the comparison of the
+    shorter grid runs hold at (nearly) full training length?"""
+    rows = {v: jobs[0] for v, jobs in calib.items() if jobs}
+    if not rows:
+        return []
+    out = ["Long runs scored on the liver test pairs (80 pairs, one seed; the grid's jobs train "
+           "for fewer steps):", "",
+           "| Model | steps | Dice σ_test = 16 (%) | \\|J\\|>0 (%) | Dice σ_test = 10 (%) | \\|J\\|>0 (%) |",
+           "|---|---|---|---|---|---|"]
+    cells = {}
+    for v, m in rows.items():
+        one = {m["config"]["name"]: m}
+        c16 = cell(one, "liver16", v, "s16", calibration=True)
+        c10 = cell(one, "liver16", v, "s10", calibration=True)
+        cells[v] = c16
+        out.append(f"| {VARIANTS[v][0]} | {m['train']['steps']} | {_pm(c16 and c16['dice'])} | "
+                   f"{_pm(c16 and c16['jac'])} | {_pm(c10 and c10['dice'])} | "
+                   f"{_pm(c10 and c10['jac'])} |")
+    out.append("")
+    for other in ("vm2", "ablated"):
+        if cells.get("metareg") and cells.get(other):
+            t = ttest_cells(cells["metareg"], cells[other])
+            out.append(f"Meta-Reg − {VARIANTS[other][0]} at σ 16/16 after the long runs: "
+                       f"{cells['metareg']['dice'][0] - cells[other]['dice'][0]:+.2f} Dice points "
+                       f"(Welch p = {_pvalue(None if t is None else t[1])}).")
+    out.append("")
+    return out
+
+
 def _cpu_hours(jobs):
     total = 0.0
     for m in jobs:
@@ -330,7 +361,8 @@ def write_report(root, tables_path, fig_dir):
     out.append("")
     figs = []
     # --- training length
-    calib = {v: _jobs_of(results, "liver16", v, calibration=True) for v in ("vm2", "metareg")}
+    calib = {v: _jobs_of(results, "liver16", v, calibration=True)
+             for v in ("vm2", "metareg", "ablated")}
     if any(calib.values()):
         out += ["## Training length (the `steps` protocol)", "",
                 "| Model | steps run | stopped | chosen by the rule | final val. Dice (%) |",
@@ -342,6 +374,7 @@ def write_report(root, tables_path, fig_dir):
                 out.append(f"| {VARIANTS[v][0]} | {m['train']['steps']} | {m['train']['stopped']} "
                            f"| {ch if ch else 'not reached'} | {100 * curve[-1][1]:.2f} |")
         out.append("")
+        out += _long_training_table(calib)
         figs.append(_plot_steps(calib, Path(fig_dir) / "results_training_length.png"))
     # --- tables 1-4
     for title, scen in TABLES:
