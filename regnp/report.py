@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import ttest_unpaired
-from .protocols import LAMBDA, LAMBDAS, SETTINGS, TABLE_MODELS, VARIANTS
+from .protocols import LAMBDA, LAMBDAS, SETTINGS, TABLE_MODELS, TRAIN_STEPS, VARIANTS
 
 # The paper's numbers (Al Safadi & Song, CVPR 2021), for side-by-side comparison:
 # variant: (Dice mean, std, %|J|>0 mean, std, |J|min mean, std, CPU s)
@@ -459,6 +459,9 @@ def _plot_steps(calib, path):
             ch, _ = chosen_steps(curve)
             if ch:
                 ax.axvline(ch, ls=":", color=ax.lines[-1].get_color())
+    ax.axvline(TRAIN_STEPS, color="gray", ls="--", lw=1)
+    ax.text(TRAIN_STEPS, ax.get_ylim()[0], f" grid jobs: {TRAIN_STEPS} steps\n (the stated compromise)",
+            color="gray", fontsize=8, va="bottom")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation Dice (%)")
     ax.set_title("liver σ 16: validation Dice on held-out training subjects\n(dotted: step after "
