@@ -353,6 +353,29 @@ def profile_step(name="metareg", steps=10, N=2, S=256):
     return rows, 1e3 * total
 
 
+def import_order_check(rounds=5, repeats=10, model="metareg"):
+    """Training-step time when NumPy is imported before regnp (what most scripts do) and when
+    regnp comes first, each in a fresh process, alternating for ``rounds`` rounds."""
+    import json
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "if sys.argv[1] == 'numpy_first':\n    import numpy\n"
+            "import regnp\nfrom regnp.bench_torch import measure\n"
+            "print(measure('regnp', sys.argv[2], 'step', int(sys.argv[3]), numpy_first=False)[0])")
+    out = {"numpy_first": [], "regnp_first": []}
+    for r in range(rounds):
+        order = ("numpy_first", "regnp_first") if r % 2 == 0 else ("regnp_first", "numpy_first")
+        for k in order:
+            p = subprocess.run([sys.executable, "-c", code, k, model, str(repeats)],
+                               capture_output=True, text=True, check=True)
+            out[k].append(float(p.stdout.strip().splitlines()[-1]))
+    a, b = np.array(out["numpy_first"]), np.array(out["regnp_first"])
+    out["per_round"] = (a / b).tolist()
+    out["ratio"] = float(np.median(a) / np.median(b))
+    return out
+
+
 def _median_ms(fn, repeats, warmup=1):
     """Median milliseconds of fn() over ``repeats`` runs after ``warmup`` untimed runs."""
     from regnp.metrics import Timer
@@ -422,6 +445,9 @@ def main(argv=None):
                          "regnp vs a PyTorch model of the same architecture and loss, each in its "
                          "own process (NumPy imported first), alternating A/B for --rounds rounds")
     ap.add_argument("--rounds", type=int, default=5, help="A/B rounds for --compare-torch")
+    ap.add_argument("--import-order", action="store_true",
+                    help="instead: Meta-Reg training-step time in fresh processes that import "
+                         "NumPy before regnp and regnp first, alternating; the ratio should be ~1")
     ap.add_argument("--profile", default=None, metavar="MODEL",
                     help="instead: split one training step of MODEL (metareg, vm2, ...) by op")
     args = ap.parse_args(argv)
@@ -446,6 +472,15 @@ def _run_main(args):
               f"{args.rounds} alternating rounds; ratio = regnp / torch (< 1: regnp faster)")
         print(bench_torch.format_compare(rows))
         return rows
+    if args.import_order:
+        positive_int("--rounds", args.rounds)
+        res = import_order_check(rounds=args.rounds, repeats=3 if args.quick else args.repeats)
+        print("Meta-Reg training step, batch 2, 256x256, medians per process (ms):")
+        for k in ("numpy_first", "regnp_first"):
+            print(f"  {k:<12}" + " ".join(f"{1e3 * v:7.1f}" for v in res[k]))
+        print(f"ratio numpy-first / regnp-first: {res['ratio']:.3f} (per round "
+              + " ".join(f"{r:.2f}" for r in res["per_round"]) + ")")
+        return res
     if args.profile:
         from regnp.models import MODEL_NAMES
         if args.profile not in MODEL_NAMES:

@@ -55,7 +55,9 @@ def mse_forward(pred, target):
     """
     _check_pair(pred, target)
     diff = pred - target                                              # (N, C, H, W)
-    loss = float(np.dot(diff.ravel().astype(np.float64), diff.ravel().astype(np.float64)))
+    # a float64 sum of squares without BLAS: np.dot would hand this 131k-entry product to
+    # OpenBLAS, whose threads then spin and compete with the Numba kernels that follow
+    loss = float(np.sum(np.square(diff, dtype=np.float64)))
     return loss / diff.size, (diff,)
 
 
