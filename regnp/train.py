@@ -694,7 +694,11 @@ def _config_for_resume(a):
                                 f"{', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME[:6])} "
                                 f"... may be given; drop {', '.join('--' + k.replace('_', '-') for k in typed)}")
         return {k: saved[k] for k in RUN_KEYS if k in saved}
-    args = saved["args"]
+    # an option the checkpoint does not record (an older version, or an option left at its
+    # default) had its default value in that run
+    defaults = vars(parse_args([]))
+    args = {**{k: v for k, v in defaults.items() if k not in SAFE_ON_RESUME and k != "explicit"},
+            **saved["args"]}
     flag = {"lam": "lambda", "loss": "loss", "per_channel_filter": "per-channel-filter"}
     bad = [f"--{flag.get(k, k).replace('_', '-')} {getattr(a, k)!r} (checkpoint: {args.get(k)!r})"
            for k in typed if getattr(a, k) != args.get(k)]
@@ -704,7 +708,8 @@ def _config_for_resume(a):
                             "used) or start a new run in another --out")
     merged = argparse.Namespace(**{**vars(a), **{k: v for k, v in args.items()
                                                  if k not in SAFE_ON_RESUME}})
-    return config_from_args(merged)
+    # keep the command-line record, so that a second --resume can check its options too
+    return dict(config_from_args(merged), args=saved["args"])
 
 
 def main(argv=None):

@@ -62,8 +62,8 @@ CASES = [
          "error: --resume continues the run in --out and --overwrite replaces it; give one of them",
          "--resume and --overwrite together"),
     Case("train", "--out empty_run --resume",
-         "error: checkpoint file empty_run/checkpoint.npz not found (a checkpoint is written by "
-         "python -m regnp.train into its --out folder)",
+         "error: --resume: there is no checkpoint in --out empty_run (empty_run/checkpoint.npz "
+         "not found); start a new run without --resume",
          "--resume in a folder without a checkpoint"),
     Case("train", "--out corrupt --resume",
          "error: cannot read corrupt/checkpoint.npz: …; the file is corrupt",

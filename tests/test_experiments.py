@@ -80,7 +80,7 @@ def test_kill_and_resume_a_grid(tmp_path):
     p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=150)
-    first, second = (out / c["name"] for c in jobs)
+    first, second = (out / c["name"] for c in jobs[:2])
     deadline = time.time() + 240
     try:
         while time.time() < deadline:

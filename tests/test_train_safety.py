@@ -251,3 +251,13 @@ def test_a_refused_run_writes_nothing_and_overwrite_keeps_the_old_run_until_the_
     assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
     r = cli("--resume", "--steps", "3", "--out", "nothing", "--no-progress", cwd=tmp_path)
     assert r.returncode != 0 and "start a new run without --resume" in last_line(r)
+
+
+def test_a_resumed_run_can_be_resumed_again_with_its_own_options(tmp_path):
+    r = cli(*TINY, "--steps", "2", "--val-every", "0", "--out", "run", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    for steps in ("3", "4"):                       # the record of the options survives a resume
+        r = cli("--out", "run", "--resume", "--steps", steps, "--lr", "0.001", "--integrate", "0",
+                "--no-progress", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-1500:]
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 4
