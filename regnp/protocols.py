@@ -18,6 +18,8 @@ ablation   Meta-Reg vs the network without M on liver 10/10, 16/16,        Table
 lambda     VM-2 and Meta-Reg on liver 16/16, λ ∈ {0.005 … 0.32}           Figs 3–4
 rkhs       eq. 7 exact K·α and 13×13, Meta-Reg, VM-2 and the classical     (beyond the paper)
            eq. 6 solver on liver σ 10 and 16
+diffeo     VM-2 and Meta-Reg with and without ``--integrate 7`` (velocity   (beyond the paper)
+           field, scaling and squaring) on liver σ 16/16
 =========  =============================================================  ===================
 
 Every protocol runs at 256×256, batch 2, Adam (lr 1e-3), MSE + λ·diffusion (FCN-SS: TV, as its
@@ -55,6 +57,10 @@ VARIANTS = {
                                                     "--rho2", "0"]),
     "ablated_free": ("Ablated (free 13×13, no M)", ["--model", "ablated"]),
     "ablated_nofilter": ("Ablated (no 13×13 layer)", ["--model", "ablated", "--no-filter"]),
+    # beyond the paper: the field as a stationary velocity, integrated by scaling and squaring
+    "vm2_int7": ("VoxelMorph-2, diffeomorphic (--integrate 7)", ["--model", "vm2", "--integrate", "7"]),
+    "metareg_int7": ("Meta-Reg, diffeomorphic (--integrate 7)",
+                     ["--model", "metareg", "--integrate", "7"]),
     "rkhs_exact": ("eq. 7, exact K·α", ["--model", "rkhs", "--gram", "exact"]),
     "rkhs_conv13": ("eq. 7, 13×13 K̃", ["--model", "rkhs", "--gram", "conv13"]),
 }
@@ -72,7 +78,7 @@ SETTINGS = {
 TESTS = {"chaos": [("s10", 10.0, 80), ("s16", 16.0, 80)], "acdc": [("test", None, 10_000)],
          "jsrt": [("test", None, 60)], "phantom": [("s10", 10.0, 80), ("s16", 16.0, 80)]}
 
-PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs")
+PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs", "diffeo")
 
 
 def _scale(quick):
@@ -175,6 +181,9 @@ def protocol_jobs(protocol, seeds=SEEDS, quick=False, steps=None, phantom=False,
         for lam in sorted(lams, key=lambda x: abs(x - LAMBDA)):
             for v in ("metareg", "vm2"):
                 jobs.append(job_config("liver16", v, lam=lam, seed=seeds[0], **kw))
+    elif protocol == "diffeo":
+        for v in ("metareg_int7", "vm2_int7", "metareg", "vm2"):
+            jobs.append(job_config("liver16", v, seed=seeds[0], **kw))
     elif protocol == "rkhs":
         for setting in ("liver16", "liver10"):
             for v in ("rkhs_exact", "rkhs_conv13", "metareg", "vm2"):
