@@ -394,6 +394,12 @@ def make_fixtures(root):
     cfg = dict(config_from_args(a), args=_args_record(a))       # as python -m regnp.train stores it
     run = train(cfg, 2, root / "ck", save_every=2, val_every=0, progress=False)
     assert run["steps_done"] == 2
+    # Score two pairs here, so Numba's on-disk cache holds the evaluation kernels (Jacobian,
+    # nearest warp, ...) before any subprocess runs: on a cold cache a Ctrl-C case could land
+    # inside a first compilation, where Python drops the KeyboardInterrupt (llvmlite callback).
+    from regnp.data import load_dataset
+    from regnp.evaluate import evaluate_pairs
+    evaluate_pairs(run["model"], load_dataset("phantom", "test", size=32, n_pairs=2), [0, 1])
     F, M = _blobs()
     np.save(root / "F.npy", F)
     np.save(root / "M.npy", M)
