@@ -404,7 +404,7 @@ def write_report(root, tables_path, fig_dir):
             "explicit regularization)", "", ablation_table(results), ""]
     # --- lambda
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
-    if any(pts.values()):
+    if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
         out += ["## Figs 3–4 — λ sweep, liver σ 16/16", "",
                 "| λ | VM-2 Dice (%) | Meta-Reg Dice (%) | VM-2 \\|J\\|>0 (%) | Meta-Reg \\|J\\|>0 (%) |",
                 "|---|---|---|---|---|"]
