@@ -31,7 +31,7 @@ from .grid import GridError
 
 # Training length for every protocol. The `steps` protocol measured the rule's answer (the step
 # after which validation Dice gains < 0.3 points per 2,000 steps): 15,000 for VoxelMorph-2 and
-# 15,500 for Meta-Reg (stopped at 19,000 and 19,500). At 15,500 steps the full grid (66 jobs) would
+# 15,500 for Meta-Reg (stopped at 19,000 and 19,500). At 15,500 steps the full grid (68 jobs) would
 # need about 50 CPU hours on 2 cores, four times the ~12-hour budget; at 6,000 it needs about 20.
 # The compromise (stated in the README): every grid job trains 6,000 steps — where validation
 # Dice was within ~1.5 (VM-2) and ~2 (Meta-Reg) points of its value at 15,000+ — and the
