@@ -174,10 +174,8 @@ def _prep_integrate(downsize, N=2, S=256, steps=7):
     return fwd, fb
 
 
-def _prep_model(name, N=2, S=256, **options):
-    """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
-    (model forward, loss, backward, Adam update). ``options`` go to ``build_model`` (e.g.
-    ``integrate=7``)."""
+def _training_setup(name, N=2, S=256, **options):
+    """(model, objective, Adam, F, M) for timing ``name`` at batch N, S×S (random images)."""
     from regnp.models import Objective, build_model
     from regnp.nn.optim import Adam
     model = build_model(name, seed=0, **options)
@@ -187,6 +185,14 @@ def _prep_model(name, N=2, S=256, **options):
     rng = np.random.default_rng(0)
     F = rng.random((N, 1, S, S), dtype=np.float32)
     M = rng.random((N, 1, S, S), dtype=np.float32)
+    return model, obj, opt, F, M
+
+
+def _prep_model(name, N=2, S=256, **options):
+    """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
+    (model forward, loss, backward, Adam update). ``options`` go to ``build_model`` (e.g.
+    ``integrate=7``)."""
+    model, obj, opt, F, M = _training_setup(name, N, S, **options)
 
     def infer():
         model.forward(F[:1], M[:1])
@@ -293,17 +299,9 @@ def profile_step(name="metareg", steps=10, N=2, S=256):
     import regnp.models.objective as objective
     import regnp.nn.metareg as metareg
     import regnp.nn.unet as unet
-    from regnp.models import Objective, build_model
     from regnp.nn.layers import Conv2d, ConvTranspose2d, UpsampleNearest2x
     from regnp.nn.metareg import MetaRegConv
-    from regnp.nn.optim import Adam
-    model = build_model(name, seed=0)
-    meta = name == "metareg"
-    obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
-    opt = Adam(model, lr=1e-4)
-    rng = np.random.default_rng(0)
-    F = rng.random((N, 1, S, S), dtype=np.float32)
-    M = rng.random((N, 1, S, S), dtype=np.float32)
+    model, obj, opt, F, M = _training_setup(name, N, S)
 
     def step():
         model.zero_grad()

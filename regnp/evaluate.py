@@ -21,8 +21,12 @@ from ._cli import CLIError, check_output_folder, check_size_divisible, finite_fl
 OUTPUTS = ("metrics.json", "table.md")
 
 
-def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate"):
-    """Register the pairs ``indices`` of ``ds`` one at a time; returns a list of records."""
+def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate", register=None):
+    """Register the pairs ``indices`` of ``ds`` one at a time; returns a list of records.
+
+    ``register``: optional ``register(fixed, moving) -> u`` used instead of ``model.forward``
+    (e.g. the classical eq. 6 solver, which has no model), so every method is scored by the
+    same code."""
     from tqdm import tqdm
 
     from .metrics import dice, folding_stats
@@ -35,7 +39,7 @@ def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate"):
         b = ds.batch([i])
         F, M = b["fixed"], b["moving"]
         t0 = time.perf_counter()
-        warped, u, _ = model.forward(F, M)
+        u = model.forward(F, M)[1] if register is None else register(F, M)
         sec = time.perf_counter() - t0
         fm, mm = b["fixed_mask"][0, 0], b["moving_mask"][0, 0]
         wm = warp_nearest(b["moving_mask"], u)[0, 0]

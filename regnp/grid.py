@@ -264,35 +264,19 @@ def _test_record(recs):
 
 
 def _run_solver_job(config, folder, data_root):
-    """The classical eq. 6 solver (L-BFGS over α, Gaussian kernel) on each test set's pairs."""
+    """The classical eq. 6 solver (L-BFGS over α, Gaussian kernel) on each test set's pairs,
+    scored by the same ``evaluate_pairs`` as the networks."""
     from .data import load_dataset
-    from .metrics import dice, folding_stats
-    from .ops.warp import warp_nearest
+    from .evaluate import evaluate_pairs
     from .rkhs.solver import register_rkhs
     t0 = time.time()
     tests = {}
     for t in config["tests"]:
         ds = load_dataset(t["dataset"], "test", data_root=data_root, size=config["size"],
                           sigma=t.get("sigma", 10.0))
-        report = list(ds.report_labels)
-        recs = []
-        for n, i in enumerate(range(min(t["pairs"], len(ds)))):
-            b = ds.batch([i])
-            t1 = time.perf_counter()
-            r = register_rkhs(b["fixed"], b["moving"], width=config["kernel_width"])
-            sec = time.perf_counter() - t1
-            fm, mm = b["fixed_mask"][0, 0], b["moving_mask"][0, 0]
-            wm = warp_nearest(b["moving_mask"], r.u)[0, 0]
-            before = dice(fm, mm, labels=report)["per_label"]
-            after = dice(fm, wm, labels=report)["per_label"]
-            fold = folding_stats(r.u[0])
-            recs.append({"id": b["ids"][0],
-                         "dice_before": float(sum(before[k] for k in ds.eval_labels) / len(ds.eval_labels)),
-                         "dice_after": float(sum(after[k] for k in ds.eval_labels) / len(ds.eval_labels)),
-                         "dice_before_per_label": {str(k): before[k] for k in report},
-                         "dice_after_per_label": {str(k): after[k] for k in report},
-                         "pct_positive_jacobian": float(fold["pct_positive"]),
-                         "min_jacobian": float(fold["min_det"]), "seconds": sec if n else None})
+        recs = evaluate_pairs(None, ds, range(min(t["pairs"], len(ds))),
+                              register=lambda F, M: register_rkhs(
+                                  F, M, width=config["kernel_width"]).u)
         tests[t["name"]] = _test_record(recs)
     metrics = {"format": JOB_FORMAT, "config": config, "key": job_key(config),
                "train": None, "tests": tests, "machine": machine_info(), "commit": git_commit(),
