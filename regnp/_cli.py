@@ -11,14 +11,18 @@ inputs is ``docs/ERRORS.md``):
 This module imports only the standard library, so option checks run before the heavy imports
 (Numba, SciPy, matplotlib) and a mistyped option fails in a fraction of a second.
 """
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 __all__ = ["CLIError", "positive_int", "nonnegative_int", "finite_float", "nearest_multiples",
-           "check_size_divisible", "check_output_folder", "check_output_file", "run_cli"]
+           "check_size_divisible", "check_output_folder", "check_output_file", "run_cli",
+           "ctrl_c_delivered", "interrupt_handled"]
 
 INTERRUPTED_EXIT = 130          # the shell's convention for "terminated by SIGINT"
 
@@ -149,6 +153,65 @@ def _close_progress_bars():
             pass
 
 
+# --------------------------------------------------------------------------------- Ctrl-C delivery
+# Python turns SIGINT into a KeyboardInterrupt raised at the next bytecode boundary of the main
+# thread. If that boundary lies inside a ``__del__`` run by the garbage collector — llvmlite frees
+# compiler objects that way all through a Numba compilation, which is the first seconds of every
+# tool — the exception is printed as "Exception ignored in ..." and dropped, and the tool runs on
+# to the end as if the key had never been pressed. So after a Ctrl-C we raise again every
+# ``_RETRY_SECONDS`` (an interval timer, SIGALRM) until some ``except KeyboardInterrupt`` has seen
+# it and called ``interrupt_handled()``.
+_RETRY_SECONDS = 0.25
+_pending = [False]            # a Ctrl-C was raised and no handler has acknowledged it yet
+
+
+def interrupt_handled():
+    """Acknowledge a Ctrl-C: stop re-raising it. Call first thing in an ``except
+    KeyboardInterrupt`` that does work (saving a checkpoint) before it re-raises or exits."""
+    _pending[0] = False
+    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextlib.contextmanager
+def ctrl_c_delivered():
+    """Inside this block a Ctrl-C is never lost (see the comment above): the KeyboardInterrupt is
+    raised again every 0.25 s until a handler calls :func:`interrupt_handled`. Does nothing off the
+    main thread, on systems without ``setitimer`` (Windows), or when SIGINT is ignored (a job
+    started with ``&`` from a script must stay immune to Ctrl-C, as it was)."""
+    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+              and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    if not usable:
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        _pending[0] = True
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS, _RETRY_SECONDS)
+        raise KeyboardInterrupt
+
+    def on_alarm(signum, frame):
+        if _pending[0]:
+            raise KeyboardInterrupt
+
+    def on_unraisable(info, previous=sys.unraisablehook):
+        # the dropped KeyboardInterrupt would print a traceback ("Exception ignored in ...");
+        # it is not lost any more, so say nothing. Anything else goes to the usual hook.
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            previous(info)
+
+    old_int = signal.signal(signal.SIGINT, on_sigint)
+    old_alarm = signal.signal(signal.SIGALRM, on_alarm)
+    old_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
+    try:
+        yield
+    finally:
+        interrupt_handled()
+        sys.unraisablehook = old_hook
+        signal.signal(signal.SIGALRM, old_alarm)
+        signal.signal(signal.SIGINT, old_int)
+
+
 def run_cli(body, interrupted="nothing was written", return_status=False):
     """Run ``body()`` as a command-line tool: bad input (ValueError, TypeError, missing or
     unwritable files) becomes one ``error:`` line and exit status 1; Ctrl-C one line and exit
@@ -170,8 +233,10 @@ def run_cli(body, interrupted="nothing was written", return_status=False):
 
     previous, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
-        return body()
+        with ctrl_c_delivered():
+            return body()
     except KeyboardInterrupt:
+        interrupt_handled()
         said = interrupted() if callable(interrupted) else interrupted
         _close_progress_bars()
         return fail(f"interrupted (Ctrl-C); {said}", INTERRUPTED_EXIT)

@@ -177,6 +177,13 @@ def _positive_int(text):
 
 
 def main(argv=None):
+    """The command line; a Ctrl-C during it is never lost (``_cli.ctrl_c_delivered``)."""
+    from ._cli import ctrl_c_delivered
+    with ctrl_c_delivered():
+        return _main(argv)
+
+
+def _main(argv=None):
     from .protocols import PROTOCOLS, SEEDS
     p = argparse.ArgumentParser(prog="python -m regnp.experiments",
                                 description=__doc__.splitlines()[0])
@@ -251,6 +258,8 @@ def main(argv=None):
         print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.experiments report "
               f"--out {out}")
     except KeyboardInterrupt:
+        from ._cli import interrupt_handled
+        interrupt_handled()
         sys.exit("interrupted: finished jobs are saved, interrupted ones resume from their "
                  "checkpoints; run the same command again to continue")
     except (GridError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:

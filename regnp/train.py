@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import count_nonfinite
+from ._cli import interrupt_handled
 from .checkpoint import CheckpointError, backup_path, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_pairs, summarize_records
 from .models import MODEL_NAMES, Objective, build_model
@@ -576,6 +577,7 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
     except KeyboardInterrupt:
         # Ctrl-C: keep the work done so far, unless it landed inside an Adam update (then the
         # parameters are a mix of two steps and the previous checkpoint is the consistent one)
+        interrupt_handled()         # no second KeyboardInterrupt inside the save below
         if not updating and completed > start and completed != last_saved and above == 0:
             save(completed)
             print(f"\ninterrupted: saved step {completed} to {ck_path}; continue with --resume",
@@ -713,6 +715,13 @@ def _config_for_resume(a):
 
 
 def main(argv=None):
+    """The command line; a Ctrl-C during it is never lost (``_cli.ctrl_c_delivered``)."""
+    from ._cli import ctrl_c_delivered
+    with ctrl_c_delivered():
+        return _main(argv)
+
+
+def _main(argv=None):
     a = parse_args(argv)
     try:
         check_options(a)
@@ -735,6 +744,7 @@ def main(argv=None):
                     log_every=a.log_every, progress=not a.no_progress, overwrite=a.overwrite,
                     divergence_patience=a.divergence_patience)
     except KeyboardInterrupt:
+        interrupt_handled()
         sys.exit("interrupted (Ctrl-C); continue with the same command and --resume")
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
