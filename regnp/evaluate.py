@@ -45,13 +45,16 @@ def evaluate_pairs(model, ds, indices=None, progress=False, desc="evaluate", reg
         wm = warp_nearest(b["moving_mask"], u)[0, 0]
         before = dice(fm, mm, labels=report)["per_label"]
         after = dice(fm, wm, labels=report)["per_label"]
+        # A reported organ the fixed slice does not show has no overlap to measure: record None
+        # (dice() would say 1.0 when the warped mask has none either, and inflate the mean).
+        shown = {k: bool((fm == k).any()) for k in report}
         fold = folding_stats(u[0])
         records.append({
             "id": b["ids"][0],
             "dice_before": float(np.mean([before[k] for k in labels])),
             "dice_after": float(np.mean([after[k] for k in labels])),
-            "dice_before_per_label": {str(k): before[k] for k in report},
-            "dice_after_per_label": {str(k): after[k] for k in report},
+            "dice_before_per_label": {str(k): before[k] if shown[k] else None for k in report},
+            "dice_after_per_label": {str(k): after[k] if shown[k] else None for k in report},
             "pct_positive_jacobian": float(fold["pct_positive"]),
             "min_jacobian": float(fold["min_det"]),
             "seconds": sec if n > 0 else None,             # first pair warms up (compilation)
@@ -71,11 +74,15 @@ def summarize_records(records):
            "pct_positive_jacobian": ms("pct_positive_jacobian"),
            "min_jacobian": ms("min_jacobian")}
     labels = records[0]["dice_after_per_label"].keys() if records else []
+
+    def over_shown(lab, when):         # pairs whose fixed slice shows the organ (not None)
+        v = [100 * r[f"dice_{when}_per_label"][lab] for r in records
+             if r[f"dice_{when}_per_label"][lab] is not None]
+        return dict(zip(("mean", "std"), summarize(v) if v else (float("nan"),) * 2))
     out["per_label"] = {lab: {
-        "before": dict(zip(("mean", "std"), summarize(
-            [100 * r["dice_before_per_label"][lab] for r in records]))),
-        "after": dict(zip(("mean", "std"), summarize(
-            [100 * r["dice_after_per_label"][lab] for r in records])))} for lab in labels}
+        "n_pairs": sum(r["dice_after_per_label"][lab] is not None for r in records),
+        "before": over_shown(lab, "before"), "after": over_shown(lab, "after")}
+        for lab in labels}
     secs = [r["seconds"] for r in records if r["seconds"] is not None]
     out["seconds_per_pair_median"] = float(np.median(secs)) if secs else None
     return out
