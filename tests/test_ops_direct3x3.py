@@ -9,7 +9,8 @@ import pytest
 
 from regnp.gradcheck import check_vjp
 from regnp.ops import _direct3x3 as d3
-from regnp.ops.conv import (Workspace, _Direct3x3Cache, _Direct3x3S2Cache, _direct3x3_forward,
+from regnp.ops.conv import (Workspace, _Direct3x3Cache, _Direct3x3FewCache, _Direct3x3S2Cache,
+                            _direct3x3_forward,
                             conv2d_backward, conv2d_backward_reference, conv2d_forward,
                             conv2d_forward_reference)
 from regnp.ops.depthwise import (depthwise_conv2d_backward, depthwise_conv2d_backward_reference,
@@ -200,6 +201,99 @@ def test_float32_conv2d_takes_the_direct_path_and_matches(stride):
         got = conv2d_backward(dout.astype(np.float32), cache)
         dz = np.where(_leaky(ref, 0.2) <= 0, 0.2 * dout, dout)
         for g, r in zip(got, conv2d_backward_reference(dz, rcache)):
+            assert g.dtype == np.float32
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-3)
+
+
+# ------------------------------------------------ 1-2 output channels (the flow head) ---
+# (N, Ci, Co, H, W): odd and non-square; W = 1, 2 (no interior columns), 3; H = 1, 2 (no row
+# with all three input rows); Co = 1 leaves half of the 2-channel block unused
+FEW_SHAPES = [(2, 3, 2, 7, 5), (2, 2, 1, 9, 130), (3, 1, 2, 1, 4), (2, 2, 2, 2, 1),
+              (2, 3, 1, 5, 2), (2, 2, 2, 4, 3), (2, 3, 2, 11, 129)]
+
+
+@pytest.mark.parametrize("shape", FEW_SHAPES)
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("mode", ["plain", "bias_act"])
+def test_few_out_kernels_match_reference_float64(shape, rows, mode):
+    """``conv3x3_few_out`` against ``conv3x3_reference``; its fused backward against
+    ``conv3x3_backward_reference`` (with the LeakyReLU mask when an activation is fused)."""
+    N, Ci, Co, H, W = shape
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, Ci, H, W))
+    w = rng.standard_normal((Co, Ci, 3, 3))
+    b = rng.standard_normal(Co)
+    act = 0.2 if mode == "bias_act" else None
+    out = np.full((N, Co, H, W), np.nan)
+    d3.conv3x3_few_out(x, w, out, rows=rows, bias=b if act else None, act=act)
+    want = d3.conv3x3_reference(x, w, bias=b if act else None, act=act)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    J = N * (-(-H // rows))
+    dx = np.full(x.shape, np.nan)
+    dwp = np.full((J, 2, Ci, 3, 3), np.nan)
+    dbp = np.full((J, 2), np.nan)
+    d3.conv3x3_few_out_backward(dout, x, w, dx, dwp, dbp, rows=rows,
+                                act_out=out if act else None, act=act)
+    dz = dout if act is None else np.where(out <= 0, act * dout, dout)
+    rdx, rdw, rdb = d3.conv3x3_backward_reference(x, w, dz)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dwp[:, :Co].sum(axis=0), rdw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dbp[:, :Co].sum(axis=0), rdb, rtol=1e-12, atol=1e-12)
+
+
+def test_stride1_backward_reference_agrees_with_the_conv2d_loop_reference():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 5, 4))
+    w = rng.standard_normal((2, 3, 3, 3))
+    _, rcache = conv2d_forward_reference(x, w, np.zeros(2), 1, 1)
+    dz = rng.standard_normal((2, 2, 5, 4))
+    for got, want in zip(d3.conv3x3_backward_reference(x, w, dz),
+                         conv2d_backward_reference(dz, rcache)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", [None, 0.2])
+def test_few_out_path_float64_matches_reference_and_gradcheck(act):
+    """Co <= 2 with W >= 128 takes the tile-free path; forward, dx, dw, db against the loop
+    references, and every argument against central differences."""
+    N, C, Co, H, W = 2, 2, 2, 3, 129
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((Co, C, 3, 3))
+    b = rng.standard_normal(Co)
+    out, cache = _direct3x3_forward(x, w, b, stride=1, act=act, work=Workspace())
+    assert isinstance(cache, _Direct3x3FewCache)
+    ref, rcache = conv2d_forward_reference(x, w, b, 1, 1)
+    np.testing.assert_allclose(out, _leaky(ref, act), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    dz = dout if act is None else np.where(out <= 0, act * dout, dout)
+    dx, dw, db = conv2d_backward(dout, cache)
+    for got, want in zip((dx, dw, db), conv2d_backward_reference(dz, rcache)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+    def f():
+        return _direct3x3_forward(x, w, b, stride=1, act=act, work=Workspace())[0]
+    assert check_vjp(f, x, dx, dout, h=1e-5, max_entries=300) < 1e-6
+    assert check_vjp(f, w, dw, dout, h=1e-5) < 1e-6
+    assert check_vjp(f, b, db, dout, h=1e-5) < 1e-6
+
+
+def test_float32_flow_head_takes_the_few_out_path_and_matches():
+    rng = np.random.default_rng(10)
+    ws = Workspace()
+    for shape, Co in [((2, 4, 9, 130), 2), ((3, 3, 5, 128), 1), ((2, 4, 9, 130), 2)]:
+        x = rng.standard_normal(shape)
+        w = rng.standard_normal((Co, shape[1], 3, 3))
+        b = rng.standard_normal(Co)
+        out, cache = conv2d_forward(x.astype(np.float32), w.astype(np.float32),
+                                    b.astype(np.float32), 1, 1, work=ws)
+        assert out.dtype == np.float32 and isinstance(cache, _Direct3x3FewCache)
+        ref, rcache = conv2d_forward_reference(x, w, b, 1, 1)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+        dout = rng.standard_normal(out.shape)
+        got = conv2d_backward(dout.astype(np.float32), cache)
+        for g, r in zip(got, conv2d_backward_reference(dout, rcache)):
             assert g.dtype == np.float32
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-3)
 

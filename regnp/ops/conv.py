@@ -388,6 +388,18 @@ class _Direct3x3Cache(NamedTuple):
     work: Workspace
 
 
+class _Direct3x3FewCache(NamedTuple):
+    """conv2d with 3×3, stride 1, pad 1 and 1–2 output channels (the flow head) on the tile-free
+    kernels of ``_direct3x3.py`` (``conv3x3_few_out``)."""
+    x: np.ndarray              # the input itself (not a copy)
+    w: np.ndarray              # (Co <= 2, C, 3, 3)
+    has_bias: bool
+    act: object                # None or the fused LeakyReLU slope
+    y: object                  # the activated output or None
+    rows: int                  # output rows per parallel job
+    work: Workspace
+
+
 class _Direct3x3S2Cache(NamedTuple):
     """conv2d on the direct 3×3 stride-2 pad-1 kernels (``_direct3x3_s2.py``)."""
     x_tiles: np.ndarray        # (jobs, C, 4·(rows + 1)·(Wo + 2)) phase rows of x per job
@@ -482,6 +494,8 @@ def conv2d_backward(dout, cache):
         return _direct3x3_backward(dout, cache)
     if isinstance(cache, _Direct3x3S2Cache):
         return _direct3x3_s2_backward(dout, cache)
+    if isinstance(cache, _Direct3x3FewCache):
+        return _direct3x3_few_backward(dout, cache)
     return _gemm_conv2d_backward(dout, cache)
 
 
@@ -517,6 +531,14 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
     N, C, H, W = x.shape
     Co = w.shape[0]
     dt = x.dtype
+    if stride == 1 and Co <= 2 and W >= 128:
+        # the flow head: too few multiply-adds per input value for tiles to pay (see
+        # ``_direct3x3.py``, "Layers with 1 or 2 output channels")
+        rows = direct3x3.rows_per_job(N, H, W, C)
+        out = np.empty((N, Co, H, W), dtype=dt)                 # (N, Co, H, W)
+        direct3x3.conv3x3_few_out(x, w, out, rows=rows, bias=b, act=act)
+        return out, _Direct3x3FewCache(x=x, w=w, has_bias=b is not None, act=act,
+                                       y=out if act is not None else None, rows=rows, work=work)
     if stride == 1:
         rows = direct3x3.rows_per_job(N, H, W, C)
         tiles = work.get("xtiles", (N * (-(-H // rows)), C, (rows + 2) * (W + 2)), dt)
@@ -555,6 +577,25 @@ def _direct3x3_backward(dout, c):
     direct3x3.conv3x3_dw(c.x_tiles, dz_tiles, dw_part, db_part, height=H, width=W, rows=c.rows)
     dw = dw_part[:, :Co].sum(axis=0)                           # (Co, C, 3, 3)
     db = db_part.sum(axis=0) if c.has_bias else None           # (Co,)
+    return dx, dw, db
+
+
+def _direct3x3_few_backward(dout, c):
+    """``conv2d_backward`` for the tile-free 1–2 output channel path (``c``:
+    ``_Direct3x3FewCache``): dx, dw and db in one fused pass (``conv3x3_few_out_backward``)."""
+    N, C, H, W = c.x.shape
+    Co = c.w.shape[0]
+    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, Co, H, W))
+    dt = c.w.dtype
+    dout = np.ascontiguousarray(dout)
+    jobs = N * (-(-H // c.rows))
+    dw_part = c.work.get("dw_partial_few", (jobs, 2, C, 3, 3), dt)
+    db_part = c.work.get("db_partial_few", (jobs, 2), dt)
+    dx = np.empty(c.x.shape, dt)                               # (N, C, H, W)
+    direct3x3.conv3x3_few_out_backward(dout, c.x, c.w, dx, dw_part, db_part, rows=c.rows,
+                                       act_out=c.y, act=c.act)
+    dw = dw_part[:, :Co].sum(axis=0)                           # (Co, C, 3, 3)
+    db = db_part[:, :Co].sum(axis=0) if c.has_bias else None   # (Co,)
     return dx, dw, db
 
 
