@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_positive_int, count_nonfinite
+from .._checks import check_array, check_positive_int
 from . import _blas
 from . import _direct3x3 as direct3x3
 from . import _direct3x3_s2 as direct3x3_s2
@@ -345,18 +345,11 @@ def _taps_major(w):
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, A, B)
 
 
-def _check_common(x, w, b, stride, pad, w_in_axis, what, x_finite=True):
-    """Validate the arguments shared by conv2d and conv_transpose2d; with ``x_finite=False``
-    the NaN/Inf scan of x is left to the caller (w and b are still scanned, and an error about
-    them is preceded by the x scan, so the first error named is the one it always was)."""
-    check_array("x", x, ndim=4, finite=x_finite)
-    try:
-        check_array("w", w, ndim=4, dtype=x.dtype)
-        if b is not None:
-            check_array("b", b, ndim=1, dtype=x.dtype)
-    except ValueError:
-        check_array("x", x)
-        raise
+def _check_common(x, w, b, stride, pad, w_in_axis, what):
+    check_array("x", x, ndim=4)
+    check_array("w", w, ndim=4, dtype=x.dtype)
+    if b is not None:
+        check_array("b", b, ndim=1, dtype=x.dtype)
     stride = check_positive_int("stride", stride)
     if not isinstance(pad, (int, np.integer)) or isinstance(pad, bool) or pad < 0:
         raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
@@ -460,34 +453,19 @@ def conv2d_forward(x, w, b=None, stride=1, pad=None, act=None, work=None):
     """
     if pad is None and isinstance(w, np.ndarray) and w.ndim == 4:
         pad = (w.shape[2] - 1) // 2
-    stride, pad = _check_common(x, w, b, stride, 0 if pad is None else pad, 1, "conv2d",
-                                x_finite=False)
+    stride, pad = _check_common(x, w, b, stride, 0 if pad is None else pad, 1, "conv2d")
     if b is not None and b.shape[0] != w.shape[0]:
         raise ValueError(f"b has shape {b.shape} but w has {w.shape[0]} output channels")
     if act is not None and not (act >= 0):
         raise ValueError(f"act (LeakyReLU slope) must be >= 0 or None, got {act!r}")
+    work = Workspace() if work is None else work
+    x = np.ascontiguousarray(x)                # (a view such as x[:, 1:3] is copied once)
     N, C, H, W = x.shape
     Co, _, kh, kw = w.shape
     g = _Geom(H, W, kh, kw, stride, pad)
     dt = x.dtype
-    direct = (kh, kw, pad) == (3, 3, 1) and stride in (1, 2) and dt == np.float32
-    # The NaN/Inf scan of x. On the direct 3×3 paths every input value is multiplied by a
-    # (finite, checked) weight into at least one output, and a NaN/Inf never sums back to a
-    # finite value (the kernels' fastmath allows only contraction and reassociation), so
-    # "x has a NaN/Inf" implies "out has one": when the output is the smaller array we scan it
-    # instead, and scan x only if it is not finite — the same error, with the same count, for
-    # an 8× smaller read on the flow head (16 -> 2 channels). (out is then computed before the
-    # error is raised.)
-    scan_out = direct and g.Ho * g.Wo * Co < x.size // N
-    if not scan_out:
-        check_array("x", x)
-    work = Workspace() if work is None else work
-    x = np.ascontiguousarray(x)                # (a view such as x[:, 1:3] is copied once)
-    if direct:
-        out, cache = _direct3x3_forward(x, w, b, stride=stride, act=act, work=work)
-        if scan_out and count_nonfinite(out):
-            check_array("x", x)                # raises when x holds the NaN/Inf
-        return out, cache
+    if (kh, kw, pad) == (3, 3, 1) and stride in (1, 2) and dt == np.float32:
+        return _direct3x3_forward(x, w, b, stride=stride, act=act, work=work)
 
     src = work.get("src", (N, g.n_phases, C, g.phase_len), dt)   # padded phases of x
     to_phases(x, src, stride=stride, pad=pad, phase_h=g.phase_h, wide_w=g.wide_w)
