@@ -200,27 +200,44 @@ def _conv3x3s2_fwd_kernel(x, wpk, bias, use_bias, slope, use_act, R, tiles, out)
                             out[n, o, r0 + rr, j] = v
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
 def _grad_planes_kernel(dout, y, slope, use_act, gp, rowsum):
     """gp (N, Co, (Ho + 2)·Wq): zeros, with dz = dout · (1 if y > 0 else slope) (just dout
-    without the activation) at row i + 1, column j + 1;  rowsum[n, m] = Σ dz."""
+    without the activation) at row i + 1, column j + 1;  rowsum[n, m] = Σ dz.
+
+    Only the border is zeroed (the interior is overwritten anyway), and the sum may be
+    reassociated (float64 partial sums, so it vectorises): a zero-fill of the whole plane and
+    one serial chain of float64 adds made this pass as slow as the dx kernel on enc0
+    (measured 0.29× the time at (2, 16, 128, 128), 0.45× at (2, 32, 64, 64))."""
     N, Co, Ho, Wo = dout.shape
     Wq = Wo + 2
     for nm in numba.prange(N * Co):
         n = nm // Co
         m = nm - n * Co
         g = gp[n, m]
-        for q in range(g.shape[0]):
+        for q in range(Wq + 1):                                # row 0 and row 1's left border
             g[q] = 0.0
         s = 0.0
         for i in range(Ho):
-            base = (i + 1) * Wq + 1
-            for j in range(Wo):
-                v = dout[n, m, i, j]
-                if use_act and y[n, m, i, j] <= 0:
-                    v = v * slope
-                g[base + j] = v
-                s += v
+            r = g[(i + 1) * Wq + 1:]                           # r[j] = plane row i + 1, col j + 1
+            d = dout[n, m, i]
+            if use_act:
+                yr = y[n, m, i]
+                for j in range(Wo):
+                    v = d[j]
+                    if yr[j] <= 0:
+                        v = v * slope
+                    r[j] = v
+                    s += v
+            else:
+                for j in range(Wo):
+                    v = d[j]
+                    r[j] = v
+                    s += v
+            r[Wo] = 0.0                                        # right border of this row and
+            r[Wo + 1] = 0.0                                    # left border of the next one
+        for q in range((Ho + 1) * Wq + 1, g.shape[0]):         # the last row
+            g[q] = 0.0
         rowsum[n, m] = s
 
 
