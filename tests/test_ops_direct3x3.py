@@ -2,8 +2,9 @@
 _direct3x3_s2.py, stride 2) against their slow references, on both stride-1 variants (per-row
 for W >= 128, flat for narrow images), with partial last row blocks, output-channel counts that
 are not a multiple of the register block and the fused LeakyReLU masks; the whole direct path
-in float64 (references and gradient checks) and in float32 through conv2d; plus the 13×13
-depthwise fast paths (every padding)."""
+in float64 (references and gradient checks) and in float32 through conv2d; the tile-free
+1–2 output channel path of the flow head (odd, tiny and non-square shapes, every rows-per-job,
+gradient checks); plus the 13×13 depthwise fast paths (every padding)."""
 import numpy as np
 import pytest
 

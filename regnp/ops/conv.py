@@ -182,6 +182,8 @@ def conv_transpose2d_backward_reference(dout, cache):
 # stride 1; ``_direct3x3_s2.py``, stride 2): a job copies the few input rows its block of output
 # rows needs into a zero-padded tile (fusing the padding, and in the backward the LeakyReLU
 # mask), then accumulates 4 output channels at once along each row with 12 weights in registers.
+# Layers with 1–2 output channels at W >= 128 (the flow head) skip the tiles: the forward reads
+# x in place and the backward is one fused dx/dw pass (``conv3x3_few_out``).
 # Measured on 2 cores, old and new interleaved in one run: all U-Net convolutions
 # forward+backward 1.55–1.77× faster than the GEMM path (the flow head 2.6–3.5×).
 #
