@@ -320,6 +320,36 @@ def _cpu_hours(jobs):
     return total / 3600
 
 
+def _protocol_cost(results):
+    """Rows of the per-protocol cost table: planned jobs (the full protocols, default seeds),
+    finished ones, their CPU hours, and an estimate of what is left (the remaining jobs × the
+    median CPU hours of the finished grid jobs). A job shared by two protocols (e.g. liver σ 16
+    Meta-Reg is in liver, ablation, lambda, rkhs and diffeo) counts in each, and once in "all".
+    Empty when no finished job belongs to a full protocol (a --quick grid)."""
+    from .protocols import PROTOCOLS, protocol_jobs
+    planned = {p: [c["name"] for c in protocol_jobs(p)] for p in PROTOCOLS}
+    if not any(n in results for names in planned.values() for n in names):
+        return []
+    per_job = [_cpu_hours([m]) for m in results.values() if not m["config"].get("val_every")]
+    typical = float(np.median(per_job)) if per_job else float("nan")
+    rows = ["", "Per protocol (planned = the full protocol with the default seeds; the estimate "
+            f"assumes the median finished grid job, {typical:.2f} CPU h):", "",
+            "| Protocol | finished / planned jobs | CPU hours so far | estimated CPU hours left |",
+            "|---|---|---|---|"]
+    every = {}
+    for p, names in planned.items():
+        every.update(dict.fromkeys(names))
+        done = [results[n] for n in names if n in results]
+        left = len(names) - len(done)
+        rows.append(f"| {p} | {len(done)} / {len(names)} | {_cpu_hours(done):.2f} | "
+                    f"{'–' if p == 'steps' else f'{left * typical:.1f}'} |")
+    done = [results[n] for n in every if n in results]
+    grid_left = sum(1 for n in every if n not in results and not n.startswith("steps_"))
+    rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
+                f"{grid_left * typical:.1f} |")
+    return rows
+
+
 def claims(results):
     """The paper's claims, one by one, as (claim, paper's number, ours, verdict)."""
     rows = []
@@ -455,6 +485,7 @@ def write_report(root, tables_path, fig_dir):
     for k in sorted(by_proto):
         out.append(f"| {k} | {len(by_proto[k])} | {_cpu_hours(by_proto[k]):.2f} |")
     out.append(f"| all | {len(grid)} | {_cpu_hours(grid):.2f} |")
+    out += _protocol_cost(results)
     if errors:
         out += ["", "Unreadable result files (skipped): " + "; ".join(errors)]
     text = "\n".join(out) + "\n"

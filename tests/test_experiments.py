@@ -171,6 +171,10 @@ def test_report_from_hand_made_json(tmp_path):
     assert step is not None and 3000 <= step <= 9000
     assert f"| {step} |" in text
     assert (tmp_path / "f" / "results_training_length.png").stat().st_size > 5000
+    # cost per protocol: each fake job is 1 CPU hour; liver holds metareg s0, s1 and vm2 s0 of
+    # its 16 planned jobs (the ablated network is in the ablation protocol, not in liver)
+    assert "| liver | 3 / 16 | 3.00 | 13.0 |" in text
+    assert "| ablation | 3 / 24 | 3.00 | 21.0 |" in text
 
 
 def test_chosen_steps_rule_by_hand():
