@@ -2,7 +2,7 @@
 
     python -m regnp.experiments PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
                                          [--seeds 0 1] [--out results/runs]
-    python -m regnp.experiments report [--out results/runs]
+    python -m regnp.experiments report [--out results/runs] [--readme README.md]
     python -m regnp.experiments transfer [--steps 600] [--size 128] [--data-root DIR]
 
 PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
@@ -215,6 +215,9 @@ def _main(argv=None):
     r.add_argument("--out", default="results/runs", help="the grid's job folders")
     r.add_argument("--tables", default=None, help="output (default: TABLES.md beside --out)")
     r.add_argument("--figures", default="figures", help="folder for the result plots")
+    r.add_argument("--readme", default=None, metavar="README.md",
+                   help="also regenerate the grid status and the claims table between the "
+                        "results markers of this file (the project's README.md)")
     t = sub.add_parser("transfer", help="phantom-trained vs CHAOS-trained Meta-Reg on CHAOS")
     t.add_argument("--steps", type=_positive_int, default=600)
     t.add_argument("--size", type=_positive_int, default=128)
@@ -237,8 +240,14 @@ def _main(argv=None):
             if not root.is_dir():
                 raise GridError(f"--out {root} is not a folder of grid jobs (run a protocol first)")
             tables = Path(a.tables) if a.tables else root.parent / "TABLES.md"
+            if a.readme and not Path(a.readme).is_file():
+                raise GridError(f"--readme {a.readme} is not a file")
             _, figs = write_report(root, tables, a.figures)
             print(f"wrote {tables}" + "".join(f", {f}" for f in figs))
+            if a.readme:
+                from .report import update_readme
+                update_readme(a.readme, root)
+                print(f"updated the results block of {a.readme}")
             return
         protos = [x for x in PROTOCOLS if x != "steps"] if a.experiment == "all" else [a.experiment]
         out = Path(a.out or ("runs/grid-quick" if a.quick else "results/runs"))

@@ -227,3 +227,34 @@ def test_a_running_job_is_not_run_twice_and_a_dead_lock_is_taken_over(tmp_path):
     import platform
     (tmp_path / "running.lock").write_text(json.dumps({"host": platform.node(), "pid": int(dead)}))
     acquire_job(tmp_path).unlink()                   # a dead process's lock is stale
+
+
+def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
+    """``report --readme`` rewrites only the text between the two markers: the grid status
+    (finished / planned grid jobs) and the claims table; a README without markers is refused."""
+    from regnp.report import README_BEGIN, README_END, update_readme
+    rng = np.random.default_rng(1)
+    runs = tmp_path / "runs"
+    _fake_job(runs, "liver16", "metareg", 0, 0.85 + 0.02 * rng.standard_normal(20))
+    _fake_job(runs, "liver16", "vm2", 0, 0.80 + 0.02 * rng.standard_normal(20))
+    head, tail = "# Title\n\nhand-written text\n\n", "\n\nmore hand-written text, ünïcode\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{head}{README_BEGIN}\nstale block\n{README_END}{tail}", encoding="utf-8")
+    block = update_readme(readme, runs)
+    text = readme.read_text(encoding="utf-8")
+    assert text == f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}"
+    assert "stale block" not in text
+    assert "**Grid status: 2 of 68 grid jobs finished**" in block
+    assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in block
+    assert update_readme(readme, runs) == block and readme.read_text(encoding="utf-8") == text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="marker"):
+        update_readme(bare, runs)
+    assert bare.read_text() == "no markers here\n"
+    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "report", "--out", str(runs),
+                        "--readme", str(tmp_path / "missing.md"), "--tables",
+                        str(tmp_path / "T.md"), "--figures", str(tmp_path / "f")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0 and "--readme" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "T.md").exists()              # refused before writing anything
