@@ -312,10 +312,16 @@ def _long_training_table(calib):
 
 
 def _cpu_hours(jobs):
+    """Training CPU hours: the measured seconds per step × the steps trained × threads. A sitting
+    killed mid-job (the end of a working session) leaves no record of its time in
+    ``sittings.jsonl``, so its steps are counted at the rate of the recorded sittings; when every
+    sitting is recorded this is exactly their summed wall time × threads."""
     total = 0.0
     for m in jobs:
-        if m.get("train"):
-            total += m["train"]["seconds"] * m["machine"].get("threads", 1)
+        t = m.get("train")
+        if t:
+            per_step = t.get("seconds_per_step") or t["seconds"] / max(1, t["steps"])
+            total += max(t["seconds"], per_step * t["steps"]) * m["machine"].get("threads", 1)
         total += m.get("eval_seconds", 0.0)
     return total / 3600
 
@@ -480,7 +486,7 @@ def write_report(root, tables_path, fig_dir):
     by_proto = {}
     for m in grid:
         by_proto.setdefault(m["config"].get("setting", "?"), []).append(m)
-    out += ["## Cost", "", "| Setting | finished jobs | CPU hours (train wall × threads) |",
+    out += ["## Cost", "", "| Setting | finished jobs | CPU hours (s/step × steps × threads) |",
             "|---|---|---|"]
     for k in sorted(by_proto):
         out.append(f"| {k} | {len(by_proto[k])} | {_cpu_hours(by_proto[k]):.2f} |")

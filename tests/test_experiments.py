@@ -258,3 +258,15 @@ def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "--readme" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "T.md").exists()              # refused before writing anything
+
+
+def test_cpu_hours_count_the_steps_of_a_sitting_that_left_no_record():
+    """A job killed at the end of a session and finished in the next has one recorded sitting
+    (1,500 of its 6,000 steps): its CPU time is the recorded rate × all 6,000 steps."""
+    from regnp.report import _cpu_hours
+    whole = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3},
+             "machine": {"threads": 1}}
+    resumed = {"train": {"steps": 6000, "seconds": 450.0, "seconds_per_step": 0.3},
+               "machine": {"threads": 2}}
+    assert _cpu_hours([whole]) == pytest.approx(0.5)
+    assert _cpu_hours([resumed]) == pytest.approx(1.0)           # 0.3 s × 6000 × 2 threads
