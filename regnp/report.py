@@ -326,14 +326,19 @@ def _cpu_hours(jobs):
     return total / 3600
 
 
+def _planned_jobs():
+    """{protocol: [job names]} of the full protocols with the default seeds."""
+    from .protocols import PROTOCOLS, protocol_jobs
+    return {p: [c["name"] for c in protocol_jobs(p)] for p in PROTOCOLS}
+
+
 def _protocol_cost(results):
     """Rows of the per-protocol cost table: planned jobs (the full protocols, default seeds),
     finished ones, their CPU hours, and an estimate of what is left (the remaining jobs × the
     median CPU hours of the finished grid jobs). A job shared by two protocols (e.g. liver σ 16
     Meta-Reg is in liver, ablation, lambda, rkhs and diffeo) counts in each, and once in "all".
     Empty when no finished job belongs to a full protocol (a --quick grid)."""
-    from .protocols import PROTOCOLS, protocol_jobs
-    planned = {p: [c["name"] for c in protocol_jobs(p)] for p in PROTOCOLS}
+    planned = _planned_jobs()
     if not any(n in results for names in planned.values() for n in names):
         return []
     per_job = [_cpu_hours([m]) for m in results.values() if not m["config"].get("val_every")]
@@ -506,8 +511,7 @@ README_END = "<!-- results: end -->"
 
 def readme_block(results):
     """The README's generated part of "Results": how far the grid is, and the claims table."""
-    from .protocols import PROTOCOLS, protocol_jobs
-    planned = {c["name"] for p in PROTOCOLS if p != "steps" for c in protocol_jobs(p)}
+    planned = {n for p, names in _planned_jobs().items() if p != "steps" for n in names}
     done = sorted(n for n in planned if n in results)
     out = [f"**Grid status: {len(done)} of {len(planned)} grid jobs finished** (the `steps` "
            "calibration runs not counted). Each table cell pools the seeds finished so far; "
