@@ -246,6 +246,19 @@ def load_checkpoint(path, fallback=True):
         return got
 
 
+def checkpoint_step(path):
+    """The training step recorded in a checkpoint, read from its description alone (the arrays
+    are neither loaded nor verified), or None when there is no readable checkpoint. Cheap enough
+    for planning (the grid's time estimates); use :func:`load_checkpoint` to resume."""
+    npz = checkpoint_path(path)
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            step = json.loads(str(z[META_KEY])).get("step")
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError):
+        return None
+    return int(step) if isinstance(step, (int, float)) else None
+
+
 def load_model(path):
     """Rebuild a trained model from a training checkpoint; returns ``(model, config)``.
 

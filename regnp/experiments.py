@@ -2,6 +2,7 @@
 
     python -m regnp.experiments PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
                                          [--seeds 0 1] [--out results/runs]
+                                         [--time-limit 2h30m]
     python -m regnp.experiments report [--out results/runs] [--readme README.md]
     python -m regnp.experiments transfer [--steps 600] [--size 128] [--data-root DIR]
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +120,14 @@ def _default_jobs():
 
 def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, steps=None,
                   phantom=False, jobs=None, threads=None, scheduler=None, data_root=None,
-                  progress=True, executor=None):
+                  progress=True, executor=None, deadline=None):
     """Expand ``protocols`` into jobs (shared jobs once) and run the unfinished ones.
 
     ``executor``: an Executor-like object to use as is (tests pass a Dask LocalCluster's
     client); otherwise ``scheduler`` (a Dask address), else a local pool of ``jobs`` processes
-    with ``threads`` threads each (``jobs=1`` runs in this process). Returns ``{name: metrics}``.
+    with ``threads`` threads each (``jobs=1`` runs in this process). ``deadline`` (seconds since
+    the epoch): start only the jobs expected to finish by then (``grid.run_grid``). Returns
+    ``{name: metrics}``.
     """
     from .grid import dask_executor, local_executor, run_grid
     from .protocols import SEEDS, priority, protocol_jobs
@@ -147,7 +151,8 @@ def run_protocols(protocols, out, quick=False, seeds=None, all_seeds=False, step
     try:
         return run_grid(configs, out, executor=executor, data_root=data_root,
                         threads=None if scheduler else threads, progress=progress,
-                        on_result=lambda m: print(_summary_line(m), flush=True))
+                        on_result=lambda m: print(_summary_line(m), flush=True),
+                        deadline=deadline)
     finally:
         if own and executor is not None:
             if hasattr(executor, "shutdown"):
@@ -174,6 +179,21 @@ def _positive_int(text):
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
     return v
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text):
+    """``"2h30m"``, ``"90m"``, ``"1.5h"``, ``"45s"`` → seconds (float). Every number needs a
+    unit (h, m or s), so "90" is refused rather than guessed."""
+    import re
+    t = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([hms])", t)
+    if not t or "".join(n + u for n, u in parts) != t:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 2h30m, 90m, 1.5h or 45s, got {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def main(argv=None):
@@ -211,6 +231,10 @@ def _main(argv=None):
                                                    "runs/grid-quick with --quick)")
         g.add_argument("--data-root", default=None)
         g.add_argument("--list", action="store_true", help="list the jobs and their status only")
+        g.add_argument("--time-limit", type=parse_duration, default=None, metavar="DURATION",
+                       help="e.g. 2h30m: start only jobs expected to finish within this time "
+                            "(estimated from the finished jobs; running jobs are never stopped, "
+                            "the rest wait for the next run)")
     r = sub.add_parser("report", help="rebuild results/TABLES.md and the figures from the JSON")
     r.add_argument("--out", default="results/runs", help="the grid's job folders")
     r.add_argument("--tables", default=None, help="output (default: TABLES.md beside --out)")
@@ -261,9 +285,10 @@ def _main(argv=None):
                                        phantom=a.phantom, all_seeds=a.all_seeds):
                     print(f"{proto:>9}  {job_status(out, c):>7}  {c['name']}")
             return
+        deadline = None if a.time_limit is None else time.time() + a.time_limit
         res = run_protocols(protos, out, quick=a.quick, seeds=a.seeds, all_seeds=a.all_seeds,
                             steps=a.steps, phantom=a.phantom, jobs=a.jobs, threads=a.threads,
-                            scheduler=a.scheduler, data_root=a.data_root)
+                            scheduler=a.scheduler, data_root=a.data_root, deadline=deadline)
         print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.experiments report "
               f"--out {out}")
     except KeyboardInterrupt:

@@ -46,6 +46,10 @@ class JobBusy(GridError):
     """Another live process is running this job (its folder holds a ``running.lock``)."""
 
 
+class JobDeferred(GridError):
+    """Not started: the job's estimated run time does not fit before the grid's deadline."""
+
+
 def _pid_alive(pid):
     try:
         os.kill(int(pid), 0)
@@ -166,7 +170,71 @@ def claim_folder(root, config):
     return folder
 
 
-def run_job(config, root, data_root=None, threads=None, progress=False):
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return None if n == 0 else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+
+
+def _test_pairs(config):
+    return sum(int(t.get("pairs", 0)) for t in config.get("tests", []))
+
+
+def estimate_seconds(config, finished, root=None):
+    """Estimated wall seconds still needed to finish job ``config``, from ``finished`` (the
+    metrics dicts of jobs already done, measured under whatever load they ran with), or None
+    when nothing comparable has finished.
+
+    A training job: seconds per step (median of finished training jobs of the same variant and
+    setting, else of the same variant, else of all) × the steps still to run (its checkpoint's
+    step under ``root`` counts as done) + evaluation seconds per test pair (median over finished
+    training jobs, :func:`eval_seconds`) × its test pairs. A solver job:
+    the median wall seconds per test pair of finished solver jobs × its test pairs.
+    """
+    if config.get("kind") == "solver":
+        per_pair = [m["wall_seconds_this_sitting"] / max(1, _test_pairs(m["config"]))
+                    for m in finished if m.get("config", {}).get("kind") == "solver"
+                    and "wall_seconds_this_sitting" in m]
+        rate = _median(per_pair)
+        return None if rate is None else rate * _test_pairs(config)
+    trained = [m for m in finished if (m.get("train") or {}).get("seconds_per_step")]
+    per_pair = [e / max(1, _test_pairs(m["config"])) for m in trained
+                for e in [eval_seconds(m)] if e is not None]
+    rate = None
+    for same in (lambda c: c.get("variant") == config.get("variant")
+                 and c.get("setting") == config.get("setting"),
+                 lambda c: c.get("variant") == config.get("variant"),
+                 lambda c: True):
+        rate = _median([m["train"]["seconds_per_step"] for m in trained if same(m["config"])])
+        if rate is not None:
+            break
+    if rate is None:
+        return None
+    done = 0
+    if root is not None:
+        from .checkpoint import checkpoint_step
+        done = checkpoint_step(Path(root) / config["name"] / "checkpoint.npz") or 0
+    steps_left = max(0, int(config.get("steps", 0)) - done)
+    return rate * steps_left + (_median(per_pair) or 0.0) * _test_pairs(config)
+
+
+def eval_seconds(metrics):
+    """Wall seconds a finished job spent scoring its test pairs (for a solver job: all of its
+    time), or None when its record cannot tell: ``eval_seconds`` when stored, else the last
+    sitting's wall time minus its training time, known only for a job trained in one sitting."""
+    if "eval_seconds" in metrics:
+        return metrics["eval_seconds"]
+    wall = metrics.get("wall_seconds_this_sitting")
+    t = metrics.get("train")
+    if wall is None:
+        return None
+    if t is None:
+        return wall
+    return max(0.0, wall - t["seconds"]) if t.get("sittings") == 1 else None
+
+
+def run_job(config, root, data_root=None, threads=None, progress=False, deadline=None,
+            estimate=None):
     """Train and score one job (resuming it if it was interrupted); returns its metrics dict.
 
     ``config`` keys (see ``regnp.protocols``): ``name`` (folder), ``train_args`` (the
@@ -174,6 +242,12 @@ def run_job(config, root, data_root=None, threads=None, progress=False):
     ``val_pairs``, ``plateau`` (None or [window, min_gain]), ``tests`` (list of
     ``{"name", "dataset", "sigma", "pairs"}``), ``size``. A finished job returns its stored
     metrics at once.
+
+    ``deadline`` (seconds since the epoch) and ``estimate`` (seconds, see
+    :func:`estimate_seconds`): when both are given and the job would not finish by the deadline
+    if started now, it is not started and :class:`JobDeferred` is raised. The check is made when
+    a worker picks the job up, so shorter jobs later in the queue can still use the time left. A
+    job that has started is never stopped by the deadline.
     """
     if threads:
         set_threads(threads)
@@ -181,6 +255,11 @@ def run_job(config, root, data_root=None, threads=None, progress=False):
     done = _read_json(folder / "metrics.json")
     if done is not None and done.get("config") == config:
         return done
+    if deadline is not None and estimate is not None:
+        left = deadline - time.time()
+        if estimate > left:
+            raise JobDeferred(f"{config['name']}: needs about {estimate / 60:.0f} min, "
+                              f"{max(0.0, left) / 60:.0f} min left before the time limit")
     lock = acquire_job(folder)
     try:
         done = _read_json(folder / "metrics.json")      # finished while we waited for the lock?
@@ -215,6 +294,7 @@ def _run_train_job(config, folder, data_root, progress):
     with open(folder / "sittings.jsonl", "a") as f:
         f.write(json.dumps(sitting) + "\n")
     model = res["model"]
+    t_eval = time.time()
     tests = {}
     for t in config["tests"]:
         ds = load_dataset(t["dataset"], "test", data_root=data_root, size=config["size"],
@@ -237,7 +317,7 @@ def _run_train_job(config, folder, data_root, progress):
                                  for h in history if "loss" in h],
                   "filter": {k: v for k, v in (history[-1] if history else {}).items()
                              if k.startswith("k_")}},
-        "tests": tests,
+        "tests": tests, "eval_seconds": time.time() - t_eval,
         "machine": machine_info(), "commit": git_commit(),
         "wall_seconds_this_sitting": time.time() - t0,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -279,7 +359,8 @@ def _run_solver_job(config, folder, data_root):
                                   F, M, width=config["kernel_width"]).u)
         tests[t["name"]] = _test_record(recs)
     metrics = {"format": JOB_FORMAT, "config": config, "key": job_key(config),
-               "train": None, "tests": tests, "machine": machine_info(), "commit": git_commit(),
+               "train": None, "tests": tests, "eval_seconds": time.time() - t0,
+               "machine": machine_info(), "commit": git_commit(),
                "wall_seconds_this_sitting": time.time() - t0,
                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     _write_json(folder / "metrics.json", metrics)
@@ -319,7 +400,7 @@ def _as_completed(executor, futures):
 
 
 def run_grid(configs, root, executor=None, data_root=None, threads=None, progress=True,
-             on_result=None):
+             on_result=None, deadline=None):
     """Run every unfinished job of ``configs``; returns ``{name: metrics}`` for all of them.
 
     Finished jobs are read from their folders and skipped; the others are submitted to
@@ -327,6 +408,10 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
     ``dask.distributed.Client``) or run here one after the other when it is None. ``on_result``
     is called with each newly finished job's metrics (the CLI prints a one-line summary). A
     failed job does not stop the others; the failures are raised together at the end.
+
+    ``deadline`` (seconds since the epoch, or None): start only jobs expected to finish by then
+    (:func:`estimate_seconds` from the jobs finished so far; a job with no estimate starts
+    anyway). The others are left for the next run, which is the same command again.
     """
     from tqdm import tqdm
 
@@ -342,14 +427,27 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
         else:
             claim_folder(root, c)                 # refuse conflicts before any work starts
             todo.append(c)
+    estimates = {}
+    if deadline is not None:
+        finished = list(results.values())
+        estimates = {c["name"]: estimate_seconds(c, finished, root) for c in todo}
+        unknown = [n for n, e in estimates.items() if e is None]
+        if unknown:
+            print(f"time limit: {len(unknown)} job(s) have no finished job to estimate their "
+                  f"time from and start regardless ({', '.join(unknown[:3])}"
+                  f"{' …' if len(unknown) > 3 else ''})")
     bar = tqdm(total=len(configs), initial=len(results), desc="jobs", unit="job",
                disable=not progress, dynamic_ncols=True)
-    errors, busy = {}, []
+    errors, busy, deferred = {}, [], []
     try:
         if executor is None:
             for c in todo:
                 try:
-                    m = run_job(c, root, data_root, threads, progress=progress)
+                    m = run_job(c, root, data_root, threads, progress=progress,
+                                deadline=deadline, estimate=estimates.get(c["name"]))
+                except JobDeferred:
+                    deferred.append(c["name"])
+                    continue
                 except JobBusy:
                     busy.append(c["name"])
                     bar.update(1)
@@ -362,12 +460,16 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
                 if on_result:
                     on_result(m)
         else:
-            futures = {executor.submit(run_job, c, str(root), data_root, threads): c["name"]
-                       for c in todo}
+            futures = {executor.submit(run_job, c, str(root), data_root, threads,
+                                       deadline=deadline, estimate=estimates.get(c["name"])):
+                       c["name"] for c in todo}
             for fut in _as_completed(executor, list(futures)):
                 name = futures[fut]
                 try:
                     m = fut.result()
+                except JobDeferred:
+                    deferred.append(name)
+                    continue
                 except JobBusy:
                     busy.append(name)
                     bar.update(1)
@@ -384,6 +486,10 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
     if busy:
         print(f"{len(busy)} job(s) skipped: another live process is running them "
               f"({', '.join(busy[:4])}{' …' if len(busy) > 4 else ''})")
+    if deferred:
+        print(f"{len(deferred)} job(s) not started: they would not finish before the time limit "
+              f"({', '.join(deferred[:4])}{' …' if len(deferred) > 4 else ''}); run the same "
+              f"command again to continue")
     if errors:
         lines = [f"{n}: {type(e).__name__}: {e}" for n, e in errors.items()]
         raise GridError(f"{len(errors)} job(s) failed (the others are saved; rerun to retry):\n  "

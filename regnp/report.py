@@ -312,52 +312,68 @@ def _long_training_table(calib):
 
 
 def _cpu_hours(jobs):
-    """Training CPU hours: the measured seconds per step × the steps trained × threads. A sitting
-    killed mid-job (the end of a working session) leaves no record of its time in
-    ``sittings.jsonl``, so its steps are counted at the rate of the recorded sittings; when every
-    sitting is recorded this is exactly their summed wall time × threads."""
+    """CPU hours: (training + scoring seconds) × threads. Training is the measured seconds per
+    step × the steps trained: a sitting killed mid-job (the end of a working session) leaves no
+    record of its time in ``sittings.jsonl``, so its steps are counted at the rate of the
+    recorded sittings; when every sitting is recorded this is exactly their summed wall time.
+    Scoring is ``grid.eval_seconds`` (0 for the few older records that cannot tell it)."""
+    from .grid import eval_seconds
     total = 0.0
     for m in jobs:
         t = m.get("train")
+        threads = (m.get("machine") or {}).get("threads", 1)
         if t:
             per_step = t.get("seconds_per_step") or t["seconds"] / max(1, t["steps"])
-            total += max(t["seconds"], per_step * t["steps"]) * m["machine"].get("threads", 1)
-        total += m.get("eval_seconds", 0.0)
+            total += max(t["seconds"], per_step * t["steps"]) * threads
+        total += (eval_seconds(m) or 0.0) * threads
     return total / 3600
 
 
 def _planned_jobs():
-    """{protocol: [job names]} of the full protocols with the default seeds."""
+    """{protocol: {job name: config}} of the full protocols with the default seeds."""
     from .protocols import PROTOCOLS, protocol_jobs
-    return {p: [c["name"] for c in protocol_jobs(p)] for p in PROTOCOLS}
+    return {p: {c["name"]: c for c in protocol_jobs(p)} for p in PROTOCOLS}
 
 
 def _protocol_cost(results):
     """Rows of the per-protocol cost table: planned jobs (the full protocols, default seeds),
-    finished ones, their CPU hours, and an estimate of what is left (the remaining jobs × the
-    median CPU hours of the finished grid jobs). A job shared by two protocols (e.g. liver σ 16
-    Meta-Reg is in liver, ablation, lambda, rkhs and diffeo) counts in each, and once in "all".
-    Empty when no finished job belongs to a full protocol (a --quick grid)."""
+    finished ones, their CPU hours, and an estimate of what is left: each remaining job's
+    ``grid.estimate_seconds`` from the finished grid jobs (its variant's seconds per step, the
+    scoring time per pair) × their median thread count; a job with no estimate (no finished job
+    of its kind, e.g. the first solver job) counts as the median finished grid job. A job shared
+    by two protocols (e.g. liver σ 16 Meta-Reg is in liver, ablation, lambda, rkhs and diffeo)
+    counts in each, and once in "all". Empty when no finished job belongs to a full protocol (a
+    --quick grid)."""
+    from .grid import estimate_seconds
     planned = _planned_jobs()
+    configs = {n: c for jobs in planned.values() for n, c in jobs.items()}
     if not any(n in results for names in planned.values() for n in names):
         return []
-    per_job = [_cpu_hours([m]) for m in results.values() if not m["config"].get("val_every")]
-    typical = float(np.median(per_job)) if per_job else float("nan")
-    rows = ["", "Per protocol (planned = the full protocol with the default seeds; the estimate "
-            f"assumes the median finished grid job, {typical:.2f} CPU h):", "",
+    grid_done = [m for m in results.values() if not m["config"].get("val_every")]
+    typical = float(np.median([_cpu_hours([m]) for m in grid_done])) if grid_done else 0.0
+    threads = float(np.median([(m.get("machine") or {}).get("threads", 1) for m in grid_done])
+                    ) if grid_done else 1.0
+
+    def left_hours(name):
+        e = estimate_seconds(configs[name], grid_done)
+        return typical if e is None else e * threads / 3600
+
+    rows = ["", "Per protocol (planned = the full protocol with the default seeds; CPU hours "
+            "count training and scoring; the estimate for each job left is its variant's "
+            "measured seconds per step × its steps + the scoring time of its test pairs):", "",
             "| Protocol | finished / planned jobs | CPU hours so far | estimated CPU hours left |",
             "|---|---|---|---|"]
     every = {}
     for p, names in planned.items():
         every.update(dict.fromkeys(names))
         done = [results[n] for n in names if n in results]
-        left = len(names) - len(done)
+        left = sum(left_hours(n) for n in names if n not in results)
         rows.append(f"| {p} | {len(done)} / {len(names)} | {_cpu_hours(done):.2f} | "
-                    f"{'–' if p == 'steps' else f'{left * typical:.1f}'} |")
+                    f"{'–' if p == 'steps' else f'{left:.1f}'} |")
     done = [results[n] for n in every if n in results]
-    grid_left = sum(1 for n in every if n not in results and not n.startswith("steps_"))
+    grid_left = sum(left_hours(n) for n in every if n not in results and not n.startswith("steps_"))
     rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
-                f"{grid_left * typical:.1f} |")
+                f"{grid_left:.1f} |")
     return rows
 
 
@@ -491,7 +507,7 @@ def write_report(root, tables_path, fig_dir):
     by_proto = {}
     for m in grid:
         by_proto.setdefault(m["config"].get("setting", "?"), []).append(m)
-    out += ["## Cost", "", "| Setting | finished jobs | CPU hours (s/step × steps × threads) |",
+    out += ["## Cost", "", "| Setting | finished jobs | CPU hours (training + scoring, × threads) |",
             "|---|---|---|"]
     for k in sorted(by_proto):
         out.append(f"| {k} | {len(by_proto[k])} | {_cpu_hours(by_proto[k]):.2f} |")

@@ -1,0 +1,148 @@
+"""``--time-limit``: the grid starts only jobs it expects to finish in time, from the speeds of
+the jobs already finished; the rest wait for the next run."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from regnp.checkpoint import checkpoint_step, save_checkpoint
+from regnp.experiments import parse_duration
+from regnp.grid import JobDeferred, estimate_seconds, job_status, run_grid, run_job
+from regnp.protocols import job_config, solver_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_durations_need_units():
+    assert parse_duration("2h30m") == 9000
+    assert parse_duration("90m") == 5400
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration("45s") == 45
+    assert parse_duration("1h 5m") == 3900
+    for bad in ("90", "", "2x", "h", "-1h", "1h-5m", "5mm"):
+        with pytest.raises(argparse.ArgumentTypeError, match="duration such as 2h30m"):
+            parse_duration(bad)
+
+
+def _finished(setting, variant, s_per_step, wall, train_seconds, pairs=80, sittings=1):
+    """The parts of a finished job's metrics.json that the estimate reads."""
+    c = dict(job_config(setting, variant), tests=[{"name": "t", "pairs": pairs}])
+    return {"config": c, "wall_seconds_this_sitting": wall,
+            "train": {"seconds_per_step": s_per_step, "seconds": train_seconds,
+                      "sittings": sittings}}
+
+
+def test_estimate_from_finished_jobs(tmp_path):
+    done = [_finished("liver16", "vm2", 0.1, wall=700.0, train_seconds=600.0),   # eval 100 s / 80
+            _finished("liver16", "vm2", 0.3, wall=1960.0, train_seconds=1800.0),  # eval 160 s / 80
+            _finished("cardiac", "metareg", 0.5, wall=3000.0, train_seconds=2000.0,
+                      sittings=2)]                       # two sittings: not used for the eval rate
+    eval_per_pair = (100 / 80 + 160 / 80) / 2
+    c = dict(job_config("liver16", "vm2", seed=1), steps=1000, tests=[{"name": "t", "pairs": 40}])
+    assert estimate_seconds(c, done) == pytest.approx(0.2 * 1000 + eval_per_pair * 40)
+    # same variant on another setting, then any variant
+    c2 = dict(c, setting="chest")
+    assert estimate_seconds(c2, done) == pytest.approx(0.2 * 1000 + eval_per_pair * 40)
+    c3 = dict(c, variant="dirnet")
+    assert estimate_seconds(c3, done) == pytest.approx(0.3 * 1000 + eval_per_pair * 40)
+    c4 = dict(c, variant="metareg", setting="cardiac")
+    assert estimate_seconds(c4, done) == pytest.approx(0.5 * 1000 + eval_per_pair * 40)
+    # a partial job: the steps in its checkpoint are done
+    save_checkpoint(tmp_path / c["name"] / "checkpoint.npz", {"w": np.zeros(3)}, {"step": 400})
+    assert checkpoint_step(tmp_path / c["name"]) == 400
+    assert estimate_seconds(c, done, tmp_path) == pytest.approx(0.2 * 600 + eval_per_pair * 40)
+    # nothing comparable finished: no estimate
+    assert estimate_seconds(c, []) is None
+    s = solver_config("liver16")
+    assert estimate_seconds(s, done) is None
+    solved = {"config": dict(s, tests=[{"pairs": 10}]), "wall_seconds_this_sitting": 50.0}
+    assert estimate_seconds(s, done + [solved]) == pytest.approx(5.0 * sum(
+        t["pairs"] for t in s["tests"]))
+
+
+def test_checkpoint_step_of_a_missing_or_broken_file(tmp_path):
+    assert checkpoint_step(tmp_path) is None
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a zip")
+    assert checkpoint_step(tmp_path) is None
+
+
+def test_a_job_that_would_overrun_is_not_started(tmp_path):
+    c = job_config("liver16", "vm2", quick=True, phantom=True)
+    with pytest.raises(JobDeferred, match="needs about 60 min, [0-9] min left"):
+        run_job(c, tmp_path, deadline=time.time() + 60, estimate=3600)
+    folder = tmp_path / c["name"]
+    assert not (folder / "running.lock").exists() and not (folder / "metrics.json").exists()
+    assert job_status(tmp_path, c) == "todo"
+
+
+def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path, capsys):
+    """One finished job says VM-2 takes 10 s a step: a second VM-2 job (hundreds of seconds)
+    does not fit into 30 s and is left for later; the solver job has no finished solver to be
+    estimated from, so it runs (and finishes)."""
+    finished = job_config("liver10", "vm2", quick=True, phantom=True)
+    (tmp_path / finished["name"]).mkdir()
+    (tmp_path / finished["name"] / "metrics.json").write_text(json.dumps(
+        {"config": finished, "wall_seconds_this_sitting": 11.0 * finished["steps"],
+         "train": {"seconds_per_step": 10.0, "seconds": 10.0 * finished["steps"],
+                   "sittings": 1}, "tests": {}}))
+    vm2 = job_config("liver16", "vm2", quick=True, phantom=True)
+    solver = solver_config("liver16", quick=True, phantom=True)
+    res = run_grid([finished, vm2, solver], tmp_path, progress=False, deadline=time.time() + 30)
+    out = capsys.readouterr().out
+    assert set(res) == {finished["name"], solver["name"]}
+    assert job_status(tmp_path, vm2) == "todo" and job_status(tmp_path, solver) == "done"
+    assert "1 job(s) not started" in out and vm2["name"] in out
+    assert "start regardless" in out and solver["name"] in out
+    # without a time limit the same grid runs the deferred job
+    res = run_grid([finished, vm2], tmp_path, progress=False)
+    assert job_status(tmp_path, vm2) == "done"
+
+
+def test_cli_refuses_a_duration_without_unit(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "liver", "--quick",
+                        "--time-limit", "90"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "duration such as 2h30m" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_cpu_hours_count_scoring_and_solver_time():
+    from regnp.report import _cpu_hours
+    trained = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3,
+                         "sittings": 1}, "eval_seconds": 360.0, "machine": {"threads": 2}}
+    older = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3,
+                       "sittings": 1}, "wall_seconds_this_sitting": 1890.0,
+             "machine": {"threads": 1}}                  # no eval_seconds: wall − training
+    solver = {"train": None, "eval_seconds": 720.0, "wall_seconds_this_sitting": 720.0,
+              "machine": {"threads": 1}}
+    assert _cpu_hours([trained]) == pytest.approx((1800 + 360) * 2 / 3600)
+    assert _cpu_hours([older]) == pytest.approx(1890 / 3600)
+    assert _cpu_hours([solver]) == pytest.approx(0.2)
+
+
+def test_cost_table_estimates_each_job_left_from_its_variant():
+    """Finished on liver σ 16, seed 0, 6,000 steps, 80 s of scoring for 160 pairs: Meta-Reg
+    (0.2 s/step), VM-2 (0.1) and VM-1 (0.05). Of the liver protocol's 13 jobs left, Meta-Reg and
+    VM-2 (seed 1; σ 10) and VM-1 (σ 10) take their own variant's rate, the 6 others (eq. 12 as
+    printed, DIRNet, FCN-SS on both settings) the median rate, 0.1: 3 × 1280 + 3 × 680 + 380 +
+    6 × 680 = 10,340 s (the median finished job × 13 would be 8,840 s)."""
+    from regnp.report import _protocol_cost
+    results = {}
+    for v, rate in (("metareg", 0.2), ("vm2", 0.1), ("vm1", 0.05)):
+        c = job_config("liver16", v)
+        assert sum(t["pairs"] for t in c["tests"]) == 160
+        results[c["name"]] = {"config": c, "eval_seconds": 80.0, "machine": {"threads": 1},
+                              "train": {"steps": 6000, "seconds": rate * 6000,
+                                        "seconds_per_step": rate, "sittings": 1}}
+    rows = _protocol_cost(results)
+    liver = next(r for r in rows if r.startswith("| liver |"))
+    cells = [x.strip() for x in liver.strip("|").split("|")]
+    assert cells[1] == "3 / 16"
+    assert cells[2] == f"{(1280 + 680 + 380) / 3600:.2f}"
+    assert cells[3] == f"{10340 / 3600:.1f}" == "2.9"
