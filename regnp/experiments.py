@@ -278,12 +278,23 @@ def _main(argv=None):
         if out.exists() and not out.is_dir():
             raise GridError(f"--out {out} is a file; give a folder")
         if a.list:
-            from .grid import job_status
+            from .grid import estimate_seconds, job_status, _read_json
             from .protocols import protocol_jobs
-            for proto in protos:
-                for c in protocol_jobs(proto, seeds=a.seeds, quick=a.quick, steps=a.steps,
-                                       phantom=a.phantom, all_seeds=a.all_seeds):
-                    print(f"{proto:>9}  {job_status(out, c):>7}  {c['name']}")
+            listed = [(proto, c, job_status(out, c)) for proto in protos
+                      for c in protocol_jobs(proto, seeds=a.seeds, quick=a.quick, steps=a.steps,
+                                             phantom=a.phantom, all_seeds=a.all_seeds)]
+            finished = {c["name"]: _read_json(out / c["name"] / "metrics.json")
+                        for _, c, st in listed if st == "done"}
+            left = {}                            # a job shared by two protocols counts once
+            for proto, c, st in listed:
+                est = None if st == "done" else estimate_seconds(c, list(finished.values()), out)
+                if st != "done":
+                    left[c["name"]] = est or 0.0
+                when = "" if st == "done" else ("    ?" if est is None else f"~{est / 60:.0f} min")
+                print(f"{proto:>9}  {st:>7}  {when:>8}  {c['name']}")
+            print(f"{len(finished)} job(s) done, {len(left)} to run: about "
+                  f"{sum(left.values()) / 3600:.1f} job-hours at the speed of the finished jobs "
+                  f"(? = nothing to estimate from yet)")
             return
         deadline = None if a.time_limit is None else time.time() + a.time_limit
         res = run_protocols(protos, out, quick=a.quick, seeds=a.seeds, all_seeds=a.all_seeds,

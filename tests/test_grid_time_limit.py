@@ -146,3 +146,27 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert cells[1] == "3 / 16"
     assert cells[2] == f"{(1280 + 680 + 380) / 3600:.2f}"
     assert cells[3] == f"{10340 / 3600:.1f}" == "2.9"
+
+
+def test_list_shows_each_job_left_with_its_estimate(tmp_path):
+    """``--list``: a finished VM-2 calibration job that ran at 2 s/step makes the two jobs left
+    (no finished job of their variant) 2 s × their steps each."""
+    from regnp.protocols import protocol_jobs
+    vm2, metareg, ablated = protocol_jobs("steps", seeds=[0], quick=True, phantom=True)
+    (tmp_path / vm2["name"]).mkdir()
+    (tmp_path / vm2["name"] / "metrics.json").write_text(json.dumps(
+        {"config": vm2, "eval_seconds": 0.0, "tests": {}, "machine": {"threads": 1},
+         "train": {"steps": vm2["steps"], "seconds": 2.0 * vm2["steps"],
+                   "seconds_per_step": 2.0, "sittings": 1}}))
+    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "steps", "--quick",
+                        "--phantom", "--seeds", "0", "--out", str(tmp_path), "--list"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(ln.split() == ["steps", "done", vm2["name"]] for ln in lines), r.stdout
+    for c in (metareg, ablated):
+        want = f"~{2.0 * c['steps'] / 60:.0f} min"
+        assert any(c["name"] in ln and want in ln and "todo" in ln for ln in lines), r.stdout
+    total = 2.0 * (metareg["steps"] + ablated["steps"]) / 3600
+    assert lines[-1].startswith(f"1 job(s) done, 2 to run: about {total:.1f} job-hours")
