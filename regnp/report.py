@@ -358,9 +358,14 @@ def _protocol_cost(results):
         e = estimate_seconds(configs[name], grid_done)
         return typical if e is None else e * threads / 3600
 
+    cores = int(np.median([(m.get("machine") or {}).get("cpus") or 1 for m in grid_done])
+                ) if grid_done else 1
     rows = ["", "Per protocol (planned = the full protocol with the default seeds; CPU hours "
             "count training and scoring; the estimate for each job left is its variant's "
-            "measured seconds per step × its steps + the scoring time of its test pairs):", "",
+            "measured seconds per step × its steps + the scoring time of its test pairs). "
+            f"The median finished grid job took {typical * 60:.0f} CPU minutes; run as one "
+            f"single-threaded job per core, a {cores}-core machine finishes about "
+            f"{cores / max(typical, 1e-9):.1f} such jobs per hour.", "",
             "| Protocol | finished / planned jobs | CPU hours so far | estimated CPU hours left |",
             "|---|---|---|---|"]
     every = {}
@@ -535,6 +540,9 @@ def readme_block(results):
            "| Claim | paper (Δ Dice; n.s. = not significant there) | ours (Δ Dice) | verdict |",
            "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims(results)]
+    cost = _protocol_cost(results)
+    if cost:
+        out += ["", "**Cost so far.** " + cost[1]] + cost[2:]
     return "\n".join(out)
 
 

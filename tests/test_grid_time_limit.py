@@ -138,6 +138,7 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
         c = job_config("liver16", v)
         assert sum(t["pairs"] for t in c["tests"]) == 160
         results[c["name"]] = {"config": c, "eval_seconds": 80.0, "machine": {"threads": 1},
+                              "tests": {},
                               "train": {"steps": 6000, "seconds": rate * 6000,
                                         "seconds_per_step": rate, "sittings": 1}}
     rows = _protocol_cost(results)
@@ -146,6 +147,12 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert cells[1] == "3 / 16"
     assert cells[2] == f"{(1280 + 680 + 380) / 3600:.2f}"
     assert cells[3] == f"{10340 / 3600:.1f}" == "2.9"
+    # the README's generated block carries the same table and the throughput
+    from regnp.report import readme_block
+    block = readme_block(results)
+    assert liver in block.splitlines()
+    median_job = 680 / 60                        # CPU minutes of the median finished job (VM-2)
+    assert f"took {median_job:.0f} CPU minutes" in block
 
 
 def test_list_shows_each_job_left_with_its_estimate(tmp_path):
