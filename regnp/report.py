@@ -15,11 +15,12 @@ Statistics (the conventions of every table):
   the machine and thread count recorded in the job.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .metrics import ttest_unpaired
+from .metrics import difference_ci, ttest_unpaired
 from .protocols import LAMBDA, LAMBDAS, SETTINGS, TABLE_MODELS, TRAIN_STEPS, VARIANTS
 
 # The paper's numbers (Al Safadi & Song, CVPR 2021), for side-by-side comparison:
@@ -138,14 +139,30 @@ def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
             "train_seconds": [m["train"]["seconds"] for m in jobs if m.get("train")]}
 
 
-def ttest_cells(a, b):
-    """Welch t-test of two cells' per-pair Dice (averaged over seeds), on their common pairs."""
+def _cell_samples(a, b):
+    """Two cells' per-pair Dice (averaged over seeds; fractions), on their common pairs."""
     common = sorted(set(a["pair_dice"]) & set(b["pair_dice"]))
     x = [a["pair_dice"][i] for i in common] if common else list(a["pair_dice"].values())
     y = [b["pair_dice"][i] for i in common] if common else list(b["pair_dice"].values())
+    return x, y
+
+
+def ttest_cells(a, b):
+    """Welch t-test of two cells' per-pair Dice (averaged over seeds), on their common pairs."""
+    x, y = _cell_samples(a, b)
     if len(x) < 2 or len(y) < 2:
         return None
     return ttest_unpaired(x, y)
+
+
+def ci_cells(a, b, level=0.95):
+    """Welch confidence interval of ``a``'s mean Dice − ``b``'s, in Dice points (%), on the
+    samples of :func:`ttest_cells`; None when a side has fewer than 2 pairs."""
+    x, y = _cell_samples(a, b)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    lo, hi = difference_ci(x, y, level)
+    return 100 * lo, 100 * hi
 
 
 def _pm(v, nd=2):
@@ -186,12 +203,15 @@ def compare(results, setting, test, variant="metareg", others=TABLE_MODELS):
     tt = ttest_cells(me, best)
     return {"delta": me["dice"][0] - best["dice"][0], "p": None if tt is None else tt[1],
             "t": None if tt is None else tt[0], "rival": best_v, "ours": me["dice"][0],
-            "rival_dice": best["dice"][0]}
+            "rival_dice": best["dice"][0], "ci": ci_cells(me, best)}
 
 
-def _verdict(delta, p, alpha=0.05, paper_significant=True):
+def _verdict(delta, p, alpha=0.05, paper_significant=True, ci=None, paper_delta=None):
     """Our verdict on one claim. ``paper_significant``: the paper reports the difference as
-    significant (sec. 5.4.4); otherwise it reports none, and "no difference" agrees with it."""
+    significant (sec. 5.4.4); otherwise it reports none, and "no difference" agrees with it.
+    When a significant claim is not confirmed, ``ci`` (our 95 % interval) and ``paper_delta``
+    say whether our runs still allow a gain as large as the paper's, or rule it out (over test
+    pairs: the interval does not include the variation between training runs)."""
     if delta is None:
         return "not run yet"
     if p is None:
@@ -202,7 +222,12 @@ def _verdict(delta, p, alpha=0.05, paper_significant=True):
         return (f"differs: significant here (p = {p:.3g}), "
                 + ("Meta-Reg better" if delta > 0 else "the other method better"))
     if p >= alpha:
-        return f"not confirmed: difference within noise (p = {p:.3g})"
+        out = f"not confirmed: difference within noise (p = {p:.3g})"
+        if ci is not None and paper_delta is not None:
+            out += ("; the paper's gain lies above our 95 % CI" if paper_delta > ci[1] else
+                    "; our 95 % CI still contains the paper's gain" if paper_delta >= ci[0] else
+                    "; the paper's value lies below our 95 % CI")
+        return out
     return (f"confirmed (p = {p:.3g})" if delta > 0 else f"contradicted: the other method is "
             f"better (p = {p:.3g})")
 
@@ -382,8 +407,11 @@ def _protocol_cost(results):
     return rows
 
 
-def claims(results):
-    """The paper's claims, one by one, as (claim, paper's number, ours, verdict)."""
+def claim_data(results):
+    """The paper's claims, one by one, as dicts: ``text``, the paper's Δ Dice ``paper`` and
+    whether it reports it as significant (``sig``), our ``delta`` (None until both sides have
+    finished), its Welch ``p`` and 95 % ``ci`` (Dice points), ``rival`` (the variant compared
+    with), and ``ours`` / ``rival_dice`` (mean Dice)."""
     rows = []
     # (setting, test, claim, the paper's Δ, whether the paper reports it as significant: its
     # sec. 5.4.4 rejects H0 for liver 16/16, liver 16→10 and cardiac, and for the ablation on
@@ -395,26 +423,77 @@ def claims(results):
             ("liver16", "s10", "generalises 16 → 10", 92.60 - 88.66, True),
             ("cardiac", "test", "cardiac: Meta-Reg beats the best other method", 86.52 - 84.12, True),
             ("chest", "test", "chest: Meta-Reg vs the best other method", 85.20 - 83.86, False)):
-        c = compare(results, setting, test)
-        ours = "–" if c is None else (f"{c['delta']:+.2f} vs {VARIANTS[c['rival']][0]} "
-                                      f"({c['ours']:.2f} vs {c['rival_dice']:.2f})")
-        rows.append((text, f"{paper_delta:+.2f}" + ("" if sig else " (n.s.)"), ours,
-                     _verdict(None if c is None else c["delta"], None if c is None else c["p"],
-                              paper_significant=sig)))
+        c = compare(results, setting, test) or {}
+        rows.append({"text": text, "paper": paper_delta, "sig": sig, "delta": c.get("delta"),
+                     "p": c.get("p"), "ci": c.get("ci"), "rival": c.get("rival"),
+                     "ours": c.get("ours"), "rival_dice": c.get("rival_dice")})
     for setting, test in ABLATION_TESTS.items():
         a, m = cell(results, setting, "ablated", test), cell(results, setting, "metareg", test)
         p = PAPER_ABLATION[setting]
+        row = {"text": f"M adds Dice over the ablated network ({SETTINGS[setting][2]})",
+               "paper": p[4] - p[0], "sig": setting != "liver10",  # paper: no gain at liver 10
+               "delta": None, "p": None, "ci": None, "rival": "ablated", "ours": None,
+               "rival_dice": None}
         if a and m:
             tt = ttest_cells(m, a)
-            delta, pv = m["dice"][0] - a["dice"][0], (None if tt is None else tt[1])
-            ours = f"{delta:+.2f}"
-        else:
-            delta, pv, ours = None, None, "–"
-        sig = setting != "liver10"              # the paper: no gain at liver 10 (sec. 5.4.3)
-        rows.append((f"M adds Dice over the ablated network ({SETTINGS[setting][2]})",
-                     f"{p[4] - p[0]:+.2f}" + ("" if sig else " (n.s.)"), ours,
-                     _verdict(delta, pv, paper_significant=sig)))
+            row.update(delta=m["dice"][0] - a["dice"][0], p=None if tt is None else tt[1],
+                       ci=ci_cells(m, a), ours=m["dice"][0], rival_dice=a["dice"][0])
+        rows.append(row)
     return rows
+
+
+def claims(results):
+    """The paper's claims, one by one, as (claim, paper's number, ours, verdict)."""
+    rows = []
+    for c in claim_data(results):
+        if c["delta"] is None:
+            ours = "–"
+        elif c["rival"] == "ablated":
+            ours = f"{c['delta']:+.2f}"
+        else:
+            ours = (f"{c['delta']:+.2f} vs {VARIANTS[c['rival']][0]} "
+                    f"({c['ours']:.2f} vs {c['rival_dice']:.2f})")
+        if c["ci"] is not None:
+            ours += f"; 95 % CI {c['ci'][0]:+.2f} to {c['ci'][1]:+.2f}"
+        rows.append((c["text"], f"{c['paper']:+.2f}" + ("" if c["sig"] else " (n.s.)"), ours,
+                     _verdict(c["delta"], c["p"], paper_significant=c["sig"], ci=c["ci"],
+                              paper_delta=c["paper"])))
+    return rows
+
+
+def _plot_claims(results, path):
+    """Each claim: the paper's Δ Dice (open diamond) and ours with its 95 % Welch interval."""
+    rows = claim_data(results)
+    done = [r for r in rows if r["delta"] is not None]
+    if not done:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.4))
+    y = np.arange(len(rows))[::-1]
+    ax.axvline(0, color="gray", lw=1)
+    for yi, r in zip(y, rows):
+        ax.plot(r["paper"], yi, "D", mfc="none", mec="tab:red", ms=7,
+                label="paper" if yi == y[0] else None)
+        if r["delta"] is None:
+            ax.text(0.2, yi, "not run yet", va="center", fontsize=8, color="gray")
+            continue
+        lo, hi = r["ci"] if r["ci"] else (r["delta"], r["delta"])
+        ax.errorbar(r["delta"], yi, xerr=[[r["delta"] - lo], [hi - r["delta"]]], fmt="o",
+                    color="tab:blue", capsize=3, label="ours (95 % CI)" if yi == y[0] else None)
+    labels = [r["text"] + ("" if r["rival"] in (None, "ablated") else
+                           f" (vs {VARIANTS[r['rival']][0]})") for r in rows]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlabel("Δ Dice (points): Meta-Reg − the method compared with")
+    fig.suptitle("The paper's claims (open diamonds) and ours (95 % Welch CI over test pairs); "
+                 f"256², {TRAIN_STEPS:,} training steps, seeds pooled", fontsize=9)
+    handles, names = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_report(root, tables_path, fig_dir):
@@ -508,6 +587,11 @@ def write_report(root, tables_path, fig_dir):
             "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims(results)]
     out.append("")
+    f = _plot_claims(results, Path(fig_dir) / "results_claims.png")
+    if f is not None:
+        figs.append(f)
+        rel = Path(os.path.relpath(f, Path(tables_path).parent)).as_posix()
+        out += [f"![the claims: the paper's Δ Dice and ours with 95 % intervals]({rel})", ""]
     # --- cost
     by_proto = {}
     for m in grid:

@@ -44,7 +44,7 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
     assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
     assert {f.name for f in figs} == {"results_training_length.png", "results_lambda_dice.png",
-                                      "results_lambda_jacobian.png"}
+                                      "results_lambda_jacobian.png", "results_claims.png"}
     # a second run finds everything done and trains nothing
     t0 = time.perf_counter()
     again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
@@ -162,6 +162,8 @@ def test_report_from_hand_made_json(tmp_path):
     expect = stats.ttest_ind((meta[0] + meta[1]) / 2, vm2, equal_var=False)
     assert cmp["p"] == pytest.approx(expect.pvalue) and cmp["delta"] == pytest.approx(
         100 * (np.concatenate(meta).mean() - vm2.mean()))
+    ci = expect.confidence_interval(0.95)
+    assert cmp["ci"] == pytest.approx((100 * ci.low, 100 * ci.high))
     text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     assert f"{pooled.mean():.2f} ± {pooled.std(ddof=1):.2f}" in text
     assert "84.80 ± 6.09" in text                                  # the paper's number beside it
@@ -171,10 +173,25 @@ def test_report_from_hand_made_json(tmp_path):
     assert step is not None and 3000 <= step <= 9000
     assert f"| {step} |" in text
     assert (tmp_path / "f" / "results_training_length.png").stat().st_size > 5000
+    assert (tmp_path / "f" / "results_claims.png").stat().st_size > 5000
+    assert f"95 % CI {100 * ci.low:+.2f} to {100 * ci.high:+.2f}" in text
     # cost per protocol: each fake job is 1 CPU hour; liver holds metareg s0, s1 and vm2 s0 of
     # its 16 planned jobs (the ablated network is in the ablation protocol, not in liver)
     assert "| liver | 3 / 16 | 3.00 | 13.0 |" in text
     assert "| ablation | 3 / 24 | 3.00 | 21.0 |" in text
+
+
+def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
+    from regnp.report import _verdict
+    assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
+        "; the paper's gain lies above our 95 % CI")
+    assert _verdict(-0.7, 0.76, ci=(-5.3, 3.9), paper_delta=2.4).endswith(
+        "; our 95 % CI still contains the paper's gain")
+    assert _verdict(0.2, 0.85, ci=(1.0, 2.3), paper_delta=0.5).endswith("lies below our 95 % CI")
+    assert _verdict(0.2, 0.85) == "not confirmed: difference within noise (p = 0.85)"
+    assert _verdict(3.0, 0.01, ci=(1.0, 5.0), paper_delta=4.3) == "confirmed (p = 0.01)"
+    assert _verdict(0.2, 0.85, paper_significant=False, ci=(-1, 1), paper_delta=4.3).startswith(
+        "agrees: no significant difference")
 
 
 def test_chosen_steps_rule_by_hand():

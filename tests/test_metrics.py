@@ -4,7 +4,7 @@ import pytest
 import scipy.stats
 
 from regnp.metrics import (Timer, dice, dice_per_pair, folding_stats, jacobian_determinant,
-                           summarize, ttest_unpaired)
+                           summarize, ttest_unpaired, difference_ci)
 
 
 def affine_field(H, W, a, b, c, d, dtype=np.float64):
@@ -166,6 +166,28 @@ def test_ttest_and_summarize():
         summarize([1.0, np.nan])
     with pytest.raises(ValueError, match="at least 2"):
         ttest_unpaired([1.0], [2.0, 3.0])
+
+
+def test_difference_ci_is_welchs_interval_by_hand():
+    """The reference is the textbook formula; the interval excludes 0 exactly when Welch's
+    p < 0.05."""
+    rng = np.random.default_rng(3)
+    for na, nb, shift in ((20, 25, 1.0), (7, 40, 0.1), (80, 80, 0.3)):
+        a = rng.normal(shift, 1, na); b = rng.normal(0, 2, nb)
+        va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+        df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+        half = scipy.stats.t.ppf(0.975, df) * np.sqrt(va + vb)
+        lo, hi = difference_ci(a, b)
+        d = a.mean() - b.mean()
+        assert lo == pytest.approx(d - half, rel=1e-9) and hi == pytest.approx(d + half, rel=1e-9)
+        _, p = ttest_unpaired(a, b)
+        assert (lo > 0 or hi < 0) == (p < 0.05)
+        lo90, hi90 = difference_ci(a, b, level=0.9)
+        assert lo < lo90 < hi90 < hi
+    with pytest.raises(ValueError, match="at least 2"):
+        difference_ci([1.0], [2.0, 3.0])
+    with pytest.raises(ValueError, match="level"):
+        difference_ci([1.0, 2.0], [2.0, 3.0], level=95)
 
 
 def test_timer_discards_warmup():
