@@ -181,6 +181,26 @@ def test_report_from_hand_made_json(tmp_path):
     assert "| ablation | 3 / 24 | 3.00 | 21.0 |" in text
 
 
+def test_ablation_variants_table_by_hand(tmp_path):
+    """Each column is one difference of pooled per-pair Dice with its Welch p."""
+    from scipy import stats
+    from regnp.report import ablation_variants_table, load_results
+    rng = np.random.default_rng(4)
+    d = {v: 0.85 + mu + 0.02 * rng.standard_normal(30) for v, mu in
+         (("metareg", 0.01), ("ablated", 0.0), ("ablated_free", 0.005), ("ablated_nofilter", -0.01))}
+    for v, x in d.items():
+        _fake_job(tmp_path, "chest", v, 0, x, test="test")
+    row = next(ln for ln in ablation_variants_table(load_results(tmp_path)[0]).splitlines()
+               if ln.startswith("| chest"))
+    for x, y in (("ablated", "ablated_free"), ("ablated_free", "ablated_nofilter"),
+                 ("metareg", "ablated_nofilter")):
+        p = stats.ttest_ind(d[x], d[y], equal_var=False).pvalue
+        assert f"{100 * (d[x].mean() - d[y].mean()):+.2f} (p = {p:.3g})" in row
+    liver = next(ln for ln in ablation_variants_table(load_results(tmp_path)[0]).splitlines()
+                 if ln.startswith("| liver, σ_train = 16"))
+    assert liver.count("–") == 3                                  # nothing run there
+
+
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
     from regnp.report import _verdict
     assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
