@@ -45,10 +45,19 @@ SCRIPT = textwrap.dedent("""
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX signals")
 
 
+def ctrl_c_as_in_a_terminal():
+    """Child-process setup: SIGINT back to its default, so the child's Python installs its
+    KeyboardInterrupt handler as it does under a terminal. A test suite started in the
+    background (``pytest &``, a CI runner) inherits SIGINT *ignored*, which would make the
+    Ctrl-C these tests send a no-op."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_inside_del(mode):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     assert proc.stdout.readline().strip() == "in __del__"
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

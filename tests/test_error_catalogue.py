@@ -499,11 +499,19 @@ def _command(case, data=None):
     return [sys.executable, "-m", f"regnp.{case.tool}", *shlex.split(args)]
 
 
+def ctrl_c_as_in_a_terminal():
+    """Child-process setup: SIGINT back to its default, so the child's Python installs its
+    KeyboardInterrupt handler as it does under a terminal. A test suite started in the
+    background (``pytest &``, a CI runner) inherits SIGINT *ignored*, which would make the
+    Ctrl-C these tests send a no-op."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_interrupted(cmd, cwd, marker, timeout=120):
     """Start ``cmd``, wait until ``marker`` appears on stdout or stderr (the tool is busy), send
     SIGINT, and return (exit status, stdout, stderr)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal)
     chunks = {"out": [], "err": []}
     seen = threading.Event()
 
