@@ -266,7 +266,7 @@ def run_job(config, root, data_root=None, threads=None, progress=False, deadline
         if done is not None and done.get("config") == config:
             return done
         if config.get("kind") == "solver":
-            return _run_solver_job(config, folder, data_root)
+            return _run_solver_job(config, folder, data_root, progress)
         return _run_train_job(config, folder, data_root, progress)
     finally:
         lock.unlink(missing_ok=True)
@@ -343,7 +343,7 @@ def _test_record(recs):
     }
 
 
-def _run_solver_job(config, folder, data_root):
+def _run_solver_job(config, folder, data_root, progress=False):
     """The classical eq. 6 solver (L-BFGS over α, Gaussian kernel) on each test set's pairs,
     scored by the same ``evaluate_pairs`` as the networks."""
     from .data import load_dataset
@@ -354,7 +354,8 @@ def _run_solver_job(config, folder, data_root):
     for t in config["tests"]:
         ds = load_dataset(t["dataset"], "test", data_root=data_root, size=config["size"],
                           sigma=t.get("sigma", 10.0))
-        recs = evaluate_pairs(None, ds, range(min(t["pairs"], len(ds))),
+        recs = evaluate_pairs(None, ds, range(min(t["pairs"], len(ds))), progress=progress,
+                              desc=f"eq. 6 solver, {t['name']}",
                               register=lambda F, M: register_rkhs(
                                   F, M, width=config["kernel_width"]).u)
         tests[t["name"]] = _test_record(recs)
