@@ -171,9 +171,8 @@ def claim_folder(root, config):
 
 
 def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return None if n == 0 else (xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2]))
+    import numpy as np
+    return float(np.median(xs)) if len(xs) else None
 
 
 def _test_pairs(config):
@@ -185,21 +184,19 @@ def estimate_seconds(config, finished, root=None):
     metrics dicts of jobs already done, measured under whatever load they ran with), or None
     when nothing comparable has finished.
 
-    A training job: seconds per step (median of finished training jobs of the same variant and
-    setting, else of the same variant, else of all) × the steps still to run (its checkpoint's
-    step under ``root`` counts as done) + evaluation seconds per test pair (median over finished
-    training jobs, :func:`eval_seconds`) × its test pairs. A solver job:
-    the median wall seconds per test pair of finished solver jobs × its test pairs.
+    Scoring: the median of :func:`eval_seconds` per test pair over finished jobs of the same
+    kind (training or solver) × its test pairs; that is all a solver job does. A training job
+    adds seconds per step (median of finished training jobs of the same variant and setting,
+    else of the same variant, else of all) × the steps still to run (its checkpoint's step
+    under ``root`` counts as done).
     """
-    if config.get("kind") == "solver":
-        per_pair = [m["wall_seconds_this_sitting"] / max(1, _test_pairs(m["config"]))
-                    for m in finished if m.get("config", {}).get("kind") == "solver"
-                    and "wall_seconds_this_sitting" in m]
-        rate = _median(per_pair)
-        return None if rate is None else rate * _test_pairs(config)
-    trained = [m for m in finished if (m.get("train") or {}).get("seconds_per_step")]
-    per_pair = [e / max(1, _test_pairs(m["config"])) for m in trained
-                for e in [eval_seconds(m)] if e is not None]
+    kind = config.get("kind", "train")
+    same_kind = [m for m in finished if m.get("config", {}).get("kind", "train") == kind]
+    per_pair = _median([e / max(1, _test_pairs(m["config"])) for m in same_kind
+                        for e in [eval_seconds(m)] if e is not None])
+    if kind == "solver":
+        return None if per_pair is None else per_pair * _test_pairs(config)
+    trained = [m for m in same_kind if (m.get("train") or {}).get("seconds_per_step")]
     rate = None
     for same in (lambda c: c.get("variant") == config.get("variant")
                  and c.get("setting") == config.get("setting"),
@@ -215,7 +212,7 @@ def estimate_seconds(config, finished, root=None):
         from .checkpoint import checkpoint_step
         done = checkpoint_step(Path(root) / config["name"] / "checkpoint.npz") or 0
     steps_left = max(0, int(config.get("steps", 0)) - done)
-    return rate * steps_left + (_median(per_pair) or 0.0) * _test_pairs(config)
+    return rate * steps_left + (per_pair or 0.0) * _test_pairs(config)
 
 
 def eval_seconds(metrics):

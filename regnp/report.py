@@ -481,8 +481,7 @@ def claims(results):
 def _plot_claims(results, path):
     """Each claim: the paper's Δ Dice (open diamond) and ours with its 95 % Welch interval."""
     rows = claim_data(results)
-    done = [r for r in rows if r["delta"] is not None]
-    if not done:
+    if all(r["delta"] is None for r in rows):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.4))
@@ -503,8 +502,7 @@ def _plot_claims(results, path):
     ax.set_xlabel("Δ Dice (points): Meta-Reg − the method compared with")
     fig.suptitle("The paper's claims (open diamonds) and ours (95 % Welch CI over test pairs); "
                  f"256², {TRAIN_STEPS:,} training steps, seeds pooled", fontsize=9)
-    handles, names = ax.get_legend_handles_labels()
-    if handles:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
