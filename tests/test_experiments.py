@@ -13,7 +13,7 @@ import pytest
 
 from regnp.experiments import run_protocols
 from regnp.grid import GridError, job_status, run_grid
-from regnp.protocols import PROTOCOLS, job_config, protocol_jobs
+from regnp.protocols import PROTOCOLS, job_config, protocol_jobs, solver_config
 from regnp.report import PAPER, cell, chosen_steps, compare, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,8 @@ def test_local_and_dask_local_cluster_give_identical_metrics(tmp_path):
 
 # ------------------------------------------------------------------- report from hand-made JSON
 def _fake_job(root, setting, variant, seed, dice, jac=99.9, test="s16", lam=0.04, val=None):
-    c = job_config(setting, variant, lam=lam, seed=seed)
+    c = (solver_config(setting) if variant == "solver"
+         else job_config(setting, variant, lam=lam, seed=seed))
     if val is not None:
         c = dict(c, name="steps_" + c["name"], val_every=500)
     n = len(dice)
@@ -167,6 +168,7 @@ def test_report_from_hand_made_json(tmp_path):
     text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     assert f"{pooled.mean():.2f} ± {pooled.std(ddof=1):.2f}" in text
     assert "84.80 ± 6.09" in text                                  # the paper's number beside it
+    assert "| 1 (seed 0) |" in text and f"| 2: {100 * meta[0].mean():.2f} / " in text   # seeds column
     assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in text
     assert "confirmed (p =" in text and "not run yet" in text          # σ 10/10 was not run
     step, _ = chosen_steps(curve)
@@ -199,6 +201,28 @@ def test_ablation_variants_table_by_hand(tmp_path):
     liver = next(ln for ln in ablation_variants_table(load_results(tmp_path)[0]).splitlines()
                  if ln.startswith("| liver, σ_train = 16"))
     assert liver.count("–") == 3                                  # nothing run there
+
+
+def test_rkhs_differences_table_by_hand(tmp_path):
+    """Each cell is one difference of per-pair Dice with its Welch interval and p; a comparison
+    with a side not run shows '–'."""
+    from scipy import stats
+    from regnp.report import load_results, rkhs_differences_table
+    rng = np.random.default_rng(5)
+    d = {v: 0.9 + mu + 0.02 * rng.standard_normal(25) for v, mu in
+         (("rkhs_exact", 0.0), ("rkhs_conv13", -0.004), ("metareg", 0.003), ("solver", 0.04))}
+    for v, x in d.items():
+        _fake_job(tmp_path, "liver16", v, 0, x)
+    _fake_job(tmp_path, "liver10", "metareg", 0, d["metareg"], test="s10")
+    lines = rkhs_differences_table(load_results(tmp_path)[0]).splitlines()
+    row16 = next(ln for ln in lines if ln.startswith("| liver, σ_train = 16"))
+    for x, y in (("rkhs_conv13", "rkhs_exact"), ("metareg", "rkhs_conv13"), ("solver", "metareg")):
+        t = stats.ttest_ind(d[x], d[y], equal_var=False)
+        ci = t.confidence_interval(0.95)
+        assert (f"{100 * (d[x].mean() - d[y].mean()):+.2f} (CI {100 * ci.low:+.2f} to "
+                f"{100 * ci.high:+.2f}; p = {t.pvalue:.3g})") in row16
+    row10 = next(ln for ln in lines if ln.startswith("| liver, σ_train = 10"))
+    assert row10.count("–") == 3                      # only Meta-Reg ran there: nothing to compare
 
 
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
