@@ -278,12 +278,12 @@ def _main(argv=None):
         if out.exists() and not out.is_dir():
             raise GridError(f"--out {out} is a file; give a folder")
         if a.list:
-            from .grid import estimate_seconds, job_status, _read_json
+            from .grid import estimate_seconds, finished_metrics, job_status
             from .protocols import protocol_jobs
             listed = [(proto, c, job_status(out, c)) for proto in protos
                       for c in protocol_jobs(proto, seeds=a.seeds, quick=a.quick, steps=a.steps,
                                              phantom=a.phantom, all_seeds=a.all_seeds)]
-            finished = {c["name"]: _read_json(out / c["name"] / "metrics.json")
+            finished = {c["name"]: finished_metrics(out, c)
                         for _, c, st in listed if st == "done"}
             left = {}                            # a job shared by two protocols counts once
             for proto, c, st in listed:

@@ -139,12 +139,18 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def finished_metrics(root, config):
+    """The metrics of ``config``'s finished job under ``root`` (its ``metrics.json``, written for
+    this very config), or None when the job has not finished."""
+    m = _read_json(Path(root) / config["name"] / "metrics.json")
+    return m if m is not None and m.get("config") == config else None
+
+
 def job_status(root, config):
     """``"done"``, ``"running"`` (locked by a live process), ``"partial"`` (has a checkpoint) or
     ``"todo"``."""
     folder = Path(root) / config["name"]
-    m = _read_json(folder / "metrics.json")
-    if m is not None and m.get("config") == config:
+    if finished_metrics(root, config) is not None:
         return "done"
     lock = _read_json(folder / "running.lock")
     if lock and not (lock.get("host") == platform.node() and not _pid_alive(lock.get("pid"))):
@@ -420,8 +426,9 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
     root = Path(root)
     results, todo = {}, []
     for c in configs:
-        if job_status(root, c) == "done":
-            results[c["name"]] = _read_json(root / c["name"] / "metrics.json")
+        m = finished_metrics(root, c)
+        if m is not None:
+            results[c["name"]] = m
         else:
             claim_folder(root, c)                 # refuse conflicts before any work starts
             todo.append(c)
