@@ -225,6 +225,32 @@ def test_rkhs_differences_table_by_hand(tmp_path):
     assert row10.count("–") == 3                      # only Meta-Reg ran there: nothing to compare
 
 
+def test_lambda_summary_by_hand(tmp_path):
+    """Counts, significance, best λ, spread and the Jacobian trend of the λ sweep, from fake jobs
+    whose means are known: Meta-Reg is far above VM-2 at λ 0.01 (significant), slightly below at
+    0.04, slightly above at 0.16; VM-2's |J|>0 dips at 0.16, Meta-Reg's rises."""
+    from regnp.report import lambda_points, lambda_summary, load_results
+    # one noise vector for every job: each difference of means is exactly the shift below, and
+    # the t statistic is shift / (0.03·sqrt(2/30)): 7.7 at λ 0.01, −1.3 and +0.6 elsewhere
+    e = np.random.default_rng(6).standard_normal(30)
+    e = 0.03 * (e - e.mean()) / e.std(ddof=1)
+    for lam, dv, dm, jv, jm in ((0.01, 0.80, 0.86, 97.0, 97.5), (0.04, 0.84, 0.83, 99.5, 99.4),
+                                (0.16, 0.82, 0.825, 99.0, 99.9)):
+        _fake_job(tmp_path, "liver16", "vm2", 0, dv + e, jac=jv, lam=lam)
+        _fake_job(tmp_path, "liver16", "metareg", 0, dm + e, jac=jm, lam=lam)
+    _fake_job(tmp_path, "liver16", "vm2", 0, 0.7 + e, lam=0.32)   # VM-2 only: not compared
+    results = load_results(tmp_path)[0]
+    pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
+    text = lambda_summary(pts)
+    assert "above VoxelMorph-2's at 2 of the 3 λ values" in text
+    assert "significant (Welch p < 0.05) at λ = 0.01 (+6.00)." in text
+    assert "Best λ: Meta-Reg 0.01, VoxelMorph-2 0.04" in text
+    assert "Meta-Reg 3.50, VoxelMorph-2 4.00 points" in text        # 86 − 82.5 and 84 − 80
+    assert "rises monotonically with λ for Meta-Reg only" in text
+    assert "at or above VoxelMorph-2's at 2 of the 3 λ values" in text
+    assert lambda_summary({"vm2": pts["vm2"], "metareg": []}).endswith("no λ in common yet.")
+
+
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
     from regnp.report import _verdict
     assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
