@@ -122,10 +122,11 @@ def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
            for k in ("dice_after", "dice_before", "pct_positive_jacobian", "min_jacobian")}
     secs = [s for p in pairs for s in p["seconds"] if s is not None]
     per_seed = [100 * float(np.mean(p["dice_after"])) for p in pairs]
-    by_id = {}
+    by_id, jac_by_id = {}, {}
     for p in pairs:
-        for i, d in zip(p["id"], p["dice_after"]):
+        for i, d, j in zip(p["id"], p["dice_after"], p["pct_positive_jacobian"]):
             by_id.setdefault(i, []).append(d)
+            jac_by_id.setdefault(i, []).append(j)
 
     def ms(x, scale=1.0):
         x = scale * x
@@ -135,21 +136,24 @@ def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
             "cpu": float(np.median(secs)) if secs else None, "seeds": [m["config"].get("seed")
                                                                        for m in jobs],
             "per_seed": per_seed, "pair_dice": {i: float(np.mean(v)) for i, v in by_id.items()},
+            "pair_jac": {i: float(np.mean(v)) for i, v in jac_by_id.items()},
             "steps": [m["train"]["steps"] for m in jobs if m.get("train")],
             "train_seconds": [m["train"]["seconds"] for m in jobs if m.get("train")]}
 
 
-def _cell_samples(a, b):
-    """Two cells' per-pair Dice (averaged over seeds; fractions), on their common pairs."""
-    common = sorted(set(a["pair_dice"]) & set(b["pair_dice"]))
-    x = [a["pair_dice"][i] for i in common] if common else list(a["pair_dice"].values())
-    y = [b["pair_dice"][i] for i in common] if common else list(b["pair_dice"].values())
+def _cell_samples(a, b, key="pair_dice"):
+    """Two cells' per-pair values (``pair_dice``: Dice as a fraction; ``pair_jac``: % of positive
+    Jacobian determinants; averaged over seeds), on their common pairs."""
+    common = sorted(set(a[key]) & set(b[key]))
+    x = [a[key][i] for i in common] if common else list(a[key].values())
+    y = [b[key][i] for i in common] if common else list(b[key].values())
     return x, y
 
 
-def ttest_cells(a, b):
-    """Welch t-test of two cells' per-pair Dice (averaged over seeds), on their common pairs."""
-    x, y = _cell_samples(a, b)
+def ttest_cells(a, b, key="pair_dice"):
+    """Welch t-test of two cells' per-pair Dice (or ``key="pair_jac"``: % |J| > 0), averaged over
+    seeds, on their common pairs."""
+    x, y = _cell_samples(a, b, key)
     if len(x) < 2 or len(y) < 2:
         return None
     return ttest_unpaired(x, y)
@@ -628,15 +632,17 @@ def write_report(root, tables_path, fig_dir):
     if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
         out += ["## Figs 3–4 — λ sweep, liver σ 16/16", "",
                 "| λ | VM-2 Dice (%) | Meta-Reg Dice (%) | Meta-Reg − VM-2 (Welch p) "
-                "| VM-2 \\|J\\|>0 (%) | Meta-Reg \\|J\\|>0 (%) |",
-                "|---|---|---|---|---|---|"]
+                "| VM-2 \\|J\\|>0 (%) | Meta-Reg \\|J\\|>0 (%) | Meta-Reg − VM-2 (Welch p) |",
+                "|---|---|---|---|---|---|---|"]
         for lam in LAMBDAS:
             cv = dict(pts["vm2"]).get(lam)
             cm = dict(pts["metareg"]).get(lam)
             tt = ttest_cells(cm, cv) if cv and cm else None
+            tj = ttest_cells(cm, cv, "pair_jac") if cv and cm else None
             d = "–" if tt is None else f"{cm['dice'][0] - cv['dice'][0]:+.2f} (p = {_pvalue(tt[1])})"
+            dj = "–" if tj is None else f"{cm['jac'][0] - cv['jac'][0]:+.2f} (p = {_pvalue(tj[1])})"
             out.append(f"| {lam:g} | {_pm(cv and cv['dice'])} | {_pm(cm and cm['dice'])} | {d} "
-                       f"| {_pm(cv and cv['jac'])} | {_pm(cm and cm['jac'])} |")
+                       f"| {_pm(cv and cv['jac'])} | {_pm(cm and cm['jac'])} | {dj} |")
         out += ["", lambda_summary(pts), ""]
         figs += _plot_lambda(pts, Path(fig_dir))
     # --- rkhs
@@ -702,15 +708,19 @@ def readme_block(results):
     """The README's generated part of "Results": how far the grid is, and the claims table."""
     planned = {n for p, names in _planned_jobs().items() if p != "steps" for n in names}
     done = sorted(n for n in planned if n in results)
-    out = [f"**Grid status: {len(done)} of {len(planned)} grid jobs finished** (the `steps` "
-           "calibration runs not counted). Each table cell pools the seeds finished so far; "
-           "\"not run yet\" means the jobs are still queued.", "",
+    complete = len(done) == len(planned)
+    status = (f"**Grid status: all {len(planned)} grid jobs finished** (the `steps` calibration "
+              "runs not counted). Each table cell pools the seeds of its model." if complete else
+              f"**Grid status: {len(done)} of {len(planned)} grid jobs finished** (the `steps` "
+              "calibration runs not counted). Each table cell pools the seeds finished so far; "
+              "\"not run yet\" means the jobs are still queued.")
+    out = [status, "",
            "| Claim | paper (Δ Dice; n.s. = not significant there) | ours (Δ Dice) | verdict |",
            "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims(results)]
     cost = _protocol_cost(results)
     if cost:
-        out += ["", "**Cost so far.** " + cost[1]] + cost[2:]
+        out += ["", ("**Cost.** " if complete else "**Cost so far.** ") + cost[1]] + cost[2:]
     return "\n".join(out)
 
 

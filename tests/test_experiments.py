@@ -134,7 +134,7 @@ def _fake_job(root, setting, variant, seed, dice, jac=99.9, test="s16", lam=0.04
          "machine": {"threads": 1},
          "tests": {test: {"pairs": {"id": [f"p{i}" for i in range(n)],
                                     "dice_before": [0.6] * n, "dice_after": list(dice),
-                                    "pct_positive_jacobian": [jac] * n,
+                                    "pct_positive_jacobian": list(np.broadcast_to(jac, n).astype(float)),
                                     "min_jacobian": [-0.1] * n, "seconds": [None] + [0.1] * (n - 1)}}}}
     (root / c["name"]).mkdir(parents=True)
     (root / c["name"] / "metrics.json").write_text(json.dumps(m))
@@ -251,6 +251,29 @@ def test_lambda_summary_by_hand(tmp_path):
     assert lambda_summary({"vm2": pts["vm2"], "metareg": []}).endswith("no λ in common yet.")
 
 
+def test_lambda_table_compares_jacobians_per_pair(tmp_path):
+    """The λ table's |J|>0 column: Meta-Reg − VM-2 in points with the Welch p over per-pair
+    shares of positive Jacobians (seeds averaged per pair), like the Dice column."""
+    from scipy import stats
+    from regnp.report import cell, load_results, ttest_cells
+    rng = np.random.default_rng(7)
+    dice = 0.85 + 0.02 * rng.standard_normal(20)
+    jv = 98.0 + rng.standard_normal(20)
+    jm = [98.5 + rng.standard_normal(20) for _ in range(2)]
+    for lam in (0.01, 0.02):
+        _fake_job(tmp_path, "liver16", "vm2", 0, dice, jac=jv, lam=lam)
+        _fake_job(tmp_path, "liver16", "metareg", 0, dice, jac=jm[0], lam=lam)
+        _fake_job(tmp_path, "liver16", "metareg", 1, dice, jac=jm[1], lam=lam)
+    results = load_results(tmp_path)[0]
+    m, v = (cell(results, "liver16", x, "s16", lam=0.02) for x in ("metareg", "vm2"))
+    expect = stats.ttest_ind((jm[0] + jm[1]) / 2, jv, equal_var=False)
+    assert ttest_cells(m, v, "pair_jac")[1] == pytest.approx(expect.pvalue)
+    text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| 0.02 |"))
+    diff = np.concatenate(jm).mean() - jv.mean()
+    assert row.endswith(f"| {diff:+.2f} (p = {expect.pvalue:.3g}) |")
+
+
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
     from regnp.report import _verdict
     assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
@@ -331,7 +354,7 @@ def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
     text = readme.read_text(encoding="utf-8")
     assert text == f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}"
     assert "stale block" not in text
-    assert "**Grid status: 2 of 68 grid jobs finished**" in block
+    assert "**Grid status: 2 of 68 grid jobs finished**" in block and "**Cost so far.**" in block
     assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in block
     assert update_readme(readme, runs) == block and readme.read_text(encoding="utf-8") == text
     bare = tmp_path / "bare.md"
@@ -345,6 +368,20 @@ def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "--readme" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "T.md").exists()              # refused before writing anything
+
+
+def test_readme_block_of_a_finished_grid_says_so(tmp_path, monkeypatch):
+    """When every planned job has finished, the status line says so and drops "still queued"."""
+    from regnp import report
+    rng = np.random.default_rng(2)
+    for v in ("metareg", "vm2"):
+        _fake_job(tmp_path, "liver16", v, 0, 0.8 + 0.02 * rng.standard_normal(20))
+    results, _ = report.load_results(tmp_path)
+    monkeypatch.setattr(report, "_planned_jobs",
+                        lambda: {"liver": {n: m["config"] for n, m in results.items()}})
+    block = report.readme_block(results)
+    assert block.startswith("**Grid status: all 2 grid jobs finished**")
+    assert "still queued" not in block and "**Cost.**" in block and "Cost so far" not in block
 
 
 def test_cpu_hours_count_the_steps_of_a_sitting_that_left_no_record():
