@@ -156,14 +156,19 @@ def ttest_cells(a, b, key="pair_dice"):
     x, y = _cell_samples(a, b, key)
     if len(x) < 2 or len(y) < 2:
         return None
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        # no spread on either side (e.g. every pair at 100 % |J| > 0): the t statistic is 0/0
+        # or ±inf, and scipy warns of precision loss; there is nothing to test
+        return None
     return ttest_unpaired(x, y)
 
 
 def ci_cells(a, b, level=0.95):
     """Welch confidence interval of ``a``'s mean Dice − ``b``'s, in Dice points (%), on the
-    samples of :func:`ttest_cells`; None when a side has fewer than 2 pairs."""
+    samples of :func:`ttest_cells`; None when it has no test either (a side with fewer than 2
+    pairs, or no spread on both sides)."""
     x, y = _cell_samples(a, b)
-    if len(x) < 2 or len(y) < 2:
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
         return None
     lo, hi = difference_ci(x, y, level)
     return 100 * lo, 100 * hi
@@ -357,9 +362,9 @@ def chosen_steps(curve, window=2000, min_gain=0.003, smooth=3):
 def lambda_summary(pts, alpha=0.05):
     """The paper's Figs 3–4 claims in one paragraph: Meta-Reg above VoxelMorph-2 "across the entire
     range" of λ, best at λ = 0.04, "more robust" to λ; the share of positive Jacobians rising
-    with λ. ``pts``: {"vm2": [(λ, cell)], "metareg":
-    [(λ, cell)]} from :func:`lambda_points`. Robustness is read as the spread of mean Dice over
-    the λ values both networks ran (max − min)."""
+    with λ. ``pts``: {"vm2": [(λ, cell)], "metareg": [(λ, cell)]} from :func:`lambda_points`.
+    Only the λ values both networks ran are compared. Robustness is read as the spread of mean
+    Dice over them (max − min)."""
     v, m = dict(pts.get("vm2", [])), dict(pts.get("metareg", []))
     both = sorted(set(v) & set(m))
     if not both:
@@ -637,10 +642,13 @@ def write_report(root, tables_path, fig_dir):
         for lam in LAMBDAS:
             cv = dict(pts["vm2"]).get(lam)
             cm = dict(pts["metareg"]).get(lam)
-            tt = ttest_cells(cm, cv) if cv and cm else None
-            tj = ttest_cells(cm, cv, "pair_jac") if cv and cm else None
-            d = "–" if tt is None else f"{cm['dice'][0] - cv['dice'][0]:+.2f} (p = {_pvalue(tt[1])})"
-            dj = "–" if tj is None else f"{cm['jac'][0] - cv['jac'][0]:+.2f} (p = {_pvalue(tj[1])})"
+            d = dj = "–"
+            if cv and cm:                  # "p = –": no test possible (no spread, < 2 pairs)
+                tt, tj = ttest_cells(cm, cv), ttest_cells(cm, cv, "pair_jac")
+                d = (f"{cm['dice'][0] - cv['dice'][0]:+.2f} "
+                     f"(p = {_pvalue(None if tt is None else tt[1])})")
+                dj = (f"{cm['jac'][0] - cv['jac'][0]:+.2f} "
+                      f"(p = {_pvalue(None if tj is None else tj[1])})")
             out.append(f"| {lam:g} | {_pm(cv and cv['dice'])} | {_pm(cm and cm['dice'])} | {d} "
                        f"| {_pm(cv and cv['jac'])} | {_pm(cm and cm['jac'])} | {dj} |")
         out += ["", lambda_summary(pts), ""]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,10 +269,17 @@ def test_lambda_table_compares_jacobians_per_pair(tmp_path):
     m, v = (cell(results, "liver16", x, "s16", lam=0.02) for x in ("metareg", "vm2"))
     expect = stats.ttest_ind((jm[0] + jm[1]) / 2, jv, equal_var=False)
     assert ttest_cells(m, v, "pair_jac")[1] == pytest.approx(expect.pvalue)
-    text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    # every pair at 100 % on both sides: no spread, no test (and no scipy precision warning)
+    _fake_job(tmp_path, "liver16", "vm2", 0, dice, jac=100.0, lam=0.04)
+    _fake_job(tmp_path, "liver16", "metareg", 0, dice + 0.01, jac=100.0, lam=0.04)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     row = next(ln for ln in text.splitlines() if ln.startswith("| 0.02 |"))
     diff = np.concatenate(jm).mean() - jv.mean()
     assert row.endswith(f"| {diff:+.2f} (p = {expect.pvalue:.3g}) |")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| 0.04 |"))
+    assert row.endswith("| +0.00 (p = –) |")
 
 
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
