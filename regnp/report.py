@@ -150,25 +150,25 @@ def _cell_samples(a, b, key="pair_dice"):
     return x, y
 
 
+def _testable(x, y):
+    """Whether a Welch test (and interval) of two samples is defined: at least 2 values each and
+    some spread. With no spread on either side (e.g. every pair at 100 % |J| > 0) the t
+    statistic is 0/0 or ±inf and scipy warns of precision loss: there is nothing to test."""
+    return len(x) >= 2 and len(y) >= 2 and not (np.ptp(x) == 0 and np.ptp(y) == 0)
+
+
 def ttest_cells(a, b, key="pair_dice"):
     """Welch t-test of two cells' per-pair Dice (or ``key="pair_jac"``: % |J| > 0), averaged over
-    seeds, on their common pairs."""
+    seeds, on their common pairs; None when :func:`_testable` says there is no test."""
     x, y = _cell_samples(a, b, key)
-    if len(x) < 2 or len(y) < 2:
-        return None
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
-        # no spread on either side (e.g. every pair at 100 % |J| > 0): the t statistic is 0/0
-        # or ±inf, and scipy warns of precision loss; there is nothing to test
-        return None
-    return ttest_unpaired(x, y)
+    return ttest_unpaired(x, y) if _testable(x, y) else None
 
 
 def ci_cells(a, b, level=0.95):
     """Welch confidence interval of ``a``'s mean Dice − ``b``'s, in Dice points (%), on the
-    samples of :func:`ttest_cells`; None when it has no test either (a side with fewer than 2
-    pairs, or no spread on both sides)."""
+    samples of :func:`ttest_cells`; None when there is no test either."""
     x, y = _cell_samples(a, b)
-    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+    if not _testable(x, y):
         return None
     lo, hi = difference_ci(x, y, level)
     return 100 * lo, 100 * hi
@@ -188,6 +188,19 @@ def _cpu(c, nd):
 
 def _pvalue(p):
     return "–" if p is None else f"{p:.3g}"
+
+
+def _diff_txt(a, b, key="dice", ci=False):
+    """A table cell for cell ``a`` − cell ``b``: "Δ (p = …)" of ``key`` ("dice" or "jac", in
+    points), "Δ (CI lo to hi; p = …)" with ``ci`` (Dice only); "–" when a side has not run,
+    "p = –" when there is no test."""
+    if not (a and b):
+        return "–"
+    tt = ttest_cells(a, b, "pair_jac" if key == "jac" else "pair_dice")
+    p = f"p = {_pvalue(None if tt is None else tt[1])}"
+    iv = ci_cells(a, b) if ci and key == "dice" else None
+    return f"{a[key][0] - b[key][0]:+.2f} (" + (
+        f"CI {iv[0]:+.2f} to {iv[1]:+.2f}; " if iv else "") + f"{p})"
 
 
 def _seeds_txt(c):
@@ -269,11 +282,7 @@ def ablation_table(results):
         free = cell(results, setting, "ablated_free", test)
         none = cell(results, setting, "ablated_nofilter", test)
         p = PAPER_ABLATION[setting]
-        if a and m:
-            tt = ttest_cells(m, a)
-            d = f"{m['dice'][0] - a['dice'][0]:+.2f} ({'–' if tt is None else f'p = {tt[1]:.3g}'})"
-        else:
-            d = "–"
+        d = _diff_txt(m, a)
         lines.append(f"| {SETTINGS[setting][2]} | {_pm(a and a['dice'])} | {p[0]:.2f} ± {p[1]:.2f} "
                      f"| {_pm(a and a['jac'])} | {p[2]:.2f} ± {p[3]:.2f} | {_pm(m and m['dice'])} "
                      f"| {p[4]:.2f} ± {p[5]:.2f} | {_pm(m and m['jac'])} | {p[6]:.2f} ± {p[7]:.2f} "
@@ -291,10 +300,7 @@ def ablation_variants_table(results):
     for setting, test in ABLATION_TESTS.items():
         m, a, free, none = (cell(results, setting, v, test)
                             for v in ("metareg", "ablated", "ablated_free", "ablated_nofilter"))
-        row = []
-        for x, y in ((a, free), (free, none), (m, none)):
-            tt = ttest_cells(x, y) if x and y else None
-            row.append("–" if tt is None else f"{x['dice'][0] - y['dice'][0]:+.2f} (p = {tt[1]:.3g})")
+        row = [_diff_txt(x, y) for x, y in ((a, free), (free, none), (m, none))]
         lines.append(f"| {SETTINGS[setting][2]} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -312,16 +318,8 @@ def rkhs_differences_table(results):
     lines = ["| Setting | " + " | ".join(t for _, _, t in RKHS_DIFFERENCES) + " |",
              "|---|" + "---|" * len(RKHS_DIFFERENCES)]
     for setting, test in (("liver10", "s10"), ("liver16", "s16")):
-        row = []
-        for x, y, _ in RKHS_DIFFERENCES:
-            a, b = cell(results, setting, x, test), cell(results, setting, y, test)
-            tt = ttest_cells(a, b) if a and b else None
-            if tt is None:
-                row.append("–")
-                continue
-            lo, hi = ci_cells(a, b)
-            row.append(f"{a['dice'][0] - b['dice'][0]:+.2f} (CI {lo:+.2f} to {hi:+.2f}; "
-                       f"p = {_pvalue(tt[1])})")
+        row = [_diff_txt(cell(results, setting, x, test), cell(results, setting, y, test), ci=True)
+               for x, y, _ in RKHS_DIFFERENCES]
         lines.append(f"| {SETTINGS[setting][2]} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -642,15 +640,9 @@ def write_report(root, tables_path, fig_dir):
         for lam in LAMBDAS:
             cv = dict(pts["vm2"]).get(lam)
             cm = dict(pts["metareg"]).get(lam)
-            d = dj = "–"
-            if cv and cm:                  # "p = –": no test possible (no spread, < 2 pairs)
-                tt, tj = ttest_cells(cm, cv), ttest_cells(cm, cv, "pair_jac")
-                d = (f"{cm['dice'][0] - cv['dice'][0]:+.2f} "
-                     f"(p = {_pvalue(None if tt is None else tt[1])})")
-                dj = (f"{cm['jac'][0] - cv['jac'][0]:+.2f} "
-                      f"(p = {_pvalue(None if tj is None else tj[1])})")
-            out.append(f"| {lam:g} | {_pm(cv and cv['dice'])} | {_pm(cm and cm['dice'])} | {d} "
-                       f"| {_pm(cv and cv['jac'])} | {_pm(cm and cm['jac'])} | {dj} |")
+            out.append(f"| {lam:g} | {_pm(cv and cv['dice'])} | {_pm(cm and cm['dice'])} "
+                       f"| {_diff_txt(cm, cv)} | {_pm(cv and cv['jac'])} | {_pm(cm and cm['jac'])} "
+                       f"| {_diff_txt(cm, cv, 'jac')} |")
         out += ["", lambda_summary(pts), ""]
         figs += _plot_lambda(pts, Path(fig_dir))
     # --- rkhs
