@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import ctrl_c_as_in_a_terminal
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
@@ -43,14 +45,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX signals")
-
-
-def ctrl_c_as_in_a_terminal():
-    """Child-process setup: SIGINT back to its default, so the child's Python installs its
-    KeyboardInterrupt handler as it does under a terminal. A test suite started in the
-    background (``pytest &``, a CI runner) inherits SIGINT *ignored*, which would make the
-    Ctrl-C these tests send a no-op."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt_inside_del(mode):

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from process_helpers import ctrl_c_as_in_a_terminal
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "ERRORS.md"
 
@@ -497,14 +499,6 @@ def _env():
 def _command(case, data=None):
     args = case.args.replace("{data}", str(data)) if data is not None else case.args
     return [sys.executable, "-m", f"regnp.{case.tool}", *shlex.split(args)]
-
-
-def ctrl_c_as_in_a_terminal():
-    """Child-process setup: SIGINT back to its default, so the child's Python installs its
-    KeyboardInterrupt handler as it does under a terminal. A test suite started in the
-    background (``pytest &``, a CI runner) inherits SIGINT *ignored*, which would make the
-    Ctrl-C these tests send a no-op."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _run_interrupted(cmd, cwd, marker, timeout=120):
