@@ -19,7 +19,7 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        # run the experiment grid on a Dask cluster: python -m regnp.experiments ... --scheduler
+        # run the experiment grid on a Dask cluster: python -m regnp.study ... --scheduler
         "cluster": ["dask>=2023.1", "distributed>=2023.1"],
         "test": ["pytest>=7", "dask>=2023.1", "distributed>=2023.1"],
     },

@@ -334,22 +334,22 @@ CASES = [
          "interrupted (Ctrl-C); nothing was written", "Ctrl-C while computing",
          kind="interrupt", wait="sigma  pairs"),
     # ---------------------------------------------------------------------------- experiments
-    Case("experiments", "transfer --steps 0",
-         "python -m regnp.experiments transfer: error: argument --steps: must be a positive "
+    Case("study", "transfer --steps 0",
+         "python -m regnp.study transfer: error: argument --steps: must be a positive "
          "integer, got 0",
          "zero steps"),
-    Case("experiments", "ablation --jobs 0",
-         "python -m regnp.experiments ablation: error: argument --jobs: must be a positive "
+    Case("study", "ablation --jobs 0",
+         "python -m regnp.study ablation: error: argument --jobs: must be a positive "
          "integer, got 0",
          "zero worker processes"),
-    Case("experiments", "ablation --steps -5 --list",
-         "python -m regnp.experiments ablation: error: argument --steps: must be a positive "
+    Case("study", "ablation --steps -5 --list",
+         "python -m regnp.study ablation: error: argument --steps: must be a positive "
          "integer, got -5",
          "negative steps"),
-    Case("experiments", "ablation --list --out afile",
+    Case("study", "ablation --list --out afile",
          "error: --out afile is a file; give a folder", "--out pointing at a file"),
-    Case("experiments", "tables",
-         "python -m regnp.experiments: error: argument experiment: invalid choice: 'tables' (…)",
+    Case("study", "tables",
+         "python -m regnp.study: error: argument experiment: invalid choice: 'tables' (…)",
          "an unknown protocol"),
     # ---------------------------------------------------------------------------------- bench
     Case("bench", "--repeats 0", "error: --repeats must be a positive integer, got 0",
@@ -578,7 +578,7 @@ TOOLS = {
     "evaluate": "evaluation (`python -m regnp.evaluate`)",
     "register": "registering your own pair (`python -m regnp.register`)",
     "data": "looking at the data (`python -m regnp.data`)",
-    "experiments": "the experiment grid (`python -m regnp.experiments`)",
+    "study": "the experiment grid (`python -m regnp.study`)",
     "bench": "benchmarks (`python -m regnp.bench`)",
 }
 

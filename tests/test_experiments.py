@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regnp.experiments import run_protocols
-from regnp.grid import GridError, job_status, run_grid
-from regnp.protocols import PROTOCOLS, job_config, protocol_jobs, solver_config
-from regnp.report import PAPER, cell, chosen_steps, compare, write_report
+from regnp.study.experiments import run_protocols
+from regnp.study.grid import GridError, job_status, run_grid
+from regnp.study.protocols import PROTOCOLS, job_config, protocol_jobs, solver_config
+from regnp.study.report import PAPER, cell, chosen_steps, compare, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_kill_and_resume_a_grid(tmp_path):
     """SIGKILL the grid while its second job trains: rerunning does not rerun the finished job
     (its metrics file is untouched) and resumes the interrupted one from its checkpoint."""
     out = tmp_path / "g"
-    cmd = [sys.executable, "-m", "regnp.experiments", "steps", "--quick", "--phantom",
+    cmd = [sys.executable, "-m", "regnp.study", "steps", "--quick", "--phantom",
            "--seeds", "0", "--jobs", "1", "--steps", "150", "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -152,7 +152,7 @@ def test_report_from_hand_made_json(tmp_path):
     _fake_job(tmp_path, "liver16", "ablated", 0, vm2 + 0.01)
     curve = [[s, 0.80 + 0.05 * (1 - np.exp(-s / 1500))] for s in range(500, 12001, 500)]
     _fake_job(tmp_path, "liver16", "metareg", 0, meta[0], val=curve)
-    from regnp.report import load_results
+    from regnp.study.report import load_results
     results, errors = load_results(tmp_path)
     assert not errors
     c = cell(results, "liver16", "metareg", "s16")
@@ -187,7 +187,7 @@ def test_report_from_hand_made_json(tmp_path):
 def test_ablation_variants_table_by_hand(tmp_path):
     """Each column is one difference of pooled per-pair Dice with its Welch p."""
     from scipy import stats
-    from regnp.report import ablation_variants_table, load_results
+    from regnp.study.report import ablation_variants_table, load_results
     rng = np.random.default_rng(4)
     d = {v: 0.85 + mu + 0.02 * rng.standard_normal(30) for v, mu in
          (("metareg", 0.01), ("ablated", 0.0), ("ablated_free", 0.005), ("ablated_nofilter", -0.01))}
@@ -208,7 +208,7 @@ def test_rkhs_differences_table_by_hand(tmp_path):
     """Each cell is one difference of per-pair Dice with its Welch interval and p; a comparison
     with a side not run shows '–'."""
     from scipy import stats
-    from regnp.report import load_results, rkhs_differences_table
+    from regnp.study.report import load_results, rkhs_differences_table
     rng = np.random.default_rng(5)
     d = {v: 0.9 + mu + 0.02 * rng.standard_normal(25) for v, mu in
          (("rkhs_exact", 0.0), ("rkhs_conv13", -0.004), ("metareg", 0.003), ("solver", 0.04))}
@@ -230,7 +230,7 @@ def test_lambda_summary_by_hand(tmp_path):
     """Counts, significance, best λ, spread and the Jacobian trend of the λ sweep, from fake jobs
     whose means are known: Meta-Reg is far above VM-2 at λ 0.01 (significant), slightly below at
     0.04, slightly above at 0.16; VM-2's |J|>0 dips at 0.16, Meta-Reg's rises."""
-    from regnp.report import lambda_points, lambda_summary, load_results
+    from regnp.study.report import lambda_points, lambda_summary, load_results
     # one noise vector for every job: each difference of means is exactly the shift below, and
     # the t statistic is shift / (0.03·sqrt(2/30)): 7.7 at λ 0.01, −1.3 and +0.6 elsewhere
     e = np.random.default_rng(6).standard_normal(30)
@@ -256,7 +256,7 @@ def test_lambda_table_compares_jacobians_per_pair(tmp_path):
     """The λ table's |J|>0 column: Meta-Reg − VM-2 in points with the Welch p over per-pair
     shares of positive Jacobians (seeds averaged per pair), like the Dice column."""
     from scipy import stats
-    from regnp.report import cell, load_results, ttest_cells
+    from regnp.study.report import cell, load_results, ttest_cells
     rng = np.random.default_rng(7)
     dice = 0.85 + 0.02 * rng.standard_normal(20)
     jv = 98.0 + rng.standard_normal(20)
@@ -283,7 +283,7 @@ def test_lambda_table_compares_jacobians_per_pair(tmp_path):
 
 
 def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
-    from regnp.report import _verdict
+    from regnp.study.report import _verdict
     assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
         "; the paper's gain lies above our 95 % CI")
     assert _verdict(-0.7, 0.76, ci=(-5.3, 3.9), paper_delta=2.4).endswith(
@@ -312,14 +312,14 @@ def test_cli_errors_are_one_line(tmp_path):
     for args, msg in ((["liver", "--quick", "--steps", "0"], "positive integer"),
                       (["report", "--out", str(tmp_path / "none")], "not a folder"),
                       (["liver", "--quick", "--jobs", "-1"], "positive integer")):
-        r = subprocess.run([sys.executable, "-m", "regnp.experiments", *args], cwd=tmp_path,
+        r = subprocess.run([sys.executable, "-m", "regnp.study", *args], cwd=tmp_path,
                            env=_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and "Traceback" not in r.stderr
         assert msg in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 def test_transfer_experiment_runs(tmp_path, data_root):
-    from regnp.experiments import transfer
+    from regnp.study.experiments import transfer
     res = transfer(steps=3, size=32, pairs=2, data_root=data_root, out=tmp_path / "run",
                    fig_dir=tmp_path, progress=False)
     assert set(res) == {"phantom->phantom", "phantom->chaos", "chaos->phantom", "chaos->chaos"}
@@ -329,7 +329,7 @@ def test_transfer_experiment_runs(tmp_path, data_root):
 
 
 def test_a_running_job_is_not_run_twice_and_a_dead_lock_is_taken_over(tmp_path):
-    from regnp.grid import JobBusy, acquire_job
+    from regnp.study.grid import JobBusy, acquire_job
     lock = acquire_job(tmp_path)
     with pytest.raises(JobBusy, match="being run by pid"):
         acquire_job(tmp_path)                        # this (live) process holds it
@@ -350,7 +350,7 @@ def test_a_running_job_is_not_run_twice_and_a_dead_lock_is_taken_over(tmp_path):
 def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
     """``report --readme`` rewrites only the text between the two markers: the grid status
     (finished / planned grid jobs) and the claims table; a README without markers is refused."""
-    from regnp.report import README_BEGIN, README_END, update_readme
+    from regnp.study.report import README_BEGIN, README_END, update_readme
     rng = np.random.default_rng(1)
     runs = tmp_path / "runs"
     _fake_job(runs, "liver16", "metareg", 0, 0.85 + 0.02 * rng.standard_normal(20))
@@ -370,7 +370,7 @@ def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
     with pytest.raises(ValueError, match="marker"):
         update_readme(bare, runs)
     assert bare.read_text() == "no markers here\n"
-    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "report", "--out", str(runs),
+    r = subprocess.run([sys.executable, "-m", "regnp.study", "report", "--out", str(runs),
                         "--readme", str(tmp_path / "missing.md"), "--tables",
                         str(tmp_path / "T.md"), "--figures", str(tmp_path / "f")],
                        capture_output=True, text=True, cwd=tmp_path)
@@ -380,7 +380,7 @@ def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
 
 def test_readme_block_of_a_finished_grid_says_so(tmp_path, monkeypatch):
     """When every planned job has finished, the status line says so and drops "still queued"."""
-    from regnp import report
+    from regnp.study import report
     rng = np.random.default_rng(2)
     for v in ("metareg", "vm2"):
         _fake_job(tmp_path, "liver16", v, 0, 0.8 + 0.02 * rng.standard_normal(20))
@@ -395,7 +395,7 @@ def test_readme_block_of_a_finished_grid_says_so(tmp_path, monkeypatch):
 def test_cpu_hours_count_the_steps_of_a_sitting_that_left_no_record():
     """A job killed at the end of a session and finished in the next has one recorded sitting
     (1,500 of its 6,000 steps): its CPU time is the recorded rate × all 6,000 steps."""
-    from regnp.report import _cpu_hours
+    from regnp.study.report import _cpu_hours
     whole = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3},
              "machine": {"threads": 1}}
     resumed = {"train": {"steps": 6000, "seconds": 450.0, "seconds_per_step": 0.3},

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from regnp.checkpoint import checkpoint_step, save_checkpoint
-from regnp.experiments import parse_duration
-from regnp.grid import JobDeferred, estimate_seconds, job_status, run_grid, run_job
-from regnp.protocols import job_config, solver_config
+from regnp.study.experiments import parse_duration
+from regnp.study.grid import JobDeferred, estimate_seconds, job_status, run_grid, run_job
+from regnp.study.protocols import job_config, solver_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path
 
 
 def test_cli_refuses_a_duration_without_unit(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "liver", "--quick",
+    r = subprocess.run([sys.executable, "-m", "regnp.study", "liver", "--quick",
                         "--time-limit", "90"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode != 0 and "Traceback" not in r.stderr
@@ -113,7 +113,7 @@ def test_cli_refuses_a_duration_without_unit(tmp_path):
 
 
 def test_cpu_hours_count_scoring_and_solver_time():
-    from regnp.report import _cpu_hours
+    from regnp.study.report import _cpu_hours
     trained = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3,
                          "sittings": 1}, "eval_seconds": 360.0, "machine": {"threads": 2}}
     older = {"train": {"steps": 6000, "seconds": 1800.0, "seconds_per_step": 0.3,
@@ -132,7 +132,7 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     VM-2 (seed 1; σ 10) and VM-1 (σ 10) take their own variant's rate, the 6 others (eq. 12 as
     printed, DIRNet, FCN-SS on both settings) the median rate, 0.1: 3 × 1280 + 3 × 680 + 380 +
     6 × 680 = 10,340 s (the median finished job × 13 would be 8,840 s)."""
-    from regnp.report import _protocol_cost
+    from regnp.study.report import _protocol_cost
     results = {}
     for v, rate in (("metareg", 0.2), ("vm2", 0.1), ("vm1", 0.05)):
         c = job_config("liver16", v)
@@ -148,7 +148,7 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert cells[2] == f"{(1280 + 680 + 380) / 3600:.2f}"
     assert cells[3] == f"{10340 / 3600:.1f}" == "2.9"
     # the README's generated block carries the same table and the throughput
-    from regnp.report import readme_block
+    from regnp.study.report import readme_block
     block = readme_block(results)
     assert liver in block.splitlines()
     median_job = 680 / 60                        # CPU minutes of the median finished job (VM-2)
@@ -158,14 +158,14 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
 def test_list_shows_each_job_left_with_its_estimate(tmp_path):
     """``--list``: a finished VM-2 calibration job that ran at 2 s/step makes the two jobs left
     (no finished job of their variant) 2 s × their steps each."""
-    from regnp.protocols import protocol_jobs
+    from regnp.study.protocols import protocol_jobs
     vm2, metareg, ablated = protocol_jobs("steps", seeds=[0], quick=True, phantom=True)
     (tmp_path / vm2["name"]).mkdir()
     (tmp_path / vm2["name"] / "metrics.json").write_text(json.dumps(
         {"config": vm2, "eval_seconds": 0.0, "tests": {}, "machine": {"threads": 1},
          "train": {"steps": vm2["steps"], "seconds": 2.0 * vm2["steps"],
                    "seconds_per_step": 2.0, "sittings": 1}}))
-    r = subprocess.run([sys.executable, "-m", "regnp.experiments", "steps", "--quick",
+    r = subprocess.run([sys.executable, "-m", "regnp.study", "steps", "--quick",
                         "--phantom", "--seeds", "0", "--out", str(tmp_path), "--list"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -241,7 +241,7 @@ def test_conv_transpose2d_bad_inputs():
 
 def test_numpy_fallback_without_cblas_and_noncontiguous_views(monkeypatch):
     """Same numbers when OpenBLAS cannot be loaded (np.matmul path) and for strided inputs."""
-    from regnp.ops import _blas
+    from regnp.ops._fast import blas as _blas
     monkeypatch.setattr(_blas, "_LIB", None)
     rng = np.random.default_rng(10)
     xx = rng.standard_normal((2, 5, 7, 6))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from regnp.gradcheck import check_vjp
-from regnp.ops import _direct3x3 as d3
+from regnp.ops._fast import direct3x3 as d3
 from regnp.ops.conv import (Workspace, _Direct3x3Cache, _Direct3x3FewCache, _Direct3x3S2Cache,
                             _direct3x3_forward,
                             conv2d_backward, conv2d_backward_reference, conv2d_forward,
@@ -149,7 +149,7 @@ def test_direct_path_gradcheck_every_argument(case):
 
 
 def test_stride2_kernels_match_their_references():
-    from regnp.ops import _direct3x3_s2 as s2
+    from regnp.ops._fast import direct3x3_s2 as s2
     rng = np.random.default_rng(5)
     for (N, C, Co, H, W) in [(2, 3, 5, 9, 7), (1, 2, 4, 6, 8)]:
         x = rng.standard_normal((N, C, H, W))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from regnp.gradcheck import check_vjp
-from regnp.ops import _direct_convT2 as T
+from regnp.ops._fast import direct_convT2 as T
 from regnp.ops.conv import (Workspace, _DirectConvT2Cache, _GemmConvTCache,
                             conv_transpose2d_backward, conv_transpose2d_backward_reference,
                             conv_transpose2d_forward, conv_transpose2d_forward_reference)

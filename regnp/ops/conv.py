@@ -17,11 +17,11 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_array, check_positive_int
-from . import _blas
-from . import _direct3x3 as direct3x3
-from . import _direct3x3_s2 as direct3x3_s2
-from . import _direct_convT2 as direct_convT2
-from ._conv_kernels import crop_bias_act, from_phases, prep_grad, to_phases
+from ._fast import blas as _blas
+from ._fast import direct3x3
+from ._fast import direct3x3_s2
+from ._fast import direct_convT2
+from ._fast.conv_kernels import crop_bias_act, from_phases, prep_grad, to_phases
 
 
 # =============================================================================================
@@ -178,8 +178,8 @@ def conv_transpose2d_backward_reference(dout, cache):
 # At 256×256 with 16–48 channels the per-tap GEMMs above are memory-bound: each of the 9 taps
 # re-reads the whole input and re-reads/re-writes the whole output, and OpenBLAS packs skinny
 # matrices at about the cost of multiplying them (measured 40–60 GFLOP/s per core on these
-# shapes). So float32 3×3 pad-1 convolutions run direct Numba kernels instead (``_direct3x3.py``,
-# stride 1; ``_direct3x3_s2.py``, stride 2): a job copies the few input rows its block of output
+# shapes). So float32 3×3 pad-1 convolutions run direct Numba kernels instead (``_fast/direct3x3.py``,
+# stride 1; ``_fast/direct3x3_s2.py``, stride 2): a job copies the few input rows its block of output
 # rows needs into a zero-padded tile (fusing the padding, and in the backward the LeakyReLU
 # mask), then accumulates 4 output channels at once along each row with 12 weights in registers.
 # Layers with 1–2 output channels at W >= 128 (the flow head) skip the tiles: the forward reads
@@ -194,7 +194,7 @@ def conv_transpose2d_backward_reference(dout, cache):
 # ``tests/test_ops_direct3x3.py`` (via ``_direct3x3_forward``).
 #
 # The Meta-Reg decoder's transposed convolution (k = 2, stride 2, pad 0, float32) likewise runs
-# a direct kernel (``_direct_convT2.py``): four 1×1 convolutions, one per output phase.
+# a direct kernel (``_fast/direct_convT2.py``): four 1×1 convolutions, one per output phase.
 #
 # The direct paths keep a *reference* to their input in the cache (as the fused-activation
 # paths keep their output): do not modify x in place between forward and backward.
@@ -379,7 +379,7 @@ class _GemmConvCache(NamedTuple):
 
 
 class _Direct3x3Cache(NamedTuple):
-    """conv2d on the direct 3×3 stride-1 pad-1 kernels (``_direct3x3.py``)."""
+    """conv2d on the direct 3×3 stride-1 pad-1 kernels (``_fast/direct3x3.py``)."""
     x_tiles: np.ndarray        # (jobs, C, (rows + 2)·(W + 2)) zero-padded input rows per job
     w: np.ndarray              # (Co, C, 3, 3)
     has_bias: bool
@@ -392,7 +392,7 @@ class _Direct3x3Cache(NamedTuple):
 
 class _Direct3x3FewCache(NamedTuple):
     """conv2d with 3×3, stride 1, pad 1 and 1–2 output channels (the flow head) on the tile-free
-    kernels of ``_direct3x3.py`` (``conv3x3_few_out``)."""
+    kernels of ``_fast/direct3x3.py`` (``conv3x3_few_out``)."""
     x: np.ndarray              # the input itself (not a copy)
     w: np.ndarray              # (Co <= 2, C, 3, 3)
     has_bias: bool
@@ -403,7 +403,7 @@ class _Direct3x3FewCache(NamedTuple):
 
 
 class _Direct3x3S2Cache(NamedTuple):
-    """conv2d on the direct 3×3 stride-2 pad-1 kernels (``_direct3x3_s2.py``)."""
+    """conv2d on the direct 3×3 stride-2 pad-1 kernels (``_fast/direct3x3_s2.py``)."""
     x_tiles: np.ndarray        # (jobs, C, 4·(rows + 1)·(Wo + 2)) phase rows of x per job
     w: np.ndarray
     has_bias: bool
@@ -426,7 +426,7 @@ class _GemmConvTCache(NamedTuple):
 
 
 class _DirectConvT2Cache(NamedTuple):
-    """conv_transpose2d with k = 2, stride 2, pad 0 on the direct kernels (``_direct_convT2.py``)."""
+    """conv_transpose2d with k = 2, stride 2, pad 0 on the direct kernels (``_fast/direct_convT2.py``)."""
     x: np.ndarray              # the input itself (not a copy)
     w: np.ndarray              # (Ci, Co, 2, 2)
     has_bias: bool
@@ -527,7 +527,7 @@ def _gemm_conv2d_backward(dout, c):
 
 def _direct3x3_forward(x, w, b, *, stride, act, work):
     """``conv2d_forward`` for 3×3 kernels, pad 1, stride 1 or 2, on the direct kernels of
-    ``_direct3x3.py`` / ``_direct3x3_s2.py`` (any float dtype; ``conv2d_forward`` sends float32
+    ``_fast/direct3x3.py`` / ``_fast/direct3x3_s2.py`` (any float dtype; ``conv2d_forward`` sends float32
     here, and tests call it in float64 too). Must equal ``conv2d_forward_reference`` (+ act).
     Returns (out, cache) for ``conv2d_backward``."""
     N, C, H, W = x.shape
@@ -535,7 +535,7 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
     dt = x.dtype
     if stride == 1 and Co <= 2 and W >= 128:
         # the flow head: too few multiply-adds per input value for tiles to pay (see
-        # ``_direct3x3.py``, "Layers with 1 or 2 output channels")
+        # ``_fast/direct3x3.py``, "Layers with 1 or 2 output channels")
         rows = direct3x3.rows_per_job(N, H, W, C)
         out = np.empty((N, Co, H, W), dtype=dt)                 # (N, Co, H, W)
         direct3x3.conv3x3_few_out(x, w, out, rows=rows, bias=b, act=act)
@@ -663,7 +663,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=2, pad=0, output_padding=0, wo
     if (x.dtype == np.float32 and (kh, kw) == (2, 2) and stride == 2 and pad == 0
             and output_padding == 0):
         # the U-Net's ×2 upsampler: 4 independent 1×1 convolutions, direct kernels
-        # (``_direct_convT2.py``). The cache keeps x itself (not a copy), like the fused-act
+        # (``_fast/direct_convT2.py``). The cache keeps x itself (not a copy), like the fused-act
         # paths keep their output: do not modify x in place before the backward.
         out, rows = direct_convT2.forward(x, w, b)             # (N, Co, 2H, 2W)
         return out, _DirectConvT2Cache(x=x, w=w, has_bias=b is not None, rows=rows, work=work)

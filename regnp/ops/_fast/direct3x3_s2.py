@@ -36,7 +36,7 @@ bottom, the keyword entry points ``conv3x3s2_forward``, ``conv3x3s2_grad_planes`
 import numba
 import numpy as np
 
-from ._direct3x3 import MB, pack_weights
+from .direct3x3 import MB, pack_weights
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ symmetry terms and hinge trace penalty, a bilinear zero-padded warp (``grid_samp
 - ``step``: one training step (forward, loss, backward, Adam update);
 - ``infer``: registration of one pair (forward only, no gradient).
 
-Each measurement runs in a fresh process (``python -m regnp.bench_torch ...`` or the regnp
+Each measurement runs in a fresh process (``python -m regnp.bench.torch_side ...`` or the regnp
 equivalent in ``regnp.bench``) so neither library's thread pools, caches or allocator state leak
 into the other; ``regnp.bench`` alternates the two for several rounds and reports medians.
 """
@@ -151,7 +151,7 @@ def measure(side, model, what, repeats, numpy_first=True):
     else:
         if numpy_first:
             import numpy  # noqa: F401
-        from .bench import _prep_model
+        from .setups import prep_model as _prep_model
         import numba
         infer, step = _prep_model(model)
         info = {"threads": numba.get_num_threads(), "numpy_first": numpy_first}
@@ -165,9 +165,9 @@ def _command(side, model, what, repeats, numpy_first=True):
     imports NumPy and then runs this module by name, as a user's script would."""
     args = [side, model, what, str(repeats)]
     if not numpy_first:
-        return [sys.executable, "-m", "regnp.bench_torch", *args]
+        return [sys.executable, "-m", "regnp.bench.torch_side", *args]
     code = ("import numpy, runpy, sys; sys.argv = ['bench_torch'] + sys.argv[1:]; "
-            "runpy.run_module('regnp.bench_torch', run_name='__main__', alter_sys=True)")
+            "runpy.run_module('regnp.bench.torch_side', run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", code, *args]
 
 
@@ -207,7 +207,7 @@ def format_compare(rows):
     return "\n".join(lines)
 
 
-if __name__ == "__main__":               # python -m regnp.bench_torch SIDE MODEL WHAT REPEATS
+if __name__ == "__main__":               # python -m regnp.bench.torch_side SIDE MODEL WHAT REPEATS
     side, m, w, r = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     sec, info = measure(side, m, w, r)
     print(json.dumps({"side": side, "model": m, "what": w, "seconds": sec, **info}))

@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 
 import regnp  # noqa: F401  (sets the threading environment before numpy/numba load)
+from regnp.bench.setups import prep_model as _prep_model, training_setup as _training_setup
 
 
 class Case:
@@ -172,36 +173,6 @@ def _prep_integrate(downsize, N=2, S=256, steps=7):
     def fb():
         integrate_velocity_backward(dout, integrate_velocity_forward(v, steps, downsize)[1])
     return fwd, fb
-
-
-def _training_setup(name, N=2, S=256, **options):
-    """(model, objective, Adam, F, M) for timing ``name`` at batch N, S×S (random images)."""
-    from regnp.models import Objective, build_model
-    from regnp.nn.optim import Adam
-    model = build_model(name, seed=0, **options)
-    meta = name == "metareg"
-    obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
-    opt = Adam(model, lr=1e-4)
-    rng = np.random.default_rng(0)
-    F = rng.random((N, 1, S, S), dtype=np.float32)
-    M = rng.random((N, 1, S, S), dtype=np.float32)
-    return model, obj, opt, F, M
-
-
-def _prep_model(name, N=2, S=256, **options):
-    """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
-    (model forward, loss, backward, Adam update). ``options`` go to ``build_model`` (e.g.
-    ``integrate=7``)."""
-    model, obj, opt, F, M = _training_setup(name, N, S, **options)
-
-    def infer():
-        model.forward(F[:1], M[:1])
-
-    def step():
-        model.zero_grad()
-        obj(model, F, M)
-        opt.step()
-    return infer, step
 
 
 CASES += [
@@ -359,7 +330,7 @@ def import_order_check(rounds=5, repeats=10, model="metareg"):
     import sys
     code = ("import sys\n"
             "if sys.argv[1] == 'numpy_first':\n    import numpy\n"
-            "import regnp\nfrom regnp.bench_torch import measure\n"
+            "import regnp\nfrom regnp.bench.torch_side import measure\n"
             "print(measure('regnp', sys.argv[2], 'step', int(sys.argv[3]), numpy_first=False)[0])")
     out = {"numpy_first": [], "regnp_first": []}
     for r in range(rounds):
@@ -459,7 +430,7 @@ def _run_main(args):
     from regnp._cli import CLIError, positive_int
     positive_int("--repeats", args.repeats)
     if args.compare_torch:
-        from regnp import bench_torch
+        from regnp.bench import torch_side as bench_torch
         positive_int("--rounds", args.rounds)
         rows = bench_torch.compare(rounds=args.rounds, repeats=3 if args.quick else args.repeats)
         if rows is None:
@@ -502,7 +473,7 @@ def _run_main(args):
     if not cases:
         raise CLIError(f"--only {args.only!r} matches no case; the cases are: "
                        f"{'; '.join(c.name for c in CASES)}")
-    from regnp.ops import _blas
+    from regnp.ops._fast import blas as _blas
     print(f"batch 2, float32, {_blas.n_workers()} worker threads, "
           f"{'OpenBLAS via ctypes' if _blas.have_cblas() else 'NumPy matmul fallback'}; "
           f"median of {repeats} after 1 warm-up")

@@ -1,4 +1,4 @@
-"""The paper's experiments as protocols: lists of job configs for ``regnp.grid``.
+"""The paper's experiments as protocols: lists of job configs for ``regnp.study.grid``.
 
 A protocol names the jobs it needs; jobs are shared between protocols (the Meta-Reg run on liver
 σ 16 with λ = 0.04 and seed 0 is one folder, used by Tables 1, 2 and 5 and by Fig. 3–4), so

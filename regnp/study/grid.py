@@ -215,7 +215,7 @@ def estimate_seconds(config, finished, root=None):
         return None
     done = 0
     if root is not None:
-        from .checkpoint import checkpoint_step
+        from ..checkpoint import checkpoint_step
         done = checkpoint_step(Path(root) / config["name"] / "checkpoint.npz") or 0
     steps_left = max(0, int(config.get("steps", 0)) - done)
     return rate * steps_left + (per_pair or 0.0) * _test_pairs(config)
@@ -240,7 +240,7 @@ def run_job(config, root, data_root=None, threads=None, progress=False, deadline
             estimate=None):
     """Train and score one job (resuming it if it was interrupted); returns its metrics dict.
 
-    ``config`` keys (see ``regnp.protocols``): ``name`` (folder), ``train_args`` (the
+    ``config`` keys (see ``regnp.study.protocols``): ``name`` (folder), ``train_args`` (the
     ``python -m regnp.train`` options that define the run), ``steps``, ``val_every``,
     ``val_pairs``, ``plateau`` (None or [window, min_gain]), ``tests`` (list of
     ``{"name", "dataset", "sigma", "pairs"}``), ``size``. A finished job returns its stored
@@ -276,10 +276,10 @@ def run_job(config, root, data_root=None, threads=None, progress=False, deadline
 
 
 def _run_train_job(config, folder, data_root, progress):
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs
-    from .train import config_from_args, parse_args, train
+    from ..checkpoint import load_checkpoint
+    from ..data import load_dataset
+    from ..evaluate import evaluate_pairs
+    from ..train import config_from_args, parse_args, train
     run_cfg = config_from_args(parse_args(list(config["train_args"])))
     resume = (folder / "checkpoint.npz").is_file()
     if not resume:                          # a fresh start: no stale log from a killed attempt
@@ -335,7 +335,7 @@ def _run_train_job(config, folder, data_root, progress):
 def _test_record(recs):
     """A test set's results as stored in metrics.json: the summary and per-pair lists (for
     t-tests and per-label tables later, without rerunning anything)."""
-    from .evaluate import summarize_records
+    from ..evaluate import summarize_records
     return {
         "summary": summarize_records(recs),
         "pairs": {k: [r[k] for r in recs] for k in ("id", "dice_before", "dice_after",
@@ -349,9 +349,9 @@ def _test_record(recs):
 def _run_solver_job(config, folder, data_root, progress=False):
     """The classical eq. 6 solver (L-BFGS over α, Gaussian kernel) on each test set's pairs,
     scored by the same ``evaluate_pairs`` as the networks."""
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs
-    from .rkhs.solver import register_rkhs
+    from ..data import load_dataset
+    from ..evaluate import evaluate_pairs
+    from ..rkhs.solver import register_rkhs
     t0 = time.time()
     tests = {}
     for t in config["tests"]:

@@ -1,13 +1,13 @@
 """The paper's experiments as a resumable grid of jobs, and the report built from their JSON.
 
-    python -m regnp.experiments PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
+    python -m regnp.study PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
                                          [--seeds 0 1] [--out results/runs]
                                          [--time-limit 2h30m]
-    python -m regnp.experiments report [--out results/runs] [--readme README.md]
-    python -m regnp.experiments transfer [--steps 600] [--size 128] [--data-root DIR]
+    python -m regnp.study report [--out results/runs] [--readme README.md]
+    python -m regnp.study transfer [--steps 600] [--size 128] [--data-root DIR]
 
 PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
-``regnp.protocols``). Each job trains one model in its own folder under ``--out`` and writes
+``regnp.study.protocols``). Each job trains one model in its own folder under ``--out`` and writes
 ``metrics.json`` when it finishes; a finished job is skipped, an interrupted one resumes from
 its checkpoint, so the command can simply be run again after a crash or on another day. Jobs
 run in ``--jobs`` local worker processes (default: one per core, one thread each — faster on 2
@@ -39,10 +39,10 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import load_dataset
-    from .evaluate import evaluate_pairs, summarize_records
-    from .ops.warp import warp_forward
-    from .train import config_from_args, parse_args, train
+    from ..data import load_dataset
+    from ..evaluate import evaluate_pairs, summarize_records
+    from ..ops.warp import warp_forward
+    from ..train import config_from_args, parse_args, train
 
     out = Path(out or Path("runs") / "transfer")          # under the current directory
     test = {name: load_dataset(name, "test", data_root=data_root, size=size, sigma=sigma)
@@ -198,14 +198,14 @@ def parse_duration(text):
 
 def main(argv=None):
     """The command line; a Ctrl-C during it is never lost (``_cli.ctrl_c_delivered``)."""
-    from ._cli import ctrl_c_delivered
+    from .._cli import ctrl_c_delivered
     with ctrl_c_delivered():
         return _main(argv)
 
 
 def _main(argv=None):
     from .protocols import PROTOCOLS, SEEDS
-    p = argparse.ArgumentParser(prog="python -m regnp.experiments",
+    p = argparse.ArgumentParser(prog="python -m regnp.study",
                                 description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="experiment", required=True)
     for proto in PROTOCOLS + ("all",):
@@ -251,9 +251,9 @@ def _main(argv=None):
     t.add_argument("--out", default=None)
     t.add_argument("--seed", type=_seed, default=0)
     a = p.parse_args(argv)
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
     from .grid import GridError
-    from .train import TrainingError
+    from ..train import TrainingError
     try:
         if a.experiment == "transfer":
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
@@ -300,10 +300,10 @@ def _main(argv=None):
         res = run_protocols(protos, out, quick=a.quick, seeds=a.seeds, all_seeds=a.all_seeds,
                             steps=a.steps, phantom=a.phantom, jobs=a.jobs, threads=a.threads,
                             scheduler=a.scheduler, data_root=a.data_root, deadline=deadline)
-        print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.experiments report "
+        print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.study report "
               f"--out {out}")
     except KeyboardInterrupt:
-        from ._cli import interrupt_handled
+        from .._cli import interrupt_handled
         interrupt_handled()
         sys.exit("interrupted: finished jobs are saved, interrupted ones resume from their "
                  "checkpoints; run the same command again to continue")

@@ -1,0 +1,2 @@
+"""The fast Numba/BLAS kernels behind ``regnp.ops``. Private: each module names the slow
+reference in ``regnp/ops/`` that it must equal, and a test checks that they agree."""
