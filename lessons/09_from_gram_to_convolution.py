@@ -84,7 +84,7 @@ print(diagnostics_table(rows))
 # of the dropped tail; for a smooth α (closer to what a network outputs) it is about the
 # dropped *sum*. Compact kernels with support radius ≤ 7 (Wendland ρ ≤ 7) lose nothing.
 # The convolution here is the real 13×13 layer (regnp.ops.depthwise); the exact side is
-# the FFT form of lesson 08.
+# the FFT form of lesson 04.
 print("Step 3 — relative error of the 13×13 convolution vs exact K·α")
 shape = (64, 64) if quick else (128, 128)
 widths = [1, 2, 4, 8] if quick else [0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16]

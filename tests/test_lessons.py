@@ -17,27 +17,27 @@ EXPECT = {
            "gradcheck_moving": (LT, 1e-6), "gradcheck_u": (LT, 1e-6),
            "gradient_vs_reference": (LT, 1e-12),
            "du_y": (GT, 9.999999), "du_x": (GT, 0.999999)},   # the linear image's slopes (10, 1)
-    "02": {"forward_vs_loop": (LT, 1e-10), "backward_vs_loop": (LT, 1e-10),
+    "06": {"forward_vs_loop": (LT, 1e-10), "backward_vs_loop": (LT, 1e-10),
            "dx_as_conv": (LT, 1e-10), "dx_as_conv_transpose": (LT, 1e-10),
            "dw_as_correlation": (LT, 1e-10)},
-    "03": {"conv_dx_error": (LT, 1e-7), "conv_dw_error": (LT, 1e-7), "conv_db_error": (LT, 1e-7),
+    "02": {"conv_dx_error": (LT, 1e-7), "conv_dw_error": (LT, 1e-7), "conv_db_error": (LT, 1e-7),
            "warp_jacobian_error": (LT, 1e-7), "warp_smooth_error": (LT, 1e-7),
            "broken_error": (GT, 1e-2), "kink_error": (GT, 1e-2)},
-    "04": {"fused_vs_unfused": (LT, 1e-6), "max_gradcheck_error": (LT, 1e-6),
+    "07": {"fused_vs_unfused": (LT, 1e-6), "max_gradcheck_error": (LT, 1e-6),
            "skip_share_full_res": (GT, 0.01)},
-    "05": {"objective_vs_loop_grad": (LT, 1e-6), "objective_vs_loop_loss": (LT, 1e-9),
+    "08": {"objective_vs_loop_grad": (LT, 1e-6), "objective_vs_loop_loss": (LT, 1e-9),
            "dice_before": (GT, 50), "dice_after_loop": (GT, 50), "dice_after_train": (GT, 50)},
-    "06": {"layer_forward_vs_hand": (LT, 1e-12), "layer_backward_vs_hand": (LT, 1e-10),
+    "10": {"layer_forward_vs_hand": (LT, 1e-12), "layer_backward_vs_hand": (LT, 1e-10),
            "gradcheck_dg": (LT, 1e-6), "gradcheck_dK": (LT, 1e-6),
            "penalty_vs_hand": (LT, 1e-10), "gradcheck_penalty": (LT, 1e-7)},
-    "07": {"min_det_sigma10": (GT, 0.1), "min_det_sigma16": (GT, 0.1)},
-    "08": {"dense_kron_fft_agreement": (LT, 1e-10), "fft_vs_loop": (LT, 1e-10),
+    "03": {"min_det_sigma10": (GT, 0.1), "min_det_sigma16": (GT, 0.1)},
+    "04": {"dense_kron_fft_agreement": (LT, 1e-10), "fft_vs_loop": (LT, 1e-10),
            "kron_factorisation": (LT, 1e-12), "block_toeplitz": (LT, 1e-12),
            "min_eigenvalue": (GT, -1e-10)},
     "09": {"reduced_vs_window": (LT, 1e-12), "wendland_compact_truncation": (LT, 1e-12),
            "gaussian4_matrix_eig_min": (GT, -1e-12), "gaussian4_symbol_min": (LT, -1e-3),
            "wendland6_symbol_min": (GT, 0)},
-    "10": {"gradcheck_rkhs": (LT, 1e-5), "gradcheck_diffusion": (LT, 1e-5),
+    "05": {"gradcheck_rkhs": (LT, 1e-5), "gradcheck_diffusion": (LT, 1e-5),
            "dice_after": (GT, 0.9), "pct_positive_jacobian": (GT, 99.0)},
     "11": {"by_hand_vs_op": (LT, 1e-12), "disp_min_det": (LT, 0.0), "disp_pct_folded": (GT, 1.0),
            "exp_min_det": (GT, 0.5), "exp_pct_folded": (LT, 1e-9),
@@ -47,13 +47,13 @@ EXPECT = {
 
 def _check_relations(prefix, got):
     """Relations between numbers (beyond fixed bounds)."""
-    if prefix == "06":        # the paper form's filter grows; the default keeps unit sum
+    if prefix == "10":        # the paper form's filter grows; the default keeps unit sum
         assert got["paper_sum_last"] > got["paper_sum_first"] + 0.1, got
         assert abs(got["default_sum_last"] - 1.0) < 1e-4, got
-    if prefix == "07":        # σ is the RMS displacement over the body (σ·scale at this size)
+    if prefix == "03":        # σ is the RMS displacement over the body (σ·scale at this size)
         for sig in (10, 16):
             assert abs(got[f"rms_sigma{sig}"] - sig * got["scale"]) < 1e-6, got
-    if prefix == "10":        # the solver improves Dice
+    if prefix == "05":        # the solver improves Dice
         assert got["dice_after"] > got["dice_before"] + 0.1, got
     if prefix == "11":        # exp(−v) inverts exp(v); integration does not add folding; it learns
         assert got["inverse_residual"] < 0.05 * got["naive_inverse_residual"], got

@@ -1,4 +1,4 @@
-"""Figures of image pairs with mask contours (used by ``python -m regnp.data show`` and lesson 07)."""
+"""Figures of image pairs with mask contours (used by ``python -m regnp.data show`` and lesson 03)."""
 
 CONTOUR_COLORS = ["#ff4040", "#40c0ff", "#ffd000", "#60ff60", "#ff60ff", "#ffa040"]
 

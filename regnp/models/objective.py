@@ -9,7 +9,7 @@
   displacement u (for Meta-Reg, the *filtered* field K̃ * g, as eq. 11 writes it).
 * λ default 0.04: the paper's best value for Meta-Reg (Fig. 3). With S = MSE on [0, 1] images and
   R = mean squared forward difference / 2, λ trades one grey-level² of mismatch against one
-  px²/px² of field roughness; lesson 05 shows a sweep.
+  px²/px² of field roughness; lesson 08 shows a sweep.
 
 Beyond the paper (each off by default, and then absent from ``options()``):
 

@@ -35,7 +35,7 @@ class Conv2d(Module):
     - pad: default (k-1)//2 ("same" for odd k at stride 1).
     - act: None, or a LeakyReLU slope fused into the layer (output = LeakyReLU(conv(x) + b));
       saves one pass over memory each way compared with a separate activation
-      (``regnp.ops.activation.leaky_relu_forward``; tests and lesson 04 check they agree).
+      (``regnp.ops.activation.leaky_relu_forward``; tests and lesson 07 check they agree).
     - init_slope: the LeakyReLU slope the He init is tuned for (0.2, VoxelMorph's).
     - rng: ``np.random.Generator`` (default ``np.random.default_rng(0)``).
     """

@@ -30,13 +30,13 @@ Choices the paper leaves open, and ours:
     floored at 1e-12 relative to ‖K‖ to stay finite).
 
   Unit sum alone is not enough: the linear trace reward still pulls along zero-sum *shape*
-  directions (weight moved onto the two diagonals, negative elsewhere), and in lesson 06 it drove
+  directions (weight moved onto the two diagonals, negative elsewhere), and in lesson 10 it drove
   the trace from 0.36 to about 7 and made the filter a strongly indefinite operator. So the default
   trace term is the hinge ``trace="hinge"``: ρ2 (max(0, −Tr K̃) + max(0, −Tr JK̃)), the
   "non-negativity trace penalty" sec. 4.3 describes in words — Tr K̃ ≥ 0 is the necessary PSD
   condition the term is there to promote. With it the whole loss is bounded below.
 
-  ``normalize="none", trace="linear"`` is the paper's exact form, kept for comparison (lesson 06
+  ``normalize="none", trace="linear"`` is the paper's exact form, kept for comparison (lesson 10
   trains all three: paper form, unit sum with the linear reward, and the default).
 """
 import numpy as np

@@ -44,7 +44,7 @@ class ConvBlock(Module):
 
     The activation is fused into the convolution's output pass (``Conv2d(act=0.2)``): one
     memory sweep instead of two each way, which matters at 256×256. It computes exactly
-    ``leaky_relu(conv(x) + b)``; ``tests/test_nn_layers.py`` and lesson 04 compare it with
+    ``leaky_relu(conv(x) + b)``; ``tests/test_nn_layers.py`` and lesson 07 compare it with
     ``leaky_relu_forward(conv2d_forward(x))``.
     """
 
@@ -161,7 +161,7 @@ class UNet(Module):
         gradient splits into at its concat: ``splits[k] = (grad going up the decoder, grad going
         into skip k)``. Skip 0 is the input x (full resolution, only when ``full_size``), skip
         k >= 1 the encoder output e_{k-1} at 1/2^k resolution; ``None`` where there is no concat.
-        Lesson 04 prints their norms.
+        Lesson 07 prints their norms.
         """
         L = self.levels
         dh = self.flow.backward(dflow)

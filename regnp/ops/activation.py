@@ -9,7 +9,7 @@ encoder.
 
 NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop; its NumPy
 definition (``leaky_relu_forward_reference``) comes first. Concatenation is one NumPy call and
-its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 04
+its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 07
 checks that the fused layer equals ``leaky_relu_forward(conv2d_forward(x))``.)
 """
 import numba

@@ -36,7 +36,7 @@ SciPy's L-BFGS always works in float64.
 
 Defaults (Gaussian, width 16 px at 256×256, λ = 1e-4 with the normalised RKHS norm, 3 levels, MSE)
 were chosen on phantom pairs with σ = 10: Dice of liver+spleen 0.76 → 0.99 in about 3 s per
-256×256 pair on 2 cores, with < 0.1 % folded pixels (lesson 10 reproduces the numbers). With the
+256×256 pair on 2 cores, with < 0.1 % folded pixels (lesson 05 reproduces the numbers). With the
 normalised K, λ·R ≈ λ·mean |u|² for smooth fields: λ = 1e-3 already holds a 5-pixel deformation
 back noticeably, λ = 1e-5 lets it fold more.
 """

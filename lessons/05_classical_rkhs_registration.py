@@ -1,5 +1,5 @@
-# %% Lesson 10 — Classical RKHS registration
-"""Lesson 10 — Classical RKHS registration: solving eq. 6 for one pair with L-BFGS.
+# %% Lesson 05 — Classical RKHS registration
+"""Lesson 05 — Classical RKHS registration: solving eq. 6 for one pair with L-BFGS.
 
 Before any network, the paper's starting point (eq. 6) is an optimisation problem per pair:
 
@@ -16,7 +16,7 @@ Steps: (1) one phantom pair with a σ = 10 synthetic deformation; (2) check the 
 against central differences; (3) solve with the default settings and watch objective and Dice;
 (4) compare the exact K with the 13×13 approximation and other choices; (5) look at the result.
 
-Run:  python lessons/10_classical_rkhs_registration.py [--quick] [--out DIR]
+Run:  python lessons/05_classical_rkhs_registration.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import time
@@ -70,7 +70,7 @@ print(f"  Dice before registration: {d_before:.3f}")
 # f(α) and ∂f/∂α as flat float64 vectors. On a 16×16 crop in float64, compare ∂f/∂α with
 # central differences along 40 random coordinates (the warp has kinks at integer
 # displacements, so α is random: u is almost surely non-integer). Step h = 1e-5, the float64
-# optimum of lesson 03: some entries of ∂f/∂α are 1e-7 of f, and at h = 1e-6 round-off
+# optimum of lesson 02: some entries of ∂f/∂α are 1e-7 of f, and at h = 1e-6 round-off
 # alone (~1e-11 absolute) would read as a relative error of 1e-5 there.
 print("Step 2 — gradient check of the objective (float64, 16×16 crop)")
 crop = (slice(None), slice(None), slice(size // 2 - 8, size // 2 + 8),
@@ -178,7 +178,7 @@ ax[1].set_ylabel("Dice (liver, spleen)")
 ax[1].set_title("Dice during the solve (coarse levels upsampled)")
 ax[1].legend()
 fig.tight_layout()
-path = out_dir / "10_rkhs_objective.png"
+path = out_dir / "05_rkhs_objective.png"
 fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")
@@ -206,7 +206,7 @@ for a_ in ax.ravel():
     a_.set_xticks([])
     a_.set_yticks([])
 fig.tight_layout()
-path2 = out_dir / "10_rkhs_result.png"
+path2 = out_dir / "05_rkhs_result.png"
 fig.savefig(path2, dpi=80)
 show_or_close(fig)
 print(f"saved {path2}")

@@ -1,5 +1,5 @@
-# %% Lesson 08 — Gram matrices on a pixel grid
-"""Lesson 08 — Gram matrices on a pixel grid: dense, Kronecker and FFT, proven equal.
+# %% Lesson 04 — Gram matrices on a pixel grid
+"""Lesson 04 — Gram matrices on a pixel grid: dense, Kronecker and FFT, proven equal.
 
 Section 4.1 of the paper writes the displacement as u = K α (eq. 6): α is a field of
 coefficients, one per pixel and channel, and K is the Gram matrix of a reproducing kernel,
@@ -12,7 +12,7 @@ make K α cheap at full size:
 * FFT: any translation-invariant kernel makes K α a (zero-padded, linear) convolution of α with
   the kernel's (2H−1)×(2W−1) stencil, computed with FFTs of size ≥ (2H−1)×(2W−1).
 
-Run:  python lessons/08_gram_matrices.py [--quick] [--out DIR]
+Run:  python lessons/04_gram_matrices.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import time
@@ -169,7 +169,7 @@ for a_ in ax.ravel():
     a_.set_xticks([])
     a_.set_yticks([])
 fig.tight_layout()
-path = out_dir / "08_gram_matrices.png"
+path = out_dir / "04_gram_matrices.png"
 fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")
@@ -182,7 +182,7 @@ ax.set_ylabel("eigenvalue of K (12×12 grid)")
 ax.set_title("Gram matrices are PSD; smooth kernels are ill-conditioned")
 ax.legend()
 fig.tight_layout()
-path2 = out_dir / "08_gram_spectrum.png"
+path2 = out_dir / "04_gram_spectrum.png"
 fig.savefig(path2, dpi=100)
 show_or_close(fig)
 print(f"saved {path2}")

@@ -1,5 +1,5 @@
-# %% Lesson 03 — Gradient checking
-"""Lesson 03 — Gradient checking: how we know every hand-written backward is right.
+# %% Lesson 02 — Gradient checking
+"""Lesson 02 — Gradient checking: how we know every hand-written backward is right.
 
 Every layer in regnp has a backward pass written by hand. A single wrong sign or a missing term
 would not crash anything: the network would simply train worse, and we might never notice. So
@@ -11,7 +11,7 @@ This lesson shows (1) why the step h and the float type matter, (2) the vector�
 use for layers with millions of outputs, (3) a broken backward being caught, (4) the full Jacobian
 of a tiny op, and (5) why the warp must be checked away from integer displacements.
 
-Run:  python lessons/03_gradient_checking.py [--quick] [--out DIR]
+Run:  python lessons/02_gradient_checking.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 
@@ -135,7 +135,7 @@ ax[1].axhline(1e-6, color="k", ls="--", lw=1)
 ax[1].set_ylabel("max relative error")
 ax[1].set_title("Steps 2–5: what the checks report")
 fig.tight_layout()
-path = out_dir / "03_gradient_checking.png"
+path = out_dir / "02_gradient_checking.png"
 fig.savefig(path, dpi=110)
 show_or_close(fig)
 print(f"saved {path}")

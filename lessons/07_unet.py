@@ -1,5 +1,5 @@
-# %% Lesson 04 — The U-Net
-"""Lesson 04 — The U-Net: a forward pass, and its hand-written backward through the skips.
+# %% Lesson 07 — The U-Net
+"""Lesson 07 — The U-Net: a forward pass, and its hand-written backward through the skips.
 
 VoxelMorph's network g_θ(F, M) is a U-Net: an encoder that halves the image four times, a decoder
 that doubles it back, and *skip connections* that hand each encoder level's features straight to
@@ -12,7 +12,7 @@ gradients from both. This lesson runs a forward pass, prints the shapes, runs th
 measures how much gradient travels through each skip versus up the decoder, and checks the whole
 thing against finite differences.
 
-Run:  python lessons/04_unet.py [--quick] [--out DIR]
+Run:  python lessons/07_unet.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 
@@ -132,7 +132,7 @@ ax[5].set_yscale("log")
 ax[5].set_title("‖grad‖ split per concat")
 ax[5].legend(fontsize=8)
 fig.tight_layout()
-path = out_dir / "04_unet.png"
+path = out_dir / "07_unet.png"
 fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")

@@ -1,5 +1,5 @@
-# %% Lesson 06 — Meta-regularization
-"""Lesson 06 — Meta-regularization: learning the 13×13 filter K̃_θ, and keeping it well-posed.
+# %% Lesson 10 — Meta-regularization
+"""Lesson 10 — Meta-regularization: learning the 13×13 filter K̃_θ, and keeping it well-posed.
 
 Meta-Reg (eq. 11) puts a trainable 13×13 filter between the U-Net and the warp, u = K̃_θ * g_θ,
 and adds the penalty of eq. 12,
@@ -25,7 +25,7 @@ Then we look at the learned filter the way sec. 4.2 describes it: as a 13×13 *m
 eigenvalues ≥ 0? rank 1?) and as a convolution *operator* (its 2-D Fourier transform ≥ 0?). The
 two notions of "PSD" are different things (lesson 09).
 
-Run:  python lessons/06_meta_regularization.py [--quick] [--out DIR]
+Run:  python lessons/10_meta_regularization.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import tempfile
@@ -176,7 +176,7 @@ plt.colorbar(im, ax=ax[5], fraction=0.046)
 ax[5].set_xticks([])
 ax[5].set_yticks([])
 fig.tight_layout()
-path = out_dir / "06_meta_regularization.png"
+path = out_dir / "10_meta_regularization.png"
 fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")

@@ -1,5 +1,5 @@
-# %% Lesson 02 — Convolution
-"""Lesson 02 — Convolution: the slow loop, the fast version, and both backward passes.
+# %% Lesson 06 — Convolution
+"""Lesson 06 — Convolution: the slow loop, the fast version, and both backward passes.
 
 A convolution layer slides a small filter over the image. Deep-learning "convolution" is really
 cross-correlation (the filter is not flipped):
@@ -12,7 +12,7 @@ This lesson (1) runs the slow loop version on a small picture with three hand-ma
 *transposed convolution* of dout with the flipped filters, dw a *correlation* of x with dout —
 and checks both, and (4) times slow against fast.
 
-Run:  python lessons/02_convolution.py [--quick] [--out DIR]
+Run:  python lessons/06_convolution.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import time
@@ -164,7 +164,7 @@ ax.set_yscale("log")
 ax.set_ylabel("ms (log scale)")
 ax.set_title(f"{C}->{Co}, {S}×{S}, batch {N}", fontsize=9)
 fig.tight_layout()
-path = out_dir / "02_convolution.png"
+path = out_dir / "06_convolution.png"
 fig.savefig(path, dpi=110)
 show_or_close(fig)
 print(f"saved {path}")

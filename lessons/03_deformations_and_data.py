@@ -1,5 +1,5 @@
-# %% Lesson 07 — Synthetic deformations and the image sets.
-"""Lesson 07 — Synthetic deformations and the image sets.
+# %% Lesson 03 — Synthetic deformations and the image sets.
+"""Lesson 03 — Synthetic deformations and the image sets.
 
 The paper's liver experiment has no real pairs: it takes one MRI slice and deforms it with random
 smooth fields drawn from "a spatial Gaussian mixture model" of "deformation energy" σ = 10
@@ -8,7 +8,7 @@ choice decides how hard the benchmark is. This lesson builds such a field from s
 what σ = 10 and σ = 16 do to a real slice (deformed grids and Jacobian maps), compares our
 procedural phantom with a real T2 slice, and shows one sample pair from every image set.
 
-Run:  python lessons/07_deformations_and_data.py [--quick] [--out DIR]
+Run:  python lessons/03_deformations_and_data.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 The real sets are read from $REGNP_DATA_ROOT or ../shared/data; without them the lesson runs on
 the embedded phantom and says so.
@@ -27,7 +27,7 @@ from regnp.metrics import dice, jacobian_determinant
 use_script_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 
-NAME = "07_deformations_and_data"
+NAME = "03_deformations_and_data"
 
 
 def _grid(ax, u, step, color="yellow"):

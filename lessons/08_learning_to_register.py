@@ -1,5 +1,5 @@
-# %% Lesson 05 — Learning to register
-"""Lesson 05 — Learning to register: the training loop on the page, then the λ trade-off.
+# %% Lesson 08 — Learning to register
+"""Lesson 08 — Learning to register: the training loop on the page, then the λ trade-off.
 
 Classical registration optimises a displacement for one pair. A learning-based method instead
 trains a network g_θ on many pairs to *predict* the displacement in one forward pass (eq. 2):
@@ -18,7 +18,7 @@ result (Dice). Here we train VoxelMorph-2 on synthetic phantom pairs:
 3. what λ does: a weak λ matches intensities with a rough, folding field; a strong one is smooth
    but under-registers.
 
-Run:  python lessons/05_learning_to_register.py [--quick] [--out DIR]
+Run:  python lessons/08_learning_to_register.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import tempfile
@@ -174,7 +174,7 @@ ax[4].set_xlabel("λ")
 ax[4].set_title("the λ trade-off (held-out)")
 ax[4].legend(fontsize=8)
 fig.tight_layout()
-path = out_dir / "05_learning_to_register.png"
+path = out_dir / "08_learning_to_register.png"
 fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")
