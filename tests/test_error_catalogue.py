@@ -5,7 +5,9 @@
 fails when the two differ, so the documentation cannot drift from what the tools do.
 
 Each case runs ``python -m regnp.<tool> <args>`` in a fresh folder holding the fixture files of
-:func:`make_fixtures` and checks:
+:func:`make_fixtures` — in this process, through the tool's ``main(argv)`` (:func:`run_in_process`:
+seconds for the whole table instead of minutes of fresh interpreters), except the Ctrl-C cases,
+which need a real signal in a child process of their own (marked ``slow``) — and checks:
 
 * ``error``: exit status ≠ 0 and the last line of stderr is the documented ``error:`` line;
 * ``warning``: exit status 0 and the documented ``warning:`` line is in stderr;
@@ -537,19 +539,61 @@ def _case_id(case):
     return f"{case.tool}: {case.what}"[:70]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_catalogue_case(case, template, tmp_path, request):
-    data = request.getfixturevalue("data_root") if case.data else None
-    work = tmp_path / "w"
-    shutil.copytree(template, work, symlinks=True)
-    before = _snapshot(work)
-    cmd = _command(case, data)
-    if case.kind == "interrupt":
-        code, out, err = _run_interrupted(cmd, work, case.wait)
-    else:
-        r = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=300)
-        code, out, err = r.returncode, r.stdout, r.stderr
-    shown = f"\n$ {' '.join(cmd[2:])}\nexit {code}\nstdout:\n{out[-1500:]}\nstderr:\n{err[-3000:]}"
+# The entry point behind each ``python -m regnp.<tool>`` (what its ``__main__`` calls).
+MAINS = {"train": "regnp.train", "evaluate": "regnp.evaluate", "register": "regnp.register",
+         "data": "regnp.data.__main__", "study": "regnp.study.experiments",
+         "bench": "regnp.bench.bench"}
+
+
+def _exit_status(code):
+    """The exit status a ``SystemExit(code)`` gives a fresh interpreter, and the text it prints
+    on stderr (``sys.exit("error: ...")`` prints the string and exits with status 1)."""
+    if code is None:
+        return 0, ""
+    if isinstance(code, int):
+        return code, ""
+    return 1, f"{code}\n"
+
+
+def run_in_process(case, cwd, data=None):
+    """Run a case through its tool's ``main(argv)`` in this process, in ``cwd``, as
+    ``python -m regnp.<tool>`` would run it: returns (exit status, stdout, stderr).
+
+    What a fresh interpreter would not carry over is reset here: the warning filters and their
+    once-per-location registries (``PYTHONWARNINGS=default``), the SIGINT/SIGALRM handlers, the
+    working directory and ``REGNP_DATA_ROOT``; the caller's ``monkeypatch`` restores the last
+    two."""
+    import contextlib
+    import importlib
+    import io
+    import warnings
+    argv = shlex.split(case.args.replace("{data}", str(data)) if data is not None else case.args)
+    main = importlib.import_module(MAINS[case.tool]).main
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGALRM)}
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            try:
+                status = main(argv)
+                code, said = (status if isinstance(status, int) else 0), ""
+            except SystemExit as e:
+                code, said = _exit_status(e.code)
+            err.write(said)
+    finally:
+        os.chdir(here)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_case(case, code, out, err, before, after, shown):
+    """The catalogue's promise for one run: one documented line, no traceback, no input
+    changed, and nothing written by a refused command."""
     assert "Traceback" not in err, shown
     lines = [ln for ln in re.split(r"[\r\n]+", err) if ln.strip()]    # \r: progress bars
     pattern = _pattern(case.message)
@@ -562,12 +606,46 @@ def test_catalogue_case(case, template, tmp_path, request):
         if case.kind == "interrupt":
             assert code == 130, shown
         assert lines and pattern.match(lines[-1]), shown
-    after = _snapshot(work)
     changed = [p for p, h in before.items() if after.get(p) != h]
     assert not changed, f"files changed or removed: {changed}{shown}"
     if case.kind != "warning":             # a refused command writes nothing at all
         new = [p for p in after if p not in before and (after[p] != "<dir>" or case.tool in MINE)]
         assert not new, f"a refused command wrote {new}{shown}"
+
+
+def _prepare(case, template, tmp_path, request, monkeypatch):
+    data = request.getfixturevalue("data_root") if case.data else None
+    work = tmp_path / "w"
+    shutil.copytree(template, work, symlinks=True)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("REGNP_DATA_ROOT", raising=False)
+    return data, work
+
+
+IN_PROCESS = [c for c in CASES if c.kind != "interrupt"]
+SUBPROCESS = [c for c in CASES if c.kind == "interrupt"]
+
+
+@pytest.mark.parametrize("case", IN_PROCESS, ids=[_case_id(c) for c in IN_PROCESS])
+def test_catalogue_case(case, template, tmp_path, request, monkeypatch):
+    data, work = _prepare(case, template, tmp_path, request, monkeypatch)
+    before = _snapshot(work)
+    code, out, err = run_in_process(case, work, data)
+    shown = (f"\n$ python -m regnp.{case.tool} {case.args}\nexit {code}\nstdout:\n{out[-1500:]}"
+             f"\nstderr:\n{err[-3000:]}")
+    check_case(case, code, out, err, before, _snapshot(work), shown)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SUBPROCESS, ids=[_case_id(c) for c in SUBPROCESS])
+def test_catalogue_interrupt_case(case, template, tmp_path, request, monkeypatch):
+    """Ctrl-C needs a real signal in a process of its own."""
+    data, work = _prepare(case, template, tmp_path, request, monkeypatch)
+    before = _snapshot(work)
+    cmd = _command(case, data)
+    code, out, err = _run_interrupted(cmd, work, case.wait)
+    shown = f"\n$ {' '.join(cmd[2:])}\nexit {code}\nstdout:\n{out[-1500:]}\nstderr:\n{err[-3000:]}"
+    check_case(case, code, out, err, before, _snapshot(work), shown)
 
 
 # ------------------------------------------------------------------------------------------
@@ -671,9 +749,7 @@ if __name__ == "__main__":
                 if case.kind == "interrupt":
                     code, out, err = _run_interrupted(_command(case, data), work, case.wait)
                 else:
-                    r = subprocess.run(_command(case, data), cwd=work, env=_env(),
-                                       capture_output=True, text=True, timeout=300)
-                    code, out, err = r.returncode, r.stdout, r.stderr
+                    code, out, err = run_in_process(case, work, data)
                 lines = [ln for ln in err.splitlines() if ln.strip()]
                 ok = bool(lines) and (_pattern(case.message).match(lines[-1]) or any(
                     _pattern(case.message).match(ln) for ln in lines))
