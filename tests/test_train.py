@@ -215,3 +215,56 @@ def test_diffeomorphic_bidir_seg_run_trains_and_resumes_exactly(tmp_path):
     assert {"sim", "sim_inv", "seg", "reg", "meta"} <= set(last) and 0 < last["seg"] < 1
     for k, v in a["model"].state_dict().items():
         np.testing.assert_array_equal(v, b["model"].state_dict()[k], err_msg=k)
+
+
+# ------------------------------------------------------------------ make_config: keywords
+@pytest.mark.parametrize("argv,kwargs", [
+    ([], {}),
+    (["--model", "metareg", "--dataset", "phantom", "--size", "64", "--pairs", "8",
+      "--lambda", "0.04", "--kernel-size", "13"],
+     dict(model="metareg", dataset="phantom", size=64, pairs=8, lam=0.04, kernel_size=13)),
+    (TINY[:-2] + ["--model", "vm2", "--loss", "ncc", "--lambda", "1", "--lr", "3e-4",
+                  "--upsample", "transpose"],
+     dict(size=32, enc=(4, 8), dec="8,8,8,8", kernel_size=5, pairs=16, model="vm2", loss="ncc",
+          lam=1.0, lr=3e-4, upsample="transpose")),
+    (["--model", "ablated", "--no-filter", "--per-channel-filter", "--filter-param", "psd"],
+     dict(model="ablated", no_filter=True, per_channel_filter=True, filter_param="psd")),
+    (["--model", "vm1", "--integrate", "4", "--int-downsize", "1", "--bidir", "--seg-weight",
+      "0.5", "--seg-labels", "4", "--seed", "3", "--batch-size", "4"],
+     dict(model="vm1", integrate=4, int_downsize=1, bidir=True, seg_weight=0.5, seg_labels="4",
+          seed=3, batch_size=4)),
+    (["--model", "rkhs", "--kernel", "wendland", "--kernel-width", "2.5", "--gram", "conv13",
+      "--sigma", "16"],
+     {"model": "rkhs", "kernel": "wendland", "kernel_width": 2.5, "gram": "conv13",
+      "sigma": 16, "bidir": False, "pairs": None}),
+])
+def test_make_config_equals_the_command_line(argv, kwargs):
+    from regnp.config import make_config as from_config_module
+    from regnp.train import make_config
+    assert make_config is from_config_module
+    assert make_config(**kwargs) == config_from_args(parse_args(argv))
+
+
+def test_make_config_names_the_valid_keywords_for_an_unknown_one():
+    from regnp.train import make_config
+    with pytest.raises(TypeError, match=r"kernal_size.*valid: .*kernel_size"):
+        make_config(kernal_size=13)
+    with pytest.raises(TypeError, match=r"steps.*arguments of train"):
+        make_config(steps=100)            # train()'s argument, not the config's
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(size=-64), "--size must be a positive integer"),
+    (dict(size=64.5), "--size: invalid int value"),
+    (dict(kernel_size=12), "--kernel-size must be odd"),
+    (dict(lam=float("nan")), "--lambda must be a finite number"),
+    (dict(model="voxelmorph"), "--model: invalid choice"),
+    (dict(bidir="yes"), "on/off flag"),
+    (dict(bidir=True), "--bidir needs --integrate"),
+    (dict(int_downsize=1), "--int-downsize sets where --integrate"),
+    (dict(enc="16,x"), "invalid literal"),
+])
+def test_make_config_refuses_bad_values_as_the_command_line_does(kwargs, match):
+    from regnp.train import make_config
+    with pytest.raises((TrainingError, ValueError), match=match):
+        make_config(**kwargs)
