@@ -1,5 +1,12 @@
 """Benchmark harness: ``python -m regnp.bench [--repeats R] [--quick] [--only SUBSTRING]``.
 
+It first prints what bounds the machine (``machine.py``: CPU model, cores, measured sgemm and
+Numba FMA GFLOP/s, copy bandwidth, cache sizes; ``--machine`` prints only that), then the case
+table below, then the roofline of a U-Net training step (``roofline.py``: every layer's FLOPs
+and bytes moved, its bound min(peak, intensity × bandwidth), the share of it reached, and the
+sum of the bounds beside the measured step; ``--roofline`` prints only the machine and that,
+``--model`` and ``--size`` choose the network and the image size).
+
 Every case is a small object with a name, the FLOPs of its forward and forward+backward pass
 (2 × multiply-adds) and a ``prepare()`` that builds its inputs once and returns two callables:
 ``forward()`` and ``forward_backward()``. Each is run once to warm up (Numba compilation,
@@ -419,6 +426,16 @@ def main(argv=None):
                          "NumPy before regnp and regnp first, alternating; the ratio should be ~1")
     ap.add_argument("--profile", default=None, metavar="MODEL",
                     help="instead: split one training step of MODEL (metareg, vm2, ...) by op")
+    ap.add_argument("--machine", action="store_true",
+                    help="instead: only the machine's limits (CPU, measured peak GFLOP/s and "
+                         "copy bandwidth, caches)")
+    ap.add_argument("--roofline", action="store_true",
+                    help="instead: the machine's limits and the roofline table of one U-Net "
+                         "training step (per layer: FLOPs, bytes moved, bound, %% reached)")
+    ap.add_argument("--model", default="vm2",
+                    help="the model whose U-Net the roofline table follows (default vm2)")
+    ap.add_argument("--size", type=int, default=256,
+                    help="image size S (S x S, batch 2) of the roofline table (default 256)")
     args = ap.parse_args(argv)
     from regnp._cli import run_cli
     return run_cli(lambda: _run_main(args), "no table was printed")
@@ -428,7 +445,15 @@ def _run_main(args):
     """What :func:`main` does once the options are parsed (and checked here, before any case
     is built)."""
     from regnp._cli import CLIError, positive_int
+    from regnp.bench import machine as machine_mod
     positive_int("--repeats", args.repeats)
+    positive_int("--size", args.size)
+    if args.machine or args.roofline:
+        mach = machine_mod.measure(quick=args.quick)
+        print(machine_mod.format_machine(mach))
+        if args.machine:
+            return mach
+        return roofline_report(args.model, args.size, mach, 3 if args.quick else args.repeats)
     if args.compare_torch:
         from regnp.bench import torch_side as bench_torch
         positive_int("--rounds", args.rounds)
@@ -473,6 +498,8 @@ def _run_main(args):
     if not cases:
         raise CLIError(f"--only {args.only!r} matches no case; the cases are: "
                        f"{'; '.join(c.name for c in CASES)}")
+    mach = machine_mod.measure(quick=args.quick)
+    print(machine_mod.format_machine(mach))
     from regnp.ops._fast import blas as _blas
     print(f"batch 2, float32, {_blas.n_workers()} worker threads, "
           f"{'OpenBLAS via ctypes' if _blas.have_cblas() else 'NumPy matmul fallback'}; "
@@ -490,7 +517,40 @@ def _run_main(args):
             print(f"{r['model']} training step (batch 2, 256x256): {r['plain_ms']:.1f} ms, with "
                   f"--integrate 7 (half resolution) {r['integrate_ms']:.1f} ms: "
                   f"{r['added_pct']:+.1f} % (median of {repeats} alternating rounds)")
+    if args.only is None:
+        roofline_report(args.model, args.size, mach, repeats)
     return rows
+
+
+def roofline_report(model, S, mach, repeats, N=2):
+    """Print the roofline table of ``model``'s U-Net at batch N, S×S on ``mach``, then the
+    sum of the layers' bounds beside a measured training step. Returns the table's rows and
+    the step's median ms."""
+    from regnp._cli import CLIError
+    from regnp.bench import roofline
+    from regnp.models import MODEL_NAMES, build_model
+    if model not in MODEL_NAMES:
+        raise CLIError(f"--model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+    net = build_model(model, seed=0)
+    unet = getattr(net, "unet", None)
+    if unet is None:
+        raise CLIError(f"--model {model!r} has no U-Net; the roofline table follows a U-Net "
+                       f"(metareg, vm2, vm1, ablated, rkhs)")
+    f = 2 ** unet.levels
+    if S % f:
+        raise CLIError(f"--size {S} is not divisible by 2^{unet.levels} = {f}; use e.g. "
+                       f"{-(-S // f) * f}")
+    rows = roofline.roofline_rows(roofline.unet_layers(unet, N, S, S), mach, repeats)
+    print(f"{model}: U-Net of one training step, batch {N}, {S}x{S}, float32; median of "
+          f"{repeats} per layer")
+    print(roofline.format_roofline(rows, mach))
+    step_ms = _median_ms(_prep_model(model, N, S)[1], repeats)
+    bound = sum(r["bound_ms"] for r in rows)
+    print(f"whole training step (forward, loss, backward, Adam) measured {step_ms:.1f} ms; the "
+          f"U-Net layers' bounds sum to {bound:.1f} ms (step / bound = {step_ms / bound:.2f}); "
+          f"the layers measured alone sum to {sum(r['ms'] for r in rows):.1f} ms, the rest of "
+          f"the step (warp, loss, filter, Adam, glue) is not in the table")
+    return rows, step_ms
 
 
 if __name__ == "__main__":
