@@ -97,3 +97,92 @@ def check_positive_int(name, v):
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return int(v)
+
+
+# ----------------------------------------------------------------------------------- memory guard
+# A request that cannot fit should fail in a second with one line, not after minutes of swapping
+# or with the kernel's OOM killer (``evaluate --size 4096`` once grew to 23.7 GB and was killed).
+# The estimates below are upper bounds of peak resident memory measured on this project's code
+# (RSS growth, ``resource.getrusage``) at 512×512, where every term already scales with H·W:
+#   forward pass, batch 1: metareg 695, vm2 679, fcnss 539, vm1 299, dirnet 192 bytes/pixel, i.e.
+#   1.2–2.2 bytes per pixel per output channel of the model's convolutions (summed over layers);
+#   two synthetic phantom test pairs generated and held: 1205 bytes/pixel.
+FORWARD_BYTES_PER_PIXEL_CHANNEL = 2.5
+PAIR_BYTES_PER_PIXEL = 1300
+# A training step keeps every layer's cache for the backward pass and holds gradients and Adam's
+# moments: taken as 3 forward passes per batch item (an assumption; measure before relying on it).
+TRAINING_FACTOR = 3
+
+
+class MemoryLimitError(ValueError):
+    """An operation would need more memory than the machine has available."""
+
+
+def available_memory():
+    """``(bytes, source)``: the memory this process can still get without swapping.
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo`` — the kernel's own estimate of what can be
+    allocated now (free memory plus reclaimable cache), which is what decides whether a large
+    allocation ends in swapping or the OOM killer; the total physical memory would also count
+    what other processes hold. Elsewhere: the physical memory, ``os.sysconf('SC_PHYS_PAGES') ×
+    os.sysconf('SC_PAGE_SIZE')``. ``(None, None)`` when neither is known (no check is made)."""
+    import os
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
+    except (ValueError, OSError, AttributeError):
+        return None, None
+
+
+def _gb(n):
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def check_memory(nbytes, what, hint):
+    """Refuse, before allocating, an operation estimated to need ``nbytes``: raises
+    :class:`MemoryLimitError` (a ``ValueError``, so every command line shows it as one
+    ``error:`` line) when ``nbytes`` exceeds :func:`available_memory`.
+
+    ``what`` names the operation (``"evaluating at 4096×4096"``), ``hint`` says what to do
+    (``"use a smaller --size"``). Returns ``nbytes``."""
+    avail, source = available_memory()
+    if avail is not None and nbytes > avail:
+        raise MemoryLimitError(f"{what} needs about {_gb(nbytes)} of memory, more than the "
+                               f"{_gb(avail)} available on this machine ({source}); {hint}")
+    return nbytes
+
+
+def estimate_param_bytes(options):
+    """Bytes for a model's parameters, their gradients and Adam's two moments, from its
+    architecture options alone (before the model is built, so an edited ``kernel_size 999999``
+    is refused instead of allocated): 3×3 convolutions between consecutive ``enc``/``dec``
+    widths (doubled for the skip connections), plus the ``kernel_size``² filter per channel."""
+    def widths(key, default):
+        w = options.get(key, default)
+        return [int(c) for c in w] if isinstance(w, (list, tuple)) else list(default)
+    chans = [2] + widths("enc", (16, 32, 32, 32)) + widths("dec", (32, 32, 32, 32, 32, 16, 16)) + [2]
+    conv = sum(9 * 2 * a * b for a, b in zip(chans, chans[1:]))
+    k = options.get("kernel_size", 13)
+    k = int(k) if isinstance(k, (int, float)) and not isinstance(k, bool) else 13
+    return 4 * 4 * (conv + 2 * k * k)
+
+
+def estimate_forward_bytes(model, shape, batch=1, training=False):
+    """Peak bytes of ``model``'s forward pass on a batch of ``shape`` (H, W) images (with
+    ``training``: a whole step, forward, backward and update), from the output channels of its
+    convolutions (see the measurements above :data:`FORWARD_BYTES_PER_PIXEL_CHANNEL`)."""
+    channels = sum(p.shape[0] for _, p, _ in model.named_parameters() if p.ndim == 4)
+    per_item = FORWARD_BYTES_PER_PIXEL_CHANNEL * channels * shape[0] * shape[1]
+    return int(per_item * batch * (TRAINING_FACTOR if training else 1))
+
+
+def estimate_pair_bytes(shape, pairs=1):
+    """Peak bytes to generate ``pairs`` synthetic pairs of ``shape`` (H, W) at once and hold them
+    (base images, labels, the field and its temporaries; measured, see above)."""
+    return int(PAIR_BYTES_PER_PIXEL * shape[0] * shape[1] * max(1, pairs))
