@@ -44,14 +44,19 @@ class CheckpointError(ValueError):
 
 def checkpoint_path(path):
     """Resolve what a user may pass: a ``.npz`` file, a legacy ``.json``, or a run folder
-    (``runs/x`` → ``runs/x/checkpoint.npz``)."""
+    (``runs/x`` → ``runs/x/checkpoint.npz``; a name without suffix that is not a folder means
+    ``name.npz``). Any other suffix is refused rather than swapped (``ck.npy`` once silently
+    read ``ck.npz``)."""
     path = Path(path)
     if path.is_dir():
         return path / "checkpoint.npz"
     if path.suffix == ".json":
         return path.with_suffix(".npz")
-    if path.suffix != ".npz":
+    if path.suffix == "":
         return path.with_suffix(".npz")
+    if path.suffix != ".npz":
+        raise CheckpointError(f"{path}: a checkpoint is the .npz file written by python -m "
+                              f"regnp.train (or its run folder), not a {path.suffix} file")
     return path
 
 
@@ -131,7 +136,10 @@ def save_checkpoint(path, arrays, config, on_stage=None):
         prev = backup_path(path)
         # (rename() between two links of one file does nothing, so skip a backup that is
         # already this very file — left so by a writer killed between backup and replace)
-        if path.is_file() and not (prev.is_file() and os.path.samefile(prev, path)):
+        # A damaged current file (the one a --resume fell back from) is never rotated into
+        # the backup's place: the backup is then the last good checkpoint and stays.
+        if path.is_file() and not (prev.is_file() and os.path.samefile(prev, path)) \
+                and _readable(path):
             link_tmp = prev.with_name(f".{prev.name}.link.tmp")
             if link_tmp.exists():
                 link_tmp.unlink()
@@ -149,6 +157,16 @@ def save_checkpoint(path, arrays, config, on_stage=None):
             os.unlink(tmp)
         raise
     return path
+
+
+def _readable(path):
+    """True when ``path`` is a checkpoint that loads and verifies (either format)."""
+    try:
+        if _read(path) is None:
+            _read_legacy(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _read(path):
@@ -178,7 +196,20 @@ def _read(path):
                               f"{config.get('format') if isinstance(config, dict) else None!r})")
     if config.get("sha1") != _digest(arrays):
         raise CheckpointError(f"{path}: the arrays do not match their checksum; the file is corrupt")
+    _check_description(path, config)
     return arrays, config
+
+
+def _check_description(path, config):
+    """The entries of a training checkpoint's description that resuming relies on, checked so
+    that a hand-edited file gets one clear message (not ``int()``'s, not a silent null)."""
+    edited = "the checkpoint was edited or comes from another version"
+    step = config.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: its step {step!r} is not a whole number ≥ 0; {edited}")
+    if "rng" in config and not isinstance(config["rng"], dict):
+        raise CheckpointError(f"{path}: its random-stream state (rng) is {config['rng']!r}, not "
+                              f"a mapping; {edited}")
 
 
 def _sha1_file(path):
@@ -206,6 +237,7 @@ def _read_legacy(npz):
     if config.get("sha1") != _sha1_file(npz):
         raise CheckpointError(f"{npz} does not match its config {js.name} (checksum differs): the "
                               f"weights file is corrupt or was replaced")
+    _check_description(js, config)
     try:
         with np.load(npz, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}, config
@@ -241,8 +273,11 @@ def load_checkpoint(path, fallback=True):
             raise e from None
         if got is None:
             raise e from None
+        # issued from this line (stacklevel 1), so Python's default filter shows it once per
+        # process however many times the run is loaded (train reads it to check the options,
+        # then to resume)
         warnings.warn(f"{e}; using the previous checkpoint {prev} (step "
-                      f"{got[1].get('step', '?')})", RuntimeWarning, stacklevel=2)
+                      f"{got[1].get('step', '?')})", RuntimeWarning, stacklevel=1)
         return got
 
 
@@ -266,11 +301,18 @@ def load_model(path):
     ``model``/``model_options`` entries, the weights from its ``model.*`` arrays (names and shapes
     must match exactly).
     """
+    from ._checks import check_memory, estimate_param_bytes
     from .models import build_model
     arrays, config = load_checkpoint(path)
     if not isinstance(config.get("model"), str) or not isinstance(config.get("model_options"), dict):
         raise CheckpointError(f"{path} holds no model description (was it written by "
                               f"python -m regnp.train?)")
+    try:
+        need = estimate_param_bytes(config["model_options"])
+    except (TypeError, ValueError):
+        need = 0                                  # a wrong-typed option: build_model says which
+    check_memory(need, f"{path}: building its model", "the checkpoint was edited or comes from "
+                                                      "another version")
     try:
         model = build_model(config["model"], **config["model_options"])
     except (TypeError, ValueError) as e:

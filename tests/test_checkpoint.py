@@ -156,3 +156,70 @@ def test_writer_killed_at_every_stage_leaves_a_good_checkpoint(tmp_path, stage):
     save_checkpoint(p, {"w": np.full(1000, 3.0)}, {"step": 3})
     assert load_checkpoint(p, fallback=False)[1]["step"] == 3
     assert not list(tmp_path.glob(".*.tmp")), "a killed writer's temporary file survived"
+
+
+def _corrupt(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_save_after_falling_back_keeps_the_good_backup(tmp_path):
+    """--resume fell back to checkpoint.prev.npz because checkpoint.npz is damaged: the next save
+    must not rotate the damaged file into the backup's place (it once did, leaving no good
+    checkpoint at all if that save was then interrupted)."""
+    p = tmp_path / "checkpoint.npz"
+    save_checkpoint(p, {"w": np.full(3, 1.0)}, {"step": 1})
+    save_checkpoint(p, {"w": np.full(3, 2.0)}, {"step": 2})
+    _corrupt(p)
+    with pytest.warns(RuntimeWarning, match="previous checkpoint"):
+        assert load_checkpoint(p)[1]["step"] == 1
+    save_checkpoint(p, {"w": np.full(3, 3.0)}, {"step": 3})
+    assert load_checkpoint(p)[1]["step"] == 3
+    arrays, cfg = load_checkpoint(backup_path(p), fallback=False)      # still the good step 1
+    assert cfg["step"] == 1 and arrays["w"][0] == 1.0
+    save_checkpoint(p, {"w": np.full(3, 4.0)}, {"step": 4})              # healthy again: rotates
+    assert load_checkpoint(backup_path(p), fallback=False)[1]["step"] == 3
+
+
+def test_the_fallback_warning_shows_once_per_process(tmp_path):
+    """train reads a checkpoint twice on --resume (to check the options, then to resume): the
+    fallback is said once, under Python's default warning filter."""
+    import warnings
+    p = tmp_path / "checkpoint.npz"
+    save_checkpoint(p, {"w": np.ones(3)}, {"step": 1})
+    save_checkpoint(p, {"w": np.ones(3)}, {"step": 2})
+    _corrupt(p)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        load_checkpoint(p)
+        load_checkpoint(p)
+    assert len([w for w in seen if "previous checkpoint" in str(w.message)]) == 1
+
+
+def test_a_checkpoint_is_not_guessed_from_another_suffix(tmp_path):
+    p = save_checkpoint(tmp_path / "ck.npz", {"w": np.ones(2)}, {"step": 1})
+    with pytest.raises(CheckpointError, match=r"ck.npy: a checkpoint is the .npz file .* not a "
+                                              r"\.npy file"):
+        load_checkpoint(p.with_suffix(".npy"))                 # once read ck.npz silently
+    assert load_checkpoint(tmp_path / "ck")[1]["step"] == 1     # no suffix: still ck.npz
+
+
+@pytest.mark.parametrize("entry, value, match", [
+    ("step", "five", r"its step 'five' is not a whole number ≥ 0"),
+    ("step", -3, r"its step -3 is not a whole number ≥ 0"),
+    ("step", True, r"its step True is not"),
+    ("rng", None, r"its random-stream state \(rng\) is None, not a mapping"),
+])
+def test_hand_edited_step_or_rng_is_refused_in_one_line(tmp_path, entry, value, match):
+    p = save_checkpoint(tmp_path / "ck.npz", {"w": np.ones(2)},
+                        {"step": 4, "rng": {"kind": "stateless", "seed": 0, "step": 4}})
+    with np.load(p, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("__meta__")))
+    meta[entry] = value
+    with open(p, "wb") as f:
+        np.savez(f, **arrays, __meta__=np.array(json.dumps(meta)))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(p)
