@@ -142,7 +142,11 @@ def _fake_job(root, setting, variant, seed, dice, jac=99.9, test="s16", lam=0.04
 
 
 def test_report_from_hand_made_json(tmp_path):
+    """Cells are mean ± sd over the tested per-pair values (seeds averaged per pair); the
+    comparison is paired and its interval and p are the hierarchical bootstrap's (hand-made ids
+    name no subject, so each pair is its own cluster)."""
     from scipy import stats
+    from regnp.study.stats import compare_paired
     rng = np.random.default_rng(0)
     meta = [0.85 + 0.02 * rng.standard_normal(20) for _ in range(2)]
     vm2 = 0.80 + 0.02 * rng.standard_normal(20)
@@ -156,37 +160,51 @@ def test_report_from_hand_made_json(tmp_path):
     results, errors = load_results(tmp_path)
     assert not errors
     c = cell(results, "liver16", "metareg", "s16")
-    pooled = 100 * np.concatenate(meta)
-    assert c["dice"][0] == pytest.approx(pooled.mean()) and c["dice"][1] == pytest.approx(pooled.std(ddof=1))
+    per_pair = 100 * (meta[0] + meta[1]) / 2                      # the values that are tested
+    assert c["dice"][0] == pytest.approx(per_pair.mean()) and c["dice"][1] == pytest.approx(
+        per_pair.std(ddof=1))
     assert c["seeds"] == [0, 1] and c["per_seed"] == pytest.approx([100 * meta[0].mean(), 100 * meta[1].mean()])
     cmp = compare(results, "liver16", "s16")
     assert cmp["rival"] == "vm2"
-    expect = stats.ttest_ind((meta[0] + meta[1]) / 2, vm2, equal_var=False)
-    assert cmp["p"] == pytest.approx(expect.pvalue) and cmp["delta"] == pytest.approx(
-        100 * (np.concatenate(meta).mean() - vm2.mean()))
-    ci = expect.confidence_interval(0.95)
-    assert cmp["ci"] == pytest.approx((100 * ci.low, 100 * ci.high))
+    assert cmp["p_t"] == pytest.approx(stats.ttest_rel(per_pair, 100 * vm2).pvalue)
+    assert cmp["delta"] == pytest.approx((per_pair - 100 * vm2).mean())
+    ids = [f"p{i}" for i in range(20)]
+    boot = compare_paired([dict(zip(ids, 100 * m)) for m in meta], dict(zip(ids, 100 * vm2)))
+    assert (cmp["lo"], cmp["hi"], cmp["p"]) == pytest.approx((boot["lo"], boot["hi"], boot["p"]))
+    assert cmp["lo"] > 0 and cmp["p"] == pytest.approx(1e-4)       # ~5 points over 20 pairs
     text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
-    assert f"{pooled.mean():.2f} ± {pooled.std(ddof=1):.2f}" in text
+    assert f"{per_pair.mean():.2f} ± {per_pair.std(ddof=1):.2f}" in text
     assert "84.80 ± 6.09" in text                                  # the paper's number beside it
     assert "| 1 (seed 0) |" in text and f"| 2: {100 * meta[0].mean():.2f} / " in text   # seeds column
-    assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in text
-    assert "confirmed (p =" in text and "not run yet" in text          # σ 10/10 was not run
+    row = next(ln for ln in text.splitlines()
+               if ln.startswith("| Meta-Reg beats the best other method at σ 16/16 |"))
+    assert "| +4.30 |" in row and f"| {cmp['lo']:+.2f} to {cmp['hi']:+.2f} |" in row
+    assert "reproduced in direction (liver σ 16→16, Dice before 60.0 %; Holm p ≤ 1e-4)" in row
+    assert cmp["lo"] < 4.30 < cmp["hi"] and "our interval contains the paper's +4.30" in row
+    assert "not run yet" in text                                    # σ 10/10 was not run
     step, _ = chosen_steps(curve)
     assert step is not None and 3000 <= step <= 9000
     assert f"| {step} |" in text
     assert (tmp_path / "f" / "results_training_length.png").stat().st_size > 5000
     assert (tmp_path / "f" / "results_claims.png").stat().st_size > 5000
-    assert f"95 % CI {100 * ci.low:+.2f} to {100 * ci.high:+.2f}" in text
     # cost per protocol: each fake job is 1 CPU hour; liver holds metareg s0, s1 and vm2 s0 of
     # its 16 planned jobs (the ablated network is in the ablation protocol, not in liver)
     assert "| liver | 3 / 16 | 3.00 | 13.0 |" in text
     assert "| ablation | 3 / 24 | 3.00 | 21.0 |" in text
 
 
+def _boot_txt(x, y, ids=None):
+    """The report's "Δ (CI lo to hi; p …)" cell for per-pair Dice x − y, computed here."""
+    from regnp.study.report import _diff_txt  # noqa: F401 — the format under test is below
+    from regnp.study.stats import compare_paired
+    ids = ids or [f"p{i}" for i in range(len(x))]
+    r = compare_paired(dict(zip(ids, 100 * np.asarray(x))), dict(zip(ids, 100 * np.asarray(y))))
+    p = "≤ 1e-4" if r["p"] <= 1e-4 else f"= {r['p']:.3g}"
+    return f"{100 * (np.mean(x) - np.mean(y)):+.2f} (CI {r['lo']:+.2f} to {r['hi']:+.2f}; p {p})"
+
+
 def test_ablation_variants_table_by_hand(tmp_path):
-    """Each column is one difference of pooled per-pair Dice with its Welch p."""
-    from scipy import stats
+    """Each column is one paired difference of per-pair Dice with its bootstrap interval and p."""
     from regnp.study.report import ablation_variants_table, load_results
     rng = np.random.default_rng(4)
     d = {v: 0.85 + mu + 0.02 * rng.standard_normal(30) for v, mu in
@@ -197,17 +215,33 @@ def test_ablation_variants_table_by_hand(tmp_path):
                if ln.startswith("| chest"))
     for x, y in (("ablated", "ablated_free"), ("ablated_free", "ablated_nofilter"),
                  ("metareg", "ablated_nofilter")):
-        p = stats.ttest_ind(d[x], d[y], equal_var=False).pvalue
-        assert f"{100 * (d[x].mean() - d[y].mean()):+.2f} (p = {p:.3g})" in row
+        assert _boot_txt(d[x], d[y]) in row
     liver = next(ln for ln in ablation_variants_table(load_results(tmp_path)[0]).splitlines()
                  if ln.startswith("| liver, σ_train = 16"))
     assert liver.count("–") == 3                                  # nothing run there
 
 
+def test_table5_main_row_is_the_papers_ablation(tmp_path):
+    """Table 5 compares Meta-Reg with the free 13×13 network without M (the paper's ablation)
+    first, and with the unit-sum variant beside it; the claims table uses the paper's."""
+    from regnp.study.report import ablation_table, claim_data, load_results
+    rng = np.random.default_rng(8)
+    d = {v: 0.85 + mu + 0.02 * rng.standard_normal(30) for v, mu in
+         (("metareg", 0.0), ("ablated", -0.02), ("ablated_free", 0.01))}
+    for v, x in d.items():
+        _fake_job(tmp_path, "chest", v, 0, x, test="test")
+    results = load_results(tmp_path)[0]
+    row = next(ln for ln in ablation_table(results).splitlines() if ln.startswith("| chest"))
+    free, unit = _boot_txt(d["metareg"], d["ablated_free"]), _boot_txt(d["metareg"], d["ablated"])
+    assert free in row and unit in row and row.index(free) < row.index(unit)
+    claim = next(r for r in claim_data(results) if r["text"].endswith("(chest X-ray (JSRT))"))
+    assert claim["rival"] == "ablated_free"
+    assert claim["delta"] == pytest.approx(100 * (d["metareg"].mean() - d["ablated_free"].mean()))
+
+
 def test_rkhs_differences_table_by_hand(tmp_path):
-    """Each cell is one difference of per-pair Dice with its Welch interval and p; a comparison
-    with a side not run shows '–'."""
-    from scipy import stats
+    """Each cell is one paired difference of per-pair Dice with its bootstrap interval and p; a
+    comparison with a side not run shows '–'."""
     from regnp.study.report import load_results, rkhs_differences_table
     rng = np.random.default_rng(5)
     d = {v: 0.9 + mu + 0.02 * rng.standard_normal(25) for v, mu in
@@ -218,10 +252,7 @@ def test_rkhs_differences_table_by_hand(tmp_path):
     lines = rkhs_differences_table(load_results(tmp_path)[0]).splitlines()
     row16 = next(ln for ln in lines if ln.startswith("| liver, σ_train = 16"))
     for x, y in (("rkhs_conv13", "rkhs_exact"), ("metareg", "rkhs_conv13"), ("solver", "metareg")):
-        t = stats.ttest_ind(d[x], d[y], equal_var=False)
-        ci = t.confidence_interval(0.95)
-        assert (f"{100 * (d[x].mean() - d[y].mean()):+.2f} (CI {100 * ci.low:+.2f} to "
-                f"{100 * ci.high:+.2f}; p = {t.pvalue:.3g})") in row16
+        assert _boot_txt(d[x], d[y]) in row16
     row10 = next(ln for ln in lines if ln.startswith("| liver, σ_train = 10"))
     assert row10.count("–") == 3                      # only Meta-Reg ran there: nothing to compare
 
@@ -231,20 +262,24 @@ def test_lambda_summary_by_hand(tmp_path):
     whose means are known: Meta-Reg is far above VM-2 at λ 0.01 (significant), slightly below at
     0.04, slightly above at 0.16; VM-2's |J|>0 dips at 0.16, Meta-Reg's rises."""
     from regnp.study.report import lambda_points, lambda_summary, load_results
-    # one noise vector for every job: each difference of means is exactly the shift below, and
-    # the t statistic is shift / (0.03·sqrt(2/30)): 7.7 at λ 0.01, −1.3 and +0.6 elsewhere
+    # VM-2 and Meta-Reg share the noise e; Meta-Reg adds g (mean 0, sd 0.03), so each paired
+    # difference of means is exactly the shift below and its standard error 0.03/√30: the
+    # shifts are 11, −1.8 and +0.9 standard errors (significant at λ 0.01 only)
     e = np.random.default_rng(6).standard_normal(30)
     e = 0.03 * (e - e.mean()) / e.std(ddof=1)
+    g = np.random.default_rng(60).standard_normal(30)
+    g = 0.03 * (g - g.mean()) / g.std(ddof=1)
     for lam, dv, dm, jv, jm in ((0.01, 0.80, 0.86, 97.0, 97.5), (0.04, 0.84, 0.83, 99.5, 99.4),
                                 (0.16, 0.82, 0.825, 99.0, 99.9)):
         _fake_job(tmp_path, "liver16", "vm2", 0, dv + e, jac=jv, lam=lam)
-        _fake_job(tmp_path, "liver16", "metareg", 0, dm + e, jac=jm, lam=lam)
+        _fake_job(tmp_path, "liver16", "metareg", 0, dm + e + g, jac=jm, lam=lam)
     _fake_job(tmp_path, "liver16", "vm2", 0, 0.7 + e, lam=0.32)   # VM-2 only: not compared
     results = load_results(tmp_path)[0]
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
     text = lambda_summary(pts)
     assert "above VoxelMorph-2's at 2 of the 3 λ values" in text
-    assert "significant (Welch p < 0.05) at λ = 0.01 (+6.00)." in text
+    assert ("significant (hierarchical bootstrap p < 0.05, not adjusted for the 3 λ values) at "
+            "λ = 0.01 (+6.00).") in text
     assert "Best λ: Meta-Reg 0.01, VoxelMorph-2 0.04" in text
     assert "Meta-Reg 3.50, VoxelMorph-2 4.00 points" in text        # 86 − 82.5 and 84 − 80
     assert "rises monotonically with λ for Meta-Reg only" in text
@@ -253,10 +288,10 @@ def test_lambda_summary_by_hand(tmp_path):
 
 
 def test_lambda_table_compares_jacobians_per_pair(tmp_path):
-    """The λ table's |J|>0 column: Meta-Reg − VM-2 in points with the Welch p over per-pair
-    shares of positive Jacobians (seeds averaged per pair), like the Dice column."""
+    """The λ table's |J|>0 column: Meta-Reg − VM-2 in points, paired over per-pair shares of
+    positive Jacobians (seeds averaged per pair), like the Dice column."""
     from scipy import stats
-    from regnp.study.report import cell, load_results, ttest_cells
+    from regnp.study.report import cell, diff, load_results
     rng = np.random.default_rng(7)
     dice = 0.85 + 0.02 * rng.standard_normal(20)
     jv = 98.0 + rng.standard_normal(20)
@@ -267,32 +302,42 @@ def test_lambda_table_compares_jacobians_per_pair(tmp_path):
         _fake_job(tmp_path, "liver16", "metareg", 1, dice, jac=jm[1], lam=lam)
     results = load_results(tmp_path)[0]
     m, v = (cell(results, "liver16", x, "s16", lam=0.02) for x in ("metareg", "vm2"))
-    expect = stats.ttest_ind((jm[0] + jm[1]) / 2, jv, equal_var=False)
-    assert ttest_cells(m, v, "pair_jac")[1] == pytest.approx(expect.pvalue)
-    # every pair at 100 % on both sides: no spread, no test (and no scipy precision warning)
+    d = diff(m, v, "jac")
+    assert d["p_t"] == pytest.approx(stats.ttest_rel((jm[0] + jm[1]) / 2, jv).pvalue)
+    assert d["seeds"] == (2, 1)
+    # every pair at 100 % on both sides: a zero difference, no t-test (and no scipy warning)
     _fake_job(tmp_path, "liver16", "vm2", 0, dice, jac=100.0, lam=0.04)
     _fake_job(tmp_path, "liver16", "metareg", 0, dice + 0.01, jac=100.0, lam=0.04)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     row = next(ln for ln in text.splitlines() if ln.startswith("| 0.02 |"))
-    diff = np.concatenate(jm).mean() - jv.mean()
-    assert row.endswith(f"| {diff:+.2f} (p = {expect.pvalue:.3g}) |")
+    ptxt = "≤ 1e-4" if d["p"] <= 1e-4 else f"= {d['p']:.3g}"
+    assert row.endswith(f"| {np.concatenate(jm).mean() - jv.mean():+.2f} (CI {d['lo']:+.2f} to "
+                        f"{d['hi']:+.2f}; p {ptxt}) |")
     row = next(ln for ln in text.splitlines() if ln.startswith("| 0.04 |"))
-    assert row.endswith("| +0.00 (p = –) |")
+    assert row.endswith("| +0.00 (CI +0.00 to +0.00; p = 1) |")
 
 
-def test_verdict_says_whether_our_interval_still_allows_the_papers_gain():
+def test_verdicts_are_no_stronger_than_the_evidence():
+    """The verdict reads the Holm-adjusted bootstrap p and the interval, names the regime, and
+    never says "ruled out"."""
     from regnp.study.report import _verdict
-    assert _verdict(0.2, 0.85, ci=(-1.9, 2.3), paper_delta=4.3).endswith(
-        "; the paper's gain lies above our 95 % CI")
-    assert _verdict(-0.7, 0.76, ci=(-5.3, 3.9), paper_delta=2.4).endswith(
-        "; our 95 % CI still contains the paper's gain")
-    assert _verdict(0.2, 0.85, ci=(1.0, 2.3), paper_delta=0.5).endswith("lies below our 95 % CI")
-    assert _verdict(0.2, 0.85) == "not confirmed: difference within noise (p = 0.85)"
-    assert _verdict(3.0, 0.01, ci=(1.0, 5.0), paper_delta=4.3) == "confirmed (p = 0.01)"
-    assert _verdict(0.2, 0.85, paper_significant=False, ci=(-1, 1), paper_delta=4.3).startswith(
-        "agrees: no significant difference")
+    base = dict(rival="vm2", regime="liver σ 16→16, Dice before 65.6 %; 3 subjects", n_boot=10_000)
+    v = _verdict(dict(base, delta=0.2, lo=-1.9, hi=2.3, p_holm=0.85, paper=4.3, sig=True))
+    assert v == ("not reproduced under our protocol (liver σ 16→16, Dice before 65.6 %): our "
+                 "interval includes 0 (Holm p = 0.85); the paper's +4.30 lies above our interval")
+    v = _verdict(dict(base, delta=-0.7, lo=-5.3, hi=3.9, p_holm=0.76, paper=2.4, sig=True))
+    assert v.endswith("our interval contains the paper's +2.40")
+    v = _verdict(dict(base, delta=3.0, lo=1.0, hi=5.0, p_holm=0.01, paper=4.3, sig=True))
+    assert v.startswith("reproduced in direction (liver σ 16→16") and "contains the paper's" in v
+    v = _verdict(dict(base, delta=-0.8, lo=-1.5, hi=-0.2, p_holm=0.02, paper=1.3, sig=False))
+    assert v.startswith("reversed under our protocol") and "VoxelMorph-2 better" in v
+    v = _verdict(dict(base, delta=0.1, lo=-1.0, hi=1.0, p_holm=1.0, paper=0.3, sig=False))
+    assert v.startswith("agrees: no difference detected")
+    v = _verdict(dict(base, delta=0.9, lo=0.3, hi=1.6, p_holm=1e-4, paper=0.3, sig=False))
+    assert v.startswith("differs: Meta-Reg better") and "Holm p ≤ 1e-4" in v
+    assert _verdict({"delta": None}) == "not run yet"
 
 
 def test_chosen_steps_rule_by_hand():
@@ -347,35 +392,81 @@ def test_a_running_job_is_not_run_twice_and_a_dead_lock_is_taken_over(tmp_path):
     acquire_job(tmp_path).unlink()                   # a dead process's lock is stale
 
 
-def test_report_regenerates_the_readme_block_and_nothing_else(tmp_path):
-    """``report --readme`` rewrites only the text between the two markers: the grid status
-    (finished / planned grid jobs) and the claims table; a README without markers is refused."""
-    from regnp.study.report import README_BEGIN, README_END, update_readme
+def _report_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "regnp.study", "report", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=_env(), timeout=600)
+
+
+def test_report_writes_the_results_page_byte_for_byte_and_says_what_it_wrote(tmp_path):
+    """``report`` writes TABLES.md and README.md beside the job folder and the figures beside
+    them (not into the repository's figures/), prints each path, and a second run gives the
+    same bytes."""
     rng = np.random.default_rng(1)
-    runs = tmp_path / "runs"
+    runs = tmp_path / "results" / "runs"
     _fake_job(runs, "liver16", "metareg", 0, 0.85 + 0.02 * rng.standard_normal(20))
     _fake_job(runs, "liver16", "vm2", 0, 0.80 + 0.02 * rng.standard_normal(20))
-    head, tail = "# Title\n\nhand-written text\n\n", "\n\nmore hand-written text, ünïcode\n"
-    readme = tmp_path / "README.md"
-    readme.write_text(f"{head}{README_BEGIN}\nstale block\n{README_END}{tail}", encoding="utf-8")
-    block = update_readme(readme, runs)
-    text = readme.read_text(encoding="utf-8")
-    assert text == f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}"
-    assert "stale block" not in text
-    assert "**Grid status: 2 of 68 grid jobs finished**" in block and "**Cost so far.**" in block
-    assert "| Meta-Reg beats the best other method at σ 16/16 | +4.30 |" in block
-    assert update_readme(readme, runs) == block and readme.read_text(encoding="utf-8") == text
-    bare = tmp_path / "bare.md"
-    bare.write_text("no markers here\n")
-    with pytest.raises(ValueError, match="marker"):
-        update_readme(bare, runs)
-    assert bare.read_text() == "no markers here\n"
-    r = subprocess.run([sys.executable, "-m", "regnp.study", "report", "--out", str(runs),
-                        "--readme", str(tmp_path / "missing.md"), "--tables",
-                        str(tmp_path / "T.md"), "--figures", str(tmp_path / "f")],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode != 0 and "--readme" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "T.md").exists()              # refused before writing anything
+    _fake_job(runs, "chest", "metareg", 0, 0.85 + 0.02 * rng.standard_normal(20), test="test")
+    _fake_job(runs, "chest", "ablated_free", 0, 0.85 + 0.02 * rng.standard_normal(20), test="test")
+    repo_fig = REPO / "figures" / "results_claims.png"
+    before = repo_fig.read_bytes() if repo_fig.is_file() else None
+    r = _report_cli("--out", runs, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = tmp_path / "results"
+    written = [ln.removeprefix("wrote ") for ln in r.stdout.splitlines()]
+    expect = [res / "TABLES.md", res / "README.md", res / "figures" / "results_claims.png"]
+    assert all(str(p) in written for p in expect) and all(Path(p).is_file() for p in written)
+    assert all(Path(p).resolve().is_relative_to(tmp_path.resolve()) for p in written)
+    assert (repo_fig.read_bytes() if repo_fig.is_file() else None) == before
+    page = (res / "README.md").read_text(encoding="utf-8")
+    assert "## The answer in short" in page and "[TABLES.md](TABLES.md)" in page
+    assert "![results_claims](figures/results_claims.png)" in page
+    assert "**Meta-Reg − VoxelMorph-2**" in page and "| Ablated (free 13×13, no M) | chest" in page
+    assert "**Grid status: 4 of 68 grid jobs finished**" in page and "**Cost so far.**" in page
+    first = {p: Path(p).read_bytes() for p in written}
+    r2 = _report_cli("--out", runs, cwd=tmp_path)
+    assert r2.returncode == 0 and r2.stdout == r.stdout
+    assert {p: Path(p).read_bytes() for p in written} == first
+
+
+def test_report_figures_follow_the_tables_unless_they_are_the_repositorys():
+    """Issue 20: ``report --out runs/grid-quick`` from the repository root wrote the scratch
+    grid's plots over the committed figures/results_*.png."""
+    from regnp.study.report import default_paths
+    t, f, r = default_paths(REPO / "results" / "runs")
+    assert (t, f, r) == (REPO / "results" / "TABLES.md", REPO / "figures",
+                         REPO / "results" / "README.md")
+    t, f, r = default_paths(REPO / "runs" / "grid-quick")
+    assert (t, f, r) == (REPO / "runs" / "TABLES.md", REPO / "runs" / "figures",
+                         REPO / "runs" / "README.md")
+    assert default_paths("x/runs", tables="y/T.md")[1:] == (Path("y/figures"), Path("y/README.md"))
+    assert default_paths("x/runs", figures="z")[1] == Path("z")
+
+
+def test_report_refuses_to_replace_results_with_empty_tables_or_a_foreign_file(tmp_path):
+    """Issue 20: ``report --out results/runs_new`` on an empty folder replaced the committed
+    TABLES.md with blank tables and exited 0. Now: one line, exit ≠ 0, nothing written; and a
+    target the report did not write (a hand-written README) is never replaced."""
+    res = tmp_path / "results"
+    (res / "runs_new").mkdir(parents=True)
+    committed = (REPO / "results" / "TABLES.md").read_text(encoding="utf-8")
+    (res / "TABLES.md").write_text(committed, encoding="utf-8")
+    r = _report_cli("--out", res / "runs_new", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "no finished jobs" in r.stderr
+    assert "--tables" in r.stderr                                  # says what to do
+    assert (res / "TABLES.md").read_text(encoding="utf-8") == committed
+    assert not (res / "README.md").exists() and not (res / "figures").exists()
+    # an empty grid into a fresh place is fine (nothing is lost)
+    assert _report_cli("--out", res / "runs_new", "--tables", tmp_path / "new" / "T.md",
+                       cwd=tmp_path).returncode == 0
+    # a file the report did not write is refused, even with finished jobs
+    rng = np.random.default_rng(3)
+    _fake_job(res / "runs", "liver16", "vm2", 0, 0.8 + 0.02 * rng.standard_normal(10))
+    mine = tmp_path / "README.md"
+    mine.write_text("# my project\n", encoding="utf-8")
+    r = _report_cli("--out", res / "runs", "--readme", mine, cwd=tmp_path)
+    assert r.returncode != 0 and "not written by the report" in r.stderr
+    assert mine.read_text(encoding="utf-8") == "# my project\n"
 
 
 def test_readme_block_of_a_finished_grid_says_so(tmp_path, monkeypatch):

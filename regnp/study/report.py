@@ -1,16 +1,34 @@
-"""Tables 1–5, the λ curves (Figs 3–4) and the training-length curve, from the grid's JSON alone.
+"""Tables 1–5, the λ curves (Figs 3–4), the training-length curve and the results page, from the
+grid's JSON alone.
 
-``python -m regnp.study report [--out results/runs]`` reads every ``*/metrics.json`` under
-the grid folder and writes ``results/TABLES.md`` and ``figures/results_*.png`` in seconds;
-nothing is retrained. Jobs that have not finished yet show as "–" and are listed.
+``python -m regnp.study report [--out results/runs]`` reads every ``*/metrics.json`` under the
+grid folder and writes (nothing is retrained; about a minute, most of it the bootstrap):
 
-Statistics (the conventions of every table):
+- ``TABLES.md`` beside the job folder (``results/TABLES.md``; ``--tables``): every table;
+- ``README.md`` beside the tables (``results/README.md``; ``--readme``): the answer in short,
+  generated from the numbers, the headline comparisons, the claims, what M does, the figures;
+- ``results_*.png``: into the repository's ``figures/`` only when the tables are the
+  repository's own ``results/TABLES.md``, else into ``figures/`` beside the tables
+  (``--figures``), so the report of a scratch grid never replaces the committed figures.
 
-- A cell pools the test pairs of all training seeds of that model and setting: mean ± sample std
-  over (seed, pair) records. The spread over seeds is the range of the per-seed means.
-- The t-test compares Meta-Reg with the next-best method of the same table (highest mean Dice):
-  an unpaired Welch t-test (``scipy.stats.ttest_ind``, as the paper's sec. 5.4.4) over test pairs,
-  each pair's Dice first averaged over the seeds, so the sample size is the number of test pairs.
+The same JSON gives the same files byte for byte. The report refuses to replace a file it did not
+write, or a file holding results with the report of a folder holding none. Jobs that have not
+finished show as "–".
+
+Statistics (each defined and tested in ``regnp.study.stats``; DESIGN.md §12):
+
+- Every model is scored on the same test pairs, so every comparison is **paired**: per-pair
+  differences on identical pair ids (jobs scored on different pairs are refused). A model with
+  several training seeds enters as each pair's value averaged over its seeds.
+- Headline interval and p: a **hierarchical bootstrap** (10,000 resamples, fixed seed) that
+  resamples test subjects → base slices → pairs, and each model's training seeds; p is twice the
+  smaller share of resampled mean differences on either side of 0, floored at 1e-4. Beside it
+  the paired t-test and the Wilcoxon signed-rank test (both treat pairs as independent, which
+  they are not) and the effect size d_z = mean / sd of the per-pair differences.
+- The claims table: Holm's adjustment of the bootstrap p over the claims; the verdicts use the
+  adjusted p and the interval, and name the regime (σ, Dice before registration).
+- A table cell is mean ± sample sd over the values that are tested: each test pair's value
+  averaged over the model's seeds. The seeds column lists each seed's mean.
 - CPU is the median seconds to register one pair (batch 1, one forward pass, after warm-up), on
   the machine and thread count recorded in the job.
 """
@@ -20,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import difference_ci, ttest_unpaired
 from .protocols import LAMBDA, LAMBDAS, SETTINGS, TABLE_MODELS, TRAIN_STEPS, VARIANTS
+from .stats import compare_paired, holm, mean_sd
 
 # The paper's numbers (Al Safadi & Song, CVPR 2021), for side-by-side comparison:
 # variant: (Dice mean, std, %|J|>0 mean, std, |J|min mean, std, CPU s)
@@ -112,66 +130,51 @@ def _jobs_of(results, setting, variant, lam=LAMBDA, calibration=False):
 
 
 def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
-    """Pooled statistics of one table cell, or None when no seed has finished (``calibration``:
-    the long runs of the `steps` protocol instead of the grid's jobs)."""
+    """One table cell, or None when no seed has finished (``calibration``: the long runs of the
+    `steps` protocol instead of the grid's jobs).
+
+    Each test pair's value is averaged over the model's seeds first; ``dice``, ``dice_before``,
+    ``jac`` and ``minj`` are (mean, sample sd) over those per-pair values — the values the
+    comparisons test. ``seed_dice`` / ``seed_jac``: one {pair id: value} per seed (Dice in
+    points, |J| > 0 in %), for :func:`diff`; ``per_seed``: each seed's mean Dice."""
     jobs = [m for m in _jobs_of(results, setting, variant, lam, calibration) if test in m["tests"]]
     if not jobs:
         return None
     pairs = [m["tests"][test]["pairs"] for m in jobs]
-    cat = {k: np.concatenate([np.asarray(p[k], float) for p in pairs])
-           for k in ("dice_after", "dice_before", "pct_positive_jacobian", "min_jacobian")}
+    scale = {"dice_after": 100.0, "dice_before": 100.0, "pct_positive_jacobian": 1.0,
+             "min_jacobian": 1.0}
+    per_seed = {k: [dict(zip(p["id"], (s * float(v) for v in p[k]))) for p in pairs]
+                for k, s in scale.items()}
+    avg = {k: np.array([np.mean([d[i] for d in seeds if i in d]) for i in seeds[0]])
+           for k, seeds in per_seed.items()}
     secs = [s for p in pairs for s in p["seconds"] if s is not None]
-    per_seed = [100 * float(np.mean(p["dice_after"])) for p in pairs]
-    by_id, jac_by_id = {}, {}
-    for p in pairs:
-        for i, d, j in zip(p["id"], p["dice_after"], p["pct_positive_jacobian"]):
-            by_id.setdefault(i, []).append(d)
-            jac_by_id.setdefault(i, []).append(j)
-
-    def ms(x, scale=1.0):
-        x = scale * x
-        return float(np.mean(x)), float(np.std(x, ddof=1)) if x.size > 1 else 0.0
-    return {"dice": ms(cat["dice_after"], 100), "dice_before": ms(cat["dice_before"], 100),
-            "jac": ms(cat["pct_positive_jacobian"]), "minj": ms(cat["min_jacobian"]),
-            "cpu": float(np.median(secs)) if secs else None, "seeds": [m["config"].get("seed")
-                                                                       for m in jobs],
-            "per_seed": per_seed, "pair_dice": {i: float(np.mean(v)) for i, v in by_id.items()},
-            "pair_jac": {i: float(np.mean(v)) for i, v in jac_by_id.items()},
+    return {"dice": mean_sd(avg["dice_after"]), "dice_before": mean_sd(avg["dice_before"]),
+            "jac": mean_sd(avg["pct_positive_jacobian"]), "minj": mean_sd(avg["min_jacobian"]),
+            "cpu": float(np.median(secs)) if secs else None,
+            "seeds": [m["config"].get("seed") for m in jobs],
+            "per_seed": [float(np.mean(list(d.values()))) for d in per_seed["dice_after"]],
+            "seed_dice": per_seed["dice_after"], "seed_jac": per_seed["pct_positive_jacobian"],
+            "label": f"{VARIANTS.get(variant, (variant,))[0]} ({setting}, {test})",
             "steps": [m["train"]["steps"] for m in jobs if m.get("train")],
             "train_seconds": [m["train"]["seconds"] for m in jobs if m.get("train")]}
 
 
-def _cell_samples(a, b, key="pair_dice"):
-    """Two cells' per-pair values (``pair_dice``: Dice as a fraction; ``pair_jac``: % of positive
-    Jacobian determinants; averaged over seeds), on their common pairs."""
-    common = sorted(set(a[key]) & set(b[key]))
-    x = [a[key][i] for i in common] if common else list(a[key].values())
-    y = [b[key][i] for i in common] if common else list(b[key].values())
-    return x, y
+_DIFFS = {}          # paired comparisons already computed in this report (the bootstrap is slow)
 
 
-def _testable(x, y):
-    """Whether a Welch test (and interval) of two samples is defined: at least 2 values each and
-    some spread. With no spread on either side (e.g. every pair at 100 % |J| > 0) the t
-    statistic is 0/0 or ±inf and scipy warns of precision loss: there is nothing to test."""
-    return len(x) >= 2 and len(y) >= 2 and not (np.ptp(x) == 0 and np.ptp(y) == 0)
-
-
-def ttest_cells(a, b, key="pair_dice"):
-    """Welch t-test of two cells' per-pair Dice (or ``key="pair_jac"``: % |J| > 0), averaged over
-    seeds, on their common pairs; None when :func:`_testable` says there is no test."""
-    x, y = _cell_samples(a, b, key)
-    return ttest_unpaired(x, y) if _testable(x, y) else None
-
-
-def ci_cells(a, b, level=0.95):
-    """Welch confidence interval of ``a``'s mean Dice − ``b``'s, in Dice points (%), on the
-    samples of :func:`ttest_cells`; None when there is no test either."""
-    x, y = _cell_samples(a, b)
-    if not _testable(x, y):
+def diff(a, b, key="dice"):
+    """Cell ``a`` − cell ``b`` on their identical test pairs: the dict of
+    :func:`regnp.study.stats.compare_paired` (``delta``, ``lo``, ``hi``, ``p`` of the
+    hierarchical bootstrap, ``p_t``, ``p_w``, ``dz``, …) of ``key`` ("dice": Dice points;
+    "jac": % of |J| > 0), or None when a side has not run."""
+    if not (a and b):
         return None
-    lo, hi = difference_ci(x, y, level)
-    return 100 * lo, 100 * hi
+    sa, sb = a["seed_" + key], b["seed_" + key]
+    fp = (key, tuple(tuple(sorted(d.items())) for d in sa), tuple(tuple(sorted(d.items()))
+                                                                    for d in sb))
+    if fp not in _DIFFS:
+        _DIFFS[fp] = compare_paired(sa, sb, names=(a["label"], b["label"]))
+    return _DIFFS[fp]
 
 
 def _pm(v, nd=2):
@@ -186,21 +189,33 @@ def _cpu(c, nd):
     return "–" if not c or c["cpu"] is None else f"{c['cpu']:.{nd}f}"
 
 
-def _pvalue(p):
-    return "–" if p is None else f"{p:.3g}"
-
-
-def _diff_txt(a, b, key="dice", ci=False):
-    """A table cell for cell ``a`` − cell ``b``: "Δ (p = …)" of ``key`` ("dice" or "jac", in
-    points), "Δ (CI lo to hi; p = …)" with ``ci`` (Dice only); "–" when a side has not run,
-    "p = –" when there is no test."""
-    if not (a and b):
+def _pvalue(p, n_boot=None):
+    """A p value to 3 significant digits; a bootstrap p at its floor 1/n_boot as "≤ 1/n_boot"."""
+    if p is None:
         return "–"
-    tt = ttest_cells(a, b, "pair_jac" if key == "jac" else "pair_dice")
-    p = f"p = {_pvalue(None if tt is None else tt[1])}"
-    iv = ci_cells(a, b) if ci and key == "dice" else None
-    return f"{a[key][0] - b[key][0]:+.2f} (" + (
-        f"CI {iv[0]:+.2f} to {iv[1]:+.2f}; " if iv else "") + f"{p})"
+    if n_boot and p <= 1 / n_boot:
+        return f"≤ {1 / n_boot:.0e}".replace("e-0", "e-")
+    return f"{p:.3g}"
+
+
+def _ci_txt(d):
+    return f"{d['lo']:+.2f} to {d['hi']:+.2f}"
+
+
+def _diff_txt(a, b, key="dice"):
+    """A table cell for cell ``a`` − cell ``b``: "Δ (CI lo to hi; p = …)", the hierarchical
+    bootstrap's 95 % interval and p, in points of ``key`` ("dice" or "jac"); "–" when a side
+    has not run."""
+    d = diff(a, b, key)
+    if d is None:
+        return "–"
+    return f"{d['delta']:+.2f} (CI {_ci_txt(d)}; p {_p_eq(d['p'], d['n_boot'])})"
+
+
+def _p_eq(p, n_boot=None):
+    """"= 0.012" or "≤ 1e-4": a p value after "p"."""
+    txt = _pvalue(p, n_boot)
+    return txt if txt.startswith("≤") else f"= {txt}"
 
 
 def _seeds_txt(c):
@@ -212,7 +227,8 @@ def _seeds_txt(c):
 
 
 def compare(results, setting, test, variant="metareg", others=TABLE_MODELS):
-    """Meta-Reg vs the best other method of a table: (delta Dice, p, best other) or None."""
+    """Meta-Reg vs the method with the highest mean Dice among ``others`` (the paper's "best
+    other method"): the :func:`diff` dict plus ``rival``, ``ours``, ``rival_dice``, or None."""
     me = cell(results, setting, variant, test)
     if me is None:
         return None
@@ -222,36 +238,37 @@ def compare(results, setting, test, variant="metareg", others=TABLE_MODELS):
     if not rivals:
         return None
     best_v, best = max(rivals, key=lambda vc: vc[1]["dice"][0])
-    tt = ttest_cells(me, best)
-    return {"delta": me["dice"][0] - best["dice"][0], "p": None if tt is None else tt[1],
-            "t": None if tt is None else tt[0], "rival": best_v, "ours": me["dice"][0],
-            "rival_dice": best["dice"][0], "ci": ci_cells(me, best)}
+    return dict(diff(me, best), rival=best_v, ours=me["dice"][0], rival_dice=best["dice"][0],
+                dice_before=me["dice_before"][0])
 
 
-def _verdict(delta, p, alpha=0.05, paper_significant=True, ci=None, paper_delta=None):
-    """Our verdict on one claim. ``paper_significant``: the paper reports the difference as
-    significant (sec. 5.4.4); otherwise it reports none, and "no difference" agrees with it.
-    When a significant claim is not confirmed, ``ci`` (our 95 % interval) and ``paper_delta``
-    say whether our runs still allow a gain as large as the paper's, or rule it out (over test
-    pairs: the interval does not include the variation between training runs)."""
-    if delta is None:
+def _verdict(row, alpha=0.05):
+    """Our verdict on one claim, no stronger than the evidence. ``row``: a :func:`claim_data`
+    row. The decision uses the Holm-adjusted bootstrap p (``p_holm``); the wording names the
+    regime (σ, Dice before) and, for a gain the paper reports as significant but we do not
+    find, says where the paper's Δ lies against our 95 % interval — never "ruled out": the
+    interval covers our test subjects and one or two training runs, not other data or
+    tuning."""
+    if row.get("delta") is None:
         return "not run yet"
-    if p is None:
-        return "no test (too few pairs)"
-    if not paper_significant:
-        if p >= alpha:
-            return f"agrees: no significant difference here either (p = {p:.3g})"
-        return (f"differs: significant here (p = {p:.3g}), "
-                + ("Meta-Reg better" if delta > 0 else "the other method better"))
-    if p >= alpha:
-        out = f"not confirmed: difference within noise (p = {p:.3g})"
-        if ci is not None and paper_delta is not None:
-            out += ("; the paper's gain lies above our 95 % CI" if paper_delta > ci[1] else
-                    "; our 95 % CI still contains the paper's gain" if paper_delta >= ci[0] else
-                    "; the paper's value lies below our 95 % CI")
-        return out
-    return (f"confirmed (p = {p:.3g})" if delta > 0 else f"contradicted: the other method is "
-            f"better (p = {p:.3g})")
+    p, paper, regime = row["p_holm"], row["paper"], row["regime"].split(";")[0]
+    rival = "the ablated network" if row["rival"].startswith("ablated") else \
+        VARIANTS[row["rival"]][0]
+    where = ("the paper's {:+.2f} lies above our interval".format(paper) if paper > row["hi"] else
+             "our interval contains the paper's {:+.2f}".format(paper) if paper >= row["lo"] else
+             "the paper's {:+.2f} lies below our interval".format(paper))
+    ptxt = f"Holm p {_p_eq(p, row['n_boot'])}"
+    if p < alpha:
+        if row["delta"] < 0:
+            return f"reversed under our protocol ({regime}): {rival} better ({ptxt})"
+        if not row["sig"]:
+            return (f"differs: Meta-Reg better under our protocol ({regime}), where the paper "
+                    f"found no significant difference ({ptxt})")
+        return f"reproduced in direction ({regime}; {ptxt}); {where}"
+    if not row["sig"]:
+        return f"agrees: no difference detected here either ({regime}; {ptxt})"
+    return (f"not reproduced under our protocol ({regime}): our interval includes 0 ({ptxt}); "
+            f"{where}")
 
 
 def scenario_table(results, setting, test, variants=TABLE_MODELS):
@@ -273,28 +290,43 @@ def scenario_table(results, setting, test, variants=TABLE_MODELS):
 
 
 def ablation_table(results):
-    lines = ["| Setting | Ablated: Dice (%) | paper | Ablated: \\|J\\|>0 | paper | Meta-Reg: Dice (%) "
-             "| paper | Meta-Reg: \\|J\\|>0 | paper | Δ Dice ours (p) | Δ Dice paper | free 13×13: Dice "
-             "| no 13×13: Dice |", "|---|" * 1 + "---|" * 12]
+    """Table 5 as the paper runs it: the ablated network is the same architecture with a free
+    13×13 layer and no M (``ablated_free``), the main row; our unit-sum variant (the 13×13
+    layer keeps Meta-Reg's DC-gain-1 normalisation, no M) beside it, since the constraint alone
+    changes Dice. Δ columns: the hierarchical bootstrap's Δ, 95 % interval and p."""
+    lines = ["| Setting | Dice before (%) | Ablated, free 13×13, no M: Dice (%) | paper | \\|J\\|>0 (%) "
+             "| paper | Meta-Reg: Dice (%) | paper | \\|J\\|>0 (%) | paper "
+             "| Meta-Reg − ablated (free): Δ Dice (CI; p) | paper Δ "
+             "| Ablated, unit-sum 13×13, no M: Dice (%) | Meta-Reg − ablated (unit-sum): Δ Dice "
+             "(CI; p) |", "|---|" + "---|" * 13]
     for setting, test in ABLATION_TESTS.items():
-        a = cell(results, setting, "ablated", test)
-        m = cell(results, setting, "metareg", test)
         free = cell(results, setting, "ablated_free", test)
-        none = cell(results, setting, "ablated_nofilter", test)
+        m = cell(results, setting, "metareg", test)
+        unit = cell(results, setting, "ablated", test)
+        before = next((c for c in (m, free, unit) if c), None)
         p = PAPER_ABLATION[setting]
-        d = _diff_txt(m, a)
-        lines.append(f"| {SETTINGS[setting][2]} | {_pm(a and a['dice'])} | {p[0]:.2f} ± {p[1]:.2f} "
-                     f"| {_pm(a and a['jac'])} | {p[2]:.2f} ± {p[3]:.2f} | {_pm(m and m['dice'])} "
+        lines.append(f"| {_scenario_label(setting, test)} | {_pm(before and before['dice_before'], 1)} "
+                     f"| {_pm(free and free['dice'])} | {p[0]:.2f} ± {p[1]:.2f} "
+                     f"| {_pm(free and free['jac'])} | {p[2]:.2f} ± {p[3]:.2f} | {_pm(m and m['dice'])} "
                      f"| {p[4]:.2f} ± {p[5]:.2f} | {_pm(m and m['jac'])} | {p[6]:.2f} ± {p[7]:.2f} "
-                     f"| {d} | {p[4] - p[0]:+.2f} | {_pm(free and free['dice'])} "
-                     f"| {_pm(none and none['dice'])} |")
+                     f"| {_diff_txt(m, free)} | {p[4] - p[0]:+.2f} | {_pm(unit and unit['dice'])} "
+                     f"| {_diff_txt(m, unit)} |")
     return "\n".join(lines)
 
 
+def _scenario_label(setting, test):
+    """"liver σ 16→10", "cardiac (ACDC ES←ED)", …: where a comparison was made."""
+    sigma = SETTINGS[setting][1]
+    if sigma is None:
+        return SETTINGS[setting][2]
+    return f"liver σ {sigma:g}→{test.lstrip('s')}"
+
+
 def ablation_variants_table(results):
-    """What each piece adds, as Δ Dice (Welch p) between networks that differ in one piece: the
-    unit-sum constraint (ablated − free 13×13, neither with M), the 13×13 layer (free 13×13 −
-    no 13×13) and all three with M (Meta-Reg − no 13×13). M alone is Table 5's Δ column."""
+    """What each piece adds, as Δ Dice (hierarchical 95 % interval and p) between networks that
+    differ in one piece: the unit-sum constraint (ablated − free 13×13, neither with M), the
+    13×13 layer (free 13×13 − no 13×13) and all three with M (Meta-Reg − no 13×13). M alone is
+    Table 5's Δ column."""
     lines = ["| Setting | unit-sum 13×13 − free 13×13 (the constraint) | free 13×13 − no 13×13 "
              "(the layer) | Meta-Reg − no 13×13 (layer, constraint and M) |", "|---|---|---|---|"]
     for setting, test in ABLATION_TESTS.items():
@@ -305,20 +337,44 @@ def ablation_variants_table(results):
     return "\n".join(lines)
 
 
+def seeds_table(results):
+    """Training-seed spread: every model and setting with two or more seeds, each seed's mean
+    Dice and the paired difference seed 1 − seed 0 on the same test pairs (hierarchical 95 %
+    interval over subjects, slices and pairs). A comparison of single-seed cells carries none of
+    this variation; this table shows how large it is."""
+    lines = ["| Setting | Model | seeds: mean Dice (%) | seed 1 − seed 0: Δ Dice (CI; p) |",
+             "|---|---|---|---|"]
+    spread = []
+    for setting, test in ABLATION_TESTS.items():
+        for v in TABLE_MODELS + ("ablated", "ablated_free", "ablated_nofilter"):
+            jobs = _jobs_of(results, setting, v)
+            if len(jobs) < 2:
+                continue
+            one = [cell({m["config"]["name"]: m}, setting, v, test) for m in jobs[:2]]
+            if None in one:
+                continue
+            c = cell(results, setting, v, test)
+            spread.append((abs(one[1]["dice"][0] - one[0]["dice"][0]), VARIANTS[v][0],
+                           _scenario_label(setting, test)))
+            lines.append(f"| {_scenario_label(setting, test)} | {VARIANTS[v][0]} | {_seeds_txt(c)} "
+                         f"| {_diff_txt(one[1], one[0])} |")
+    return ("\n".join(lines), max(spread)) if spread else ("", None)
+
+
 RKHS_DIFFERENCES = (("rkhs_conv13", "rkhs_exact", "13×13 K̃ − exact K·α (the approximation)"),
                     ("metareg", "rkhs_conv13", "Meta-Reg − eq. 7 with 13×13 K̃ (learning K̃ and M)"),
                     ("solver", "metareg", "eq. 6 solver − Meta-Reg (optimising each pair)"))
 
 
 def rkhs_differences_table(results):
-    """The RKHS protocol's three questions as Δ Dice with a 95 % Welch interval and p, each on the
+    """The RKHS protocol's three questions as Δ Dice with the hierarchical 95 % interval and p, on the
     test σ equal to the training σ: does the 13×13 approximation of eq. 7 lose Dice against the
     exact K·α; does learning K̃ (Meta-Reg) beat the fixed 13×13 K̃; how far is the per-pair
     classical solver ahead of the network."""
     lines = ["| Setting | " + " | ".join(t for _, _, t in RKHS_DIFFERENCES) + " |",
              "|---|" + "---|" * len(RKHS_DIFFERENCES)]
     for setting, test in (("liver10", "s10"), ("liver16", "s16")):
-        row = [_diff_txt(cell(results, setting, x, test), cell(results, setting, y, test), ci=True)
+        row = [_diff_txt(cell(results, setting, x, test), cell(results, setting, y, test))
                for x, y, _ in RKHS_DIFFERENCES]
         lines.append(f"| {SETTINGS[setting][2]} | " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -367,10 +423,10 @@ def lambda_summary(pts, alpha=0.05):
     both = sorted(set(v) & set(m))
     if not both:
         return "Meta-Reg and VoxelMorph-2 have no λ in common yet."
-    diffs = [(lam, m[lam]["dice"][0] - v[lam]["dice"][0], ttest_cells(m[lam], v[lam]))
+    diffs = [(lam, m[lam]["dice"][0] - v[lam]["dice"][0], diff(m[lam], v[lam]))
              for lam in both]
     above = [lam for lam, d, _ in diffs if d > 0]
-    sig = [(lam, d) for lam, d, t in diffs if t is not None and t[1] < alpha]
+    sig = [(lam, d) for lam, d, t in diffs if t["p"] < alpha]
     best = {k: max(both, key=lambda lam: c[lam]["dice"][0]) for k, c in (("vm2", v), ("metareg", m))}
     jac_up = sum(m[lam]["jac"][0] >= v[lam]["jac"][0] for lam in both)
     rising = {k: bool(np.all(np.diff([c[lam]["jac"][0] for lam in both]) >= 0))
@@ -384,7 +440,8 @@ def lambda_summary(pts, alpha=0.05):
                "at λ = " + ", ".join(f"{lam:g} ({d:+.2f})" for lam, d in sig))
     return (f"Meta-Reg's mean Dice is above VoxelMorph-2's at {len(above)} of the {len(both)} λ "
             f"values both have run (the paper: at every λ); the difference is significant "
-            f"(Welch p < {alpha:g}) {sig_txt}. Best λ: Meta-Reg {best['metareg']:g}, VoxelMorph-2 "
+            f"(hierarchical bootstrap p < {alpha:g}, not adjusted for the {len(both)} λ values) "
+            f"{sig_txt}. Best λ: Meta-Reg {best['metareg']:g}, VoxelMorph-2 "
             f"{best['vm2']:g} (the paper: 0.04 for Meta-Reg). Spread of mean Dice over these λ "
             f"(max − min; the paper finds Meta-Reg more robust): Meta-Reg "
             f"{spread['metareg']:.2f}, VoxelMorph-2 {spread['vm2']:.2f} points. Fig. 4: the share "
@@ -415,10 +472,10 @@ def _long_training_table(calib):
     out.append("")
     for other in ("vm2", "ablated"):
         if cells.get("metareg") and cells.get(other):
-            t = ttest_cells(cells["metareg"], cells[other])
             out.append(f"Meta-Reg − {VARIANTS[other][0]} at σ 16/16 after the long runs: "
-                       f"{cells['metareg']['dice'][0] - cells[other]['dice'][0]:+.2f} Dice points "
-                       f"(Welch p = {_pvalue(None if t is None else t[1])}).")
+                       f"{_diff_txt(cells['metareg'], cells[other])} Dice points "
+                       "(hierarchical 95 % interval over subjects, slices and pairs; one seed "
+                       "each, so no seed variation).")
     out.append("")
     return out
 
@@ -494,64 +551,84 @@ def _protocol_cost(results):
     return rows
 
 
+# (setting, test, claim, the paper's Δ, whether the paper reports it as significant: its sec.
+# 5.4.4 rejects H0 for liver 16/16, liver 16→10 and cardiac, and for the ablation on liver 16,
+# cardiac and chest; chest only against VM-2, not against VM-1)
+SCENARIO_CLAIMS = (
+    ("liver16", "s16", "Meta-Reg beats the best other method at σ 16/16", 84.80 - 80.50, True),
+    ("liver10", "s10", "Meta-Reg vs the best other method at σ 10/10", 94.12 - 93.81, False),
+    ("liver10", "s16", "generalises 10 → 16", 85.56 - 84.91, False),
+    ("liver16", "s10", "generalises 16 → 10", 92.60 - 88.66, True),
+    ("cardiac", "test", "cardiac: Meta-Reg beats the best other method", 86.52 - 84.12, True),
+    ("chest", "test", "chest: Meta-Reg vs the best other method", 85.20 - 83.86, False))
+
+
+def _regime(c, setting, test):
+    """Where a comparison was made: σ (or the real pairs), Dice before registration, and how
+    many subjects / pairs / seeds the interval resamples."""
+    what = _scenario_label(setting, test) if SETTINGS[setting][1] else {
+        "cardiac": "real ED→ES pairs", "chest": "inter-patient pairs"}[setting]
+    return (f"{what}, Dice before {c['dice_before']:.1f} %; {c['n_subjects']} subjects, "
+            f"{c['n_pairs']} pairs, seeds {c['seeds'][0]}+{c['seeds'][1]}")
+
+
 def claim_data(results):
     """The paper's claims, one by one, as dicts: ``text``, the paper's Δ Dice ``paper`` and
-    whether it reports it as significant (``sig``), our ``delta`` (None until both sides have
-    finished), its Welch ``p`` and 95 % ``ci`` (Dice points), ``rival`` (the variant compared
-    with), and ``ours`` / ``rival_dice`` (mean Dice)."""
+    whether it reports it as significant (``sig``), ``rival`` (the variant compared with),
+    ``regime``, and — once both sides have finished — the :func:`diff` keys (``delta``, ``lo``,
+    ``hi``, ``p``, ``p_t``, ``p_w``, ``dz``, …), ``ours`` / ``rival_dice`` (mean Dice) and
+    ``p_holm``: the bootstrap p adjusted by Holm over the claims that have one. The ablation
+    claims compare with the paper's ablation (free 13×13, no M)."""
     rows = []
-    # (setting, test, claim, the paper's Δ, whether the paper reports it as significant: its
-    # sec. 5.4.4 rejects H0 for liver 16/16, liver 16→10 and cardiac, and for the ablation on
-    # liver 16, cardiac and chest; chest only against VM-2, not against VM-1)
-    for setting, test, text, paper_delta, sig in (
-            ("liver16", "s16", "Meta-Reg beats the best other method at σ 16/16", 84.80 - 80.50, True),
-            ("liver10", "s10", "Meta-Reg vs the best other method at σ 10/10", 94.12 - 93.81, False),
-            ("liver10", "s16", "generalises 10 → 16", 85.56 - 84.91, False),
-            ("liver16", "s10", "generalises 16 → 10", 92.60 - 88.66, True),
-            ("cardiac", "test", "cardiac: Meta-Reg beats the best other method", 86.52 - 84.12, True),
-            ("chest", "test", "chest: Meta-Reg vs the best other method", 85.20 - 83.86, False)):
-        c = compare(results, setting, test) or {}
-        rows.append({"text": text, "paper": paper_delta, "sig": sig, "delta": c.get("delta"),
-                     "p": c.get("p"), "ci": c.get("ci"), "rival": c.get("rival"),
-                     "ours": c.get("ours"), "rival_dice": c.get("rival_dice")})
+    for setting, test, text, paper_delta, sig in SCENARIO_CLAIMS:
+        c = compare(results, setting, test)
+        rows.append(dict(c or {}, text=text, paper=paper_delta, sig=sig,
+                         rival=(c or {}).get("rival", "vm2"),
+                         regime=_regime(c, setting, test) if c else None))
     for setting, test in ABLATION_TESTS.items():
-        a, m = cell(results, setting, "ablated", test), cell(results, setting, "metareg", test)
+        a, m = cell(results, setting, "ablated_free", test), cell(results, setting, "metareg", test)
         p = PAPER_ABLATION[setting]
         row = {"text": f"M adds Dice over the ablated network ({SETTINGS[setting][2]})",
                "paper": p[4] - p[0], "sig": setting != "liver10",  # paper: no gain at liver 10
-               "delta": None, "p": None, "ci": None, "rival": "ablated", "ours": None,
-               "rival_dice": None}
+               "rival": "ablated_free", "regime": None}
         if a and m:
-            tt = ttest_cells(m, a)
-            row.update(delta=m["dice"][0] - a["dice"][0], p=None if tt is None else tt[1],
-                       ci=ci_cells(m, a), ours=m["dice"][0], rival_dice=a["dice"][0])
+            d = dict(diff(m, a), ours=m["dice"][0], rival_dice=a["dice"][0],
+                     dice_before=m["dice_before"][0])
+            row.update(d, regime=_regime(d, setting, test))
         rows.append(row)
+    adjusted = holm([r.get("p") for r in rows])
+    for r, ph in zip(rows, adjusted):
+        r["p_holm"] = ph
     return rows
 
 
-def claims(results):
-    """The paper's claims, one by one, as (claim, paper's number, ours, verdict)."""
-    rows = []
-    for c in claim_data(results):
-        if c["delta"] is None:
-            ours = "–"
-        elif c["rival"] == "ablated":
-            ours = f"{c['delta']:+.2f}"
-        else:
-            ours = (f"{c['delta']:+.2f} vs {VARIANTS[c['rival']][0]} "
-                    f"({c['ours']:.2f} vs {c['rival_dice']:.2f})")
-        if c["ci"] is not None:
-            ours += f"; 95 % CI {c['ci'][0]:+.2f} to {c['ci'][1]:+.2f}"
-        rows.append((c["text"], f"{c['paper']:+.2f}" + ("" if c["sig"] else " (n.s.)"), ours,
-                     _verdict(c["delta"], c["p"], paper_significant=c["sig"], ci=c["ci"],
-                              paper_delta=c["paper"])))
-    return rows
+CLAIMS_HEADER = ["| Claim | regime | paper Δ Dice (n.s. = not significant there) | ours: Δ Dice "
+                 "(Meta-Reg − …) | 95 % CI (hierarchical) | p (bootstrap) | p (Holm) "
+                 "| paired t p | Wilcoxon p | d_z | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
-def _plot_claims(results, path):
-    """Each claim: the paper's Δ Dice (open diamond) and ours with its 95 % Welch interval."""
-    rows = claim_data(results)
-    if all(r["delta"] is None for r in rows):
+def claims(results, rows=None):
+    """The claims table's rows (markdown lines after :data:`CLAIMS_HEADER`)."""
+    out = []
+    for c in rows if rows is not None else claim_data(results):
+        paper = f"{c['paper']:+.2f}" + ("" if c["sig"] else " (n.s.)")
+        if c.get("delta") is None:
+            out.append(f"| {c['text']} | – | {paper} | – | – | – | – | – | – | – | not run yet |")
+            continue
+        ours = (f"{c['delta']:+.2f} − {VARIANTS[c['rival']][0]} "
+                f"({c['ours']:.2f} vs {c['rival_dice']:.2f})")
+        dz = "–" if c["dz"] is None else f"{c['dz']:+.2f}"
+        out.append(f"| {c['text']} | {c['regime']} | {paper} | {ours} | {_ci_txt(c)} "
+                   f"| {_pvalue(c['p'], c['n_boot'])} | {_pvalue(c['p_holm'], c['n_boot'])} "
+                   f"| {_pvalue(c['p_t'])} | {_pvalue(c['p_w'])} | {dz} | {_verdict(c)} |")
+    return out
+
+
+def _plot_claims(rows, path):
+    """Each claim: the paper's Δ Dice (open diamond) and ours with its hierarchical 95 %
+    interval."""
+    if all(r.get("delta") is None for r in rows):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.4))
@@ -560,18 +637,19 @@ def _plot_claims(results, path):
     for yi, r in zip(y, rows):
         ax.plot(r["paper"], yi, "D", mfc="none", mec="tab:red", ms=7,
                 label="paper" if yi == y[0] else None)
-        if r["delta"] is None:
+        if r.get("delta") is None:
             ax.text(0.2, yi, "not run yet", va="center", fontsize=8, color="gray")
             continue
-        lo, hi = r["ci"] if r["ci"] else (r["delta"], r["delta"])
-        ax.errorbar(r["delta"], yi, xerr=[[r["delta"] - lo], [hi - r["delta"]]], fmt="o",
-                    color="tab:blue", capsize=3, label="ours (95 % CI)" if yi == y[0] else None)
-    labels = [r["text"] + ("" if r["rival"] in (None, "ablated") else
+        ax.errorbar(r["delta"], yi, xerr=[[r["delta"] - r["lo"]], [r["hi"] - r["delta"]]],
+                    fmt="o", color="tab:blue", capsize=3,
+                    label="ours (hierarchical 95 % CI)" if yi == y[0] else None)
+    labels = [r["text"] + ("" if r["rival"].startswith("ablated") else
                            f" (vs {VARIANTS[r['rival']][0]})") for r in rows]
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("Δ Dice (points): Meta-Reg − the method compared with")
-    fig.suptitle("The paper's claims (open diamonds) and ours (95 % Welch CI over test pairs); "
-                 f"256², {TRAIN_STEPS:,} training steps, seeds pooled", fontsize=9)
+    fig.suptitle("The paper's claims (open diamonds) and ours (95 % interval: bootstrap over test "
+                 f"subjects, slices, pairs and seeds); 256², {TRAIN_STEPS:,} training steps",
+                 fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -581,15 +659,104 @@ def _plot_claims(results, path):
     return path
 
 
-def write_report(root, tables_path, fig_dir):
-    """Write TABLES.md and the figures; returns (tables text, list of figure paths)."""
+HEADLINE = (("liver10", "s10", "vm2"), ("liver16", "s16", "vm2"), ("liver10", "s16", "vm2"),
+            ("liver16", "s10", "vm2"), ("cardiac", "test", "vm2"), ("chest", "test", "vm2"),
+            ("liver10", "s10", "ablated_free"), ("liver16", "s16", "ablated_free"),
+            ("cardiac", "test", "ablated_free"), ("chest", "test", "ablated_free"),
+            ("liver10", "s10", "ablated"), ("liver16", "s16", "ablated"),
+            ("cardiac", "test", "ablated"), ("chest", "test", "ablated"))
+
+
+def headline_rows(results):
+    """Meta-Reg − VoxelMorph-2 in every scenario, and Meta-Reg − each ablated network (the
+    paper's free 13×13 and our unit-sum variant), as (scenario, rival, cell Meta-Reg, diff)
+    for the comparisons whose two sides have run."""
+    rows = []
+    for setting, test, rival in HEADLINE:
+        m, r = cell(results, setting, "metareg", test), cell(results, setting, rival, test)
+        if m and r:
+            rows.append((setting, test, rival, m, diff(m, r)))
+    return rows
+
+
+def headline_table(rows):
+    out = ["| Meta-Reg − … | where | Dice before (%) | Δ Dice | 95 % CI (hierarchical) "
+           "| p (bootstrap) | paired t p | Wilcoxon p | d_z | subjects / pairs / seeds |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting, test, rival, m, d in rows:
+        dz = "–" if d["dz"] is None else f"{d['dz']:+.2f}"
+        out.append(f"| {VARIANTS[rival][0]} | {_scenario_label(setting, test)} "
+                   f"| {m['dice_before'][0]:.1f} | {d['delta']:+.2f} | {_ci_txt(d)} "
+                   f"| {_pvalue(d['p'], d['n_boot'])} | {_pvalue(d['p_t'])} | {_pvalue(d['p_w'])} "
+                   f"| {dz} | {d['n_subjects']} / {d['n_pairs']} / {d['seeds'][0]}+{d['seeds'][1]} |")
+    return out
+
+
+def m_summary(results):
+    """What M does during training, measured from the JSON: each loss term's value over the last
+    10 % of logged steps (``train.loss_curve``: step, loss, similarity, R, M — the objective is
+    similarity + λ·R + M), and the learned filter's trace at the end (``train.filter``). With
+    the default hinge, M's trace part is ρ2·(max(0, −Tr K̃) + max(0, −Tr JK̃)): it is active
+    only while a trace is negative. The JSON records Tr K̃ at the end of training only (Tr JK̃
+    not at all), so whether the hinge was ever active earlier cannot be read from it."""
+    out = []
+    for v in ("metareg", "metareg_paper"):
+        jobs = [m for m in results.values() if m["config"].get("variant") == v
+                and (m.get("train") or {}).get("loss_curve")]
+        if not jobs:
+            continue
+        share, terms, traces, sums, centres = [], [], [], [], []
+        for m in jobs:
+            curve = np.asarray(m["train"]["loss_curve"], float)       # (steps, 5)
+            tail = curve[-max(1, len(curve) // 10):]
+            lam = m["config"].get("lam", LAMBDA)
+            sim, reg, meta = tail[:, 2].mean(), lam * tail[:, 3].mean(), tail[:, 4].mean()
+            terms.append((sim, reg, meta))
+            share.append(abs(meta) / (abs(sim) + abs(reg) + abs(meta)))
+            f = m["train"].get("filter") or {}
+            if "k_trace" in f:
+                traces.append(f["k_trace"])
+                sums.append(f.get("k_sum", np.nan))
+                centres.append(f.get("k_center", np.nan))
+        t = np.array(terms)
+        txt = (f"**{VARIANTS[v][0]}** ({len(jobs)} runs, every setting and λ): over the last 10 % "
+               f"of training, similarity {np.median(t[:, 0]):.2g}, λ·R {np.median(t[:, 1]):.2g}, "
+               f"M {np.median(t[:, 2]):+.2g} (medians over runs); M is {100 * min(share):.2g}–"
+               f"{100 * max(share):.2g} % of the loss's magnitude (median "
+               f"{100 * np.median(share):.2g} %).")
+        if traces:
+            neg = sum(tr < 0 for tr in traces)
+            txt += (f" The learned filter's trace Tr K̃ at the end: {min(traces):.3g} to "
+                    f"{max(traces):.3g} ({neg} of {len(traces)} runs negative); its sum "
+                    f"{np.nanmin(sums):.4f} to {np.nanmax(sums):.4f}; its centre tap "
+                    f"{np.nanmin(centres):.3g} to {np.nanmax(centres):.3g}.")
+            if v == "metareg":
+                txt += (" So at the end of every run the hinge on Tr K̃ is inactive"
+                        if neg == 0 else " The hinge on Tr K̃ is active at the end of "
+                        f"{neg} runs") + (": M acts through its symmetry terms (ρ1) alone. "
+                                          "Earlier steps and Tr JK̃ are not recorded in the JSON."
+                                          if neg == 0 else ".")
+            else:
+                txt += (" Eq. 12 as printed rewards the trace without bound (−ρ2·Tr): a "
+                        "negative M means the reward outweighs the symmetry terms.")
+        out.append(txt)
+    return out
+
+
+def write_report(root, tables_path, fig_dir, readme_path=None):
+    """Write TABLES.md, the figures into ``fig_dir`` and (with ``readme_path``) the results page;
+    returns (tables text, list of figure paths). No checks: :func:`run_report` makes them."""
     results, errors = load_results(root)
     grid = list(results.values())
     out = ["# Results: the paper's Tables 1–5 and Figs 3–4, reproduced with regnp",
            "",
-           "Generated by `python -m regnp.study report` from the job JSON in "
-           f"`{root}` — do not edit by hand. Our numbers beside the paper's. Conventions "
-           "(pooling over seeds, the t-test) are in `regnp/study/report.py`'s docstring. Data sets stand "
+           f"{GENERATED} from the job JSON in "
+           f"`{root}` — do not edit by hand. Our numbers beside the paper's. Every comparison "
+           "is paired on identical test pairs; intervals and p come from a hierarchical "
+           "bootstrap over test subjects, base slices, pairs and training seeds (conventions in "
+           "`regnp/study/report.py`'s docstring, the statistics in `regnp/study/stats.py`). "
+           "A cell is mean ± sd over test pairs, each pair's value averaged over the seeds. "
+           "Data sets stand "
            "in for the paper's: liver MRI → CHAOS T2 slices with our synthetic Gaussian-mixture "
            "fields (σ = RMS displacement over the body, px at 256²), EchoNet-Dynamic → ACDC cine "
            "MRI ED/ES, Shenzhen/Montgomery → JSRT.", ""]
@@ -623,19 +790,29 @@ def write_report(root, tables_path, fig_dir):
             c = compare(results, setting, test)
             if c is not None:
                 out.append(f"Meta-Reg − {VARIANTS[c['rival']][0]} (next best): "
-                           f"{c['delta']:+.2f} Dice points; Welch t-test p = "
-                           f"{_pvalue(c['p'])}.")
+                           f"{c['delta']:+.2f} Dice points (95 % CI {_ci_txt(c)}; bootstrap p "
+                           f"{_p_eq(c['p'], c['n_boot'])}; paired t p = {_pvalue(c['p_t'])}, "
+                           f"Wilcoxon p = {_pvalue(c['p_w'])}).")
                 out.append("")
-    out += ["## Table 5 — ablation (M removed; same architecture, unit-sum 13×13 layer, same "
-            "explicit regularization)", "", ablation_table(results), "",
-            "What the other pieces add (Δ Dice, Welch p; the free- and no-filter variants have one "
-            "seed, the others two, pooled):", "", ablation_variants_table(results), ""]
+    out += ["## Table 5 — ablation (M removed; same architecture and explicit regularization)",
+            "", "The paper's ablation keeps the free 13×13 layer and removes M (our "
+            "`ablated_free`): the main row. Our earlier tables used a unit-sum variant (the "
+            "13×13 layer keeps Meta-Reg's DC-gain-1 normalisation, no M); it is shown beside it.",
+            "", ablation_table(results), "",
+            "What the other pieces add (Δ Dice, hierarchical 95 % interval and p; the free- and "
+            "no-filter variants have one seed, the others two):", "",
+            ablation_variants_table(results), ""]
+    seeds_md, widest = seeds_table(results)
+    if seeds_md:
+        out += ["## Training seeds", "", "Two seeds of the core models: each seed's mean Dice and "
+                "the paired difference between them on the same test pairs. Comparisons of "
+                "single-seed models carry none of this variation.", "", seeds_md, ""]
     # --- lambda
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
     if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
         out += ["## Figs 3–4 — λ sweep, liver σ 16/16", "",
-                "| λ | VM-2 Dice (%) | Meta-Reg Dice (%) | Meta-Reg − VM-2 (Welch p) "
-                "| VM-2 \\|J\\|>0 (%) | Meta-Reg \\|J\\|>0 (%) | Meta-Reg − VM-2 (Welch p) |",
+                "| λ | VM-2 Dice (%) | Meta-Reg Dice (%) | Meta-Reg − VM-2: Δ Dice (CI; p) "
+                "| VM-2 \\|J\\|>0 (%) | Meta-Reg \\|J\\|>0 (%) | Meta-Reg − VM-2: Δ \\|J\\|>0 (CI; p) |",
                 "|---|---|---|---|---|---|---|"]
         for lam in LAMBDAS:
             cv = dict(pts["vm2"]).get(lam)
@@ -659,7 +836,8 @@ def write_report(root, tables_path, fig_dir):
             out.append(f"| {SETTINGS[s][2]} | {name} | {_pm(c and c['dice'])} | "
                        f"{_pm(c and c['jac'])} | {_pm(c and c['minj'])} | "
                        f"{_cpu(c, 3)} |")
-        out += ["", "Differences on the same test pairs (Δ Dice points, 95 % Welch interval, p):",
+        out += ["", "Differences on the same test pairs (Δ Dice points, hierarchical 95 % interval, "
+                "bootstrap p):",
                 "", rkhs_differences_table(results), ""]
     # --- diffeomorphic variants
     dv = [("metareg", "Meta-Reg"), ("metareg_int7", None), ("vm2", "VM-2"), ("vm2_int7", None)]
@@ -672,16 +850,22 @@ def write_report(root, tables_path, fig_dir):
                        f"{_pm(c and c['minj'])} | {_cpu(c, 4)} |")
         out.append("")
     # --- claims
+    rows = claim_data(results)
     out += ["## The paper's claims, one by one", "",
-            "| Claim | paper (Δ Dice; n.s. = not significant there) | ours (Δ Dice) | verdict |",
-            "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims(results)]
-    out.append("")
-    f = _plot_claims(results, Path(fig_dir) / "results_claims.png")
+            "Holm's adjustment runs over the bootstrap p of every claim that has one; a verdict "
+            "uses the adjusted p and the hierarchical interval. The paired t and Wilcoxon tests "
+            "treat the test pairs as independent (they share base slices and subjects), so "
+            "their p values are smaller than the bootstrap's; they are shown for comparison.",
+            ""] + CLAIMS_HEADER + claims(results, rows) + [""]
+    f = _plot_claims(rows, Path(fig_dir) / "results_claims.png")
     if f is not None:
         figs.append(f)
         rel = Path(os.path.relpath(f, Path(tables_path).parent)).as_posix()
         out += [f"![the claims: the paper's Δ Dice and ours with 95 % intervals]({rel})", ""]
+    # --- what M does
+    msum = m_summary(results)
+    if msum:
+        out += ["## What M does during training", "", "\n\n".join(msum), ""]
     # --- cost
     by_proto = {}
     for m in grid:
@@ -696,50 +880,161 @@ def write_report(root, tables_path, fig_dir):
         out += ["", "Unreadable result files (skipped): " + "; ".join(errors)]
     text = "\n".join(out) + "\n"
     Path(tables_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(tables_path).write_text(text)
-    return text, [f for f in figs if f]
+    Path(tables_path).write_text(text, encoding="utf-8")
+    figs = [f for f in figs if f]
+    if readme_path is not None:
+        Path(readme_path).write_text(results_page(results, rows, root, readme_path, tables_path,
+                                                  figs), encoding="utf-8")
+    return text, figs
 
 
-README_BEGIN = "<!-- results: generated by python -m regnp.study report --readme; do not edit -->"
-README_END = "<!-- results: end -->"
+GENERATED = "Generated by `python -m regnp.study report`"
 
 
-def readme_block(results):
-    """The README's generated part of "Results": how far the grid is, and the claims table."""
+def _status(results):
+    """(status line, whether every planned grid job has finished)."""
     planned = {n for p, names in _planned_jobs().items() if p != "steps" for n in names}
     done = sorted(n for n in planned if n in results)
     complete = len(done) == len(planned)
-    status = (f"**Grid status: all {len(planned)} grid jobs finished** (the `steps` calibration "
-              "runs not counted). Each table cell pools the seeds of its model." if complete else
-              f"**Grid status: {len(done)} of {len(planned)} grid jobs finished** (the `steps` "
-              "calibration runs not counted). Each table cell pools the seeds finished so far; "
-              "\"not run yet\" means the jobs are still queued.")
-    out = [status, "",
-           "| Claim | paper (Δ Dice; n.s. = not significant there) | ours (Δ Dice) | verdict |",
-           "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claims(results)]
+    return ((f"**Grid status: all {len(planned)} grid jobs finished** (the `steps` calibration "
+             "runs not counted)." if complete else
+             f"**Grid status: {len(done)} of {len(planned)} grid jobs finished** (the `steps` "
+             "calibration runs not counted); \"not run yet\" means the jobs are still queued."),
+            complete)
+
+
+def readme_block(results, rows=None):
+    """The core of the results page: the grid's status, the claims table and the cost."""
+    status, complete = _status(results)
+    out = [status, "", "### The paper's claims, one by one", ""] + CLAIMS_HEADER + claims(results, rows)
     cost = _protocol_cost(results)
     if cost:
         out += ["", ("**Cost.** " if complete else "**Cost so far.** ") + cost[1]] + cost[2:]
     return "\n".join(out)
 
 
-def update_readme(readme, root):
-    """Replace the text between ``README_BEGIN`` and ``README_END`` in ``readme`` with
-    :func:`readme_block` of the jobs under ``root``. The markers must be there (once each, in
-    that order); the rest of the file is left byte for byte. Returns the new block."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8")
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 \
-            or text.index(README_BEGIN) > text.index(README_END):
-        raise ValueError(f"{readme} needs the two marker lines, once each and in this order, "
-                         f"around the part to regenerate: {README_BEGIN} … {README_END}")
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
+def answer_in_short(results, rows):
+    """The results page's first paragraph, every number from the JSON: Meta-Reg − VoxelMorph-2
+    and − the paper's ablation where they are largest and smallest, how many of the paper's
+    significant claims we reproduce, and the seed spread."""
+    head = headline_rows(results)
+    if not head:
+        return ["No comparison has both sides finished yet."]
+    out = []
+    for rival in ("vm2", "ablated_free", "ablated"):
+        hs = [h for h in head if h[2] == rival]
+        if not hs:
+            continue
+        sig = [h for h in hs if h[4]["p"] < 0.05]
+        parts = "; ".join(f"{_scenario_label(s, t)}, Dice before {m['dice_before'][0]:.0f} %: "
+                          f"{d['delta']:+.2f} [{_ci_txt(d)}]" for s, t, _, m, d in hs)
+        out.append(f"- **Meta-Reg − {VARIANTS[rival][0]}**, Δ Dice [hierarchical 95 % CI]: {parts}. "
+                   f"The interval excludes 0 in {len(sig)} of {len(hs)}"
+                   + (" (" + ", ".join(f"{_scenario_label(s, t)}: "
+                                      + ("Meta-Reg better" if d["delta"] > 0 else
+                                         f"{VARIANTS[rival][0]} better")
+                                      for s, t, _, _, d in sig) + ")" if sig else "")
+                   + ".")
+    done = [r for r in rows if r.get("delta") is not None]
+    claimed = [r for r in done if r["sig"]]
+    repro = [r for r in claimed if r["p_holm"] < 0.05 and r["delta"] > 0]
+    reversed_ = [r for r in done if r["p_holm"] < 0.05 and r["delta"] < 0]
+    out.append(f"- **The paper's claims:** of the {len(claimed)} gains the paper reports as "
+               f"significant (and we have run), {len(repro)} reproduce in direction after Holm's "
+               f"adjustment over all {len(done)} claims"
+               + (f"; {len(reversed_)} claim(s) reverse (the other network better: "
+                  + ", ".join(r["text"] for r in reversed_) + ")" if reversed_ else "")
+               + ". Where a gain is not reproduced, the wording is \"not reproduced under our "
+               "protocol\" at that σ and Dice before: our intervals cover 2–3 test subjects per "
+               "liver scenario and one or two training runs, not other data or tuning.")
+    _, widest = seeds_table(results)
+    if widest:
+        out.append(f"- **Training seeds:** two runs of one model differ by up to {widest[0]:.2f} "
+                   f"Dice points ({widest[1]}, {widest[2]}); the intervals of two-seed models "
+                   "resample the seeds, those of one-seed models cannot.")
+    return out
+
+
+def results_page(results, rows, root, readme_path, tables_path, figs):
+    """results/README.md: the answer in short (generated from the numbers), the headline
+    comparisons, the claims, what M does, the figures and the cost."""
+    base = Path(readme_path).parent
+
+    def rel(p):
+        return Path(os.path.relpath(p, base)).as_posix()
+    out = ["# Results", "", f"<!-- {GENERATED} from {Path(root).as_posix()}; do not edit. -->", "",
+           f"{GENERATED} from the job JSON in `{Path(root).as_posix()}`; every table is in "
+           f"[{Path(tables_path).name}]({rel(tables_path)}). Each comparison is paired on "
+           "identical test pairs; its 95 % interval and p come from a hierarchical bootstrap over "
+           "test subjects, base slices, pairs and training seeds (`regnp/study/stats.py`). "
+           "Our data stand in for the paper's: liver → CHAOS T2 slices with synthetic fields "
+           "(σ = RMS displacement over the body, px at 256²), cardiac → ACDC ED/ES, chest → JSRT.",
+           "", "## The answer in short", ""] + answer_in_short(results, rows)
+    head = headline_rows(results)
+    if head:
+        out += ["", "## Meta-Reg against VoxelMorph-2 and the ablated networks", ""] + \
+            headline_table(head)
+    out += ["", readme_block(results, rows).replace("### The paper's claims", "## The paper's claims")]
+    msum = m_summary(results)
+    if msum:
+        out += ["", "## What M does during training", "", "\n\n".join(msum)]
+    if figs:
+        out += ["", "## Figures", ""]
+        out += [f"![{Path(f).stem}]({rel(f)})" for f in figs]
+    return "\n".join(out) + "\n"
+
+
+class ReportError(ValueError):
+    """The report refuses to write (one line, for the command line)."""
+
+
+def default_paths(root, tables=None, figures=None, readme=None, repo=None):
+    """Where ``report`` writes, from ``--out`` and the optional overrides.
+
+    - tables: ``--tables``, else ``TABLES.md`` beside the job folder (``<out>/../TABLES.md``);
+    - readme: ``--readme``, else ``README.md`` beside the tables;
+    - figures: ``--figures``, else the repository's ``figures/`` **only** when the tables are
+      the repository's own ``results/TABLES.md``, and ``figures/`` beside the tables otherwise —
+      so a report of a scratch grid (``--out runs/grid-quick``) never replaces the committed
+      figures. Returns (tables, figures, readme) as Paths."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[2]
+    tables = Path(tables) if tables else Path(root).parent / "TABLES.md"
+    readme = Path(readme) if readme else tables.parent / "README.md"
+    if figures:
+        figures = Path(figures)
+    elif tables.resolve() == (repo / "results" / "TABLES.md").resolve():
+        figures = repo / "figures"
+    else:
+        figures = tables.parent / "figures"
+    return tables, figures, readme
+
+
+def run_report(root, tables=None, figures=None, readme=None, repo=None):
+    """``python -m regnp.study report``: check, then write TABLES.md, the results page and the
+    figures; returns the paths written. Refuses (:class:`ReportError`, nothing written) when
+    ``root`` is not a folder, when it holds no finished job while a target file already holds
+    results (an empty report never replaces a full one), and when a target exists that the
+    report did not write (e.g. ``--readme README.md`` would replace the project's README)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"--out {root} is not a folder of grid jobs (run a protocol first)")
+    tables, figures, readme = default_paths(root, tables, figures, readme, repo)
     results, _ = load_results(root)
-    block = readme_block(results)
-    readme.write_text(f"{head}{README_BEGIN}\n{block}\n{README_END}{tail}", encoding="utf-8")
-    return block
+    for target in (tables, readme):
+        if not target.exists():
+            continue
+        text = target.read_text(encoding="utf-8", errors="replace") if target.is_file() else None
+        if text is None or (text.strip() and GENERATED not in text[:2000]):
+            raise ReportError(f"{target} exists and was not written by the report; refusing to "
+                              "replace it: choose another path with --tables / --readme")
+        if not results and text.strip():
+            raise ReportError(f"--out {root} holds no finished jobs (no */metrics.json), and "
+                              f"{target} already holds results: refusing to replace them with "
+                              "empty tables; point --out at the grid's job folders, or write "
+                              "elsewhere with --tables")
+    _DIFFS.clear()
+    _, figs = write_report(root, tables, figures, readme_path=readme)
+    return [tables, readme] + figs
 
 
 def _plt():
