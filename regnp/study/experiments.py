@@ -3,7 +3,7 @@
     python -m regnp.study PROTOCOL [--quick] [--jobs N] [--scheduler tcp://HOST:PORT]
                                          [--seeds 0 1] [--out results/runs]
                                          [--time-limit 2h30m]
-    python -m regnp.study report [--out results/runs] [--readme README.md]
+    python -m regnp.study report [--out results/runs] [--tables …] [--readme …] [--figures …]
     python -m regnp.study transfer [--steps 600] [--size 128] [--data-root DIR]
 
 PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
@@ -12,7 +12,8 @@ PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
 its checkpoint, so the command can simply be run again after a crash or on another day. Jobs
 run in ``--jobs`` local worker processes (default: one per core, one thread each — faster on 2
 cores than one job with 2 threads) or on a Dask cluster (``--scheduler``). ``report`` rebuilds
-``results/TABLES.md`` and the figures from the JSON files alone, in seconds.
+``results/TABLES.md``, ``results/README.md`` and the figures from the JSON files alone (see
+``regnp.study.report`` for where it writes and what it refuses).
 
 ``transfer``: does a network trained only on the embedded phantom register real abdominal MRI?
 Trains Meta-Reg (default options; 600 steps at 128×128 unless told otherwise) once on phantom
@@ -235,13 +236,15 @@ def _main(argv=None):
                        help="e.g. 2h30m: start only jobs expected to finish within this time "
                             "(estimated from the finished jobs; running jobs are never stopped, "
                             "the rest wait for the next run)")
-    r = sub.add_parser("report", help="rebuild results/TABLES.md and the figures from the JSON")
+    r = sub.add_parser("report", help="rebuild results/TABLES.md, results/README.md and the "
+                                          "figures from the JSON")
     r.add_argument("--out", default="results/runs", help="the grid's job folders")
     r.add_argument("--tables", default=None, help="output (default: TABLES.md beside --out)")
-    r.add_argument("--figures", default="figures", help="folder for the result plots")
-    r.add_argument("--readme", default=None, metavar="README.md",
-                   help="also regenerate the grid status and the claims table between the "
-                        "results markers of this file (the project's README.md)")
+    r.add_argument("--readme", default=None, help="the results page (default: README.md beside "
+                                                  "the tables)")
+    r.add_argument("--figures", default=None,
+                   help="folder for the result plots (default: the repository's figures/ for "
+                        "its own results/TABLES.md, else figures/ beside the tables)")
     t = sub.add_parser("transfer", help="phantom-trained vs CHAOS-trained Meta-Reg on CHAOS")
     t.add_argument("--steps", type=_positive_int, default=600)
     t.add_argument("--size", type=_positive_int, default=128)
@@ -259,19 +262,9 @@ def _main(argv=None):
             transfer(a.steps, a.size, a.sigma, a.data_root, a.out, a.pairs, seed=a.seed)
             return
         if a.experiment == "report":
-            from .report import write_report
-            root = Path(a.out)
-            if not root.is_dir():
-                raise GridError(f"--out {root} is not a folder of grid jobs (run a protocol first)")
-            tables = Path(a.tables) if a.tables else root.parent / "TABLES.md"
-            if a.readme and not Path(a.readme).is_file():
-                raise GridError(f"--readme {a.readme} is not a file")
-            _, figs = write_report(root, tables, a.figures)
-            print(f"wrote {tables}" + "".join(f", {f}" for f in figs))
-            if a.readme:
-                from .report import update_readme
-                update_readme(a.readme, root)
-                print(f"updated the results block of {a.readme}")
+            from .report import run_report
+            for path in run_report(a.out, a.tables, a.figures, a.readme):
+                print(f"wrote {path}")
             return
         protos = [x for x in PROTOCOLS if x != "steps"] if a.experiment == "all" else [a.experiment]
         out = Path(a.out or ("runs/grid-quick" if a.quick else "results/runs"))
