@@ -25,7 +25,7 @@ import numpy as np
 from ._checks import check_array, check_same_shape, check_positive_int
 
 __all__ = ["mse_forward", "mse_backward", "ncc_forward", "ncc_backward", "ncc_forward_reference",
-           "diffusion_forward", "diffusion_backward", "tv_forward", "tv_backward",
+           "ncc_backward_reference", "diffusion_forward", "diffusion_backward", "tv_forward", "tv_backward",
            "meta_penalty_forward", "meta_penalty_backward", "psd_from_factor_forward",
            "psd_from_factor_backward", "exchange_matrix", "one_hot", "soft_dice_forward",
            "soft_dice_backward", "soft_dice_reference"]
@@ -279,6 +279,56 @@ def ncc_forward_reference(pred, target, win=9, eps=1e-5):
                     vJ = max(np.sum(t * t) - t.sum() ** 2 / n, 0.0)
                     total += min(cross ** 2 / (vI * vJ + eps), 1.0)
     return -total / (N * C * H * W)
+
+
+def ncc_backward_reference(pred, target, win=9, eps=1e-5, dloss=1.0):
+    """Slow loop version of :func:`ncc_backward`: ``(dpred, dtarget)`` in float64.
+
+    Written from the per-pixel formula, window by window, independently of the fast version's
+    factoring into five box sums. With ``Ī = ΣI / n`` and ``J̄ = ΣJ / n`` the window means and
+    ``D = varI varJ + eps``, for every pixel ``a`` of the window (zero-padded pixels get a
+    gradient too, and are cropped off at the end)::
+
+        d cross / d I_a = J_a - J̄        d varI / d I_a = 2 (I_a - Ī)   (0 where varI is clamped)
+        d cc / d cross  = 2 cross / D    d cc / d varI  = -cross² varJ / D²
+
+    and symmetrically for ``J``; a window whose ``cc`` is clamped at 1 contributes nothing, and
+    each window's ``d cc`` is scaled by ``-dloss / (N·C·H·W)`` (the ``-mean``).
+    """
+    N, C, H, W = pred.shape
+    r = win // 2
+    n = win * win
+    scale = -float(dloss) / (N * C * H * W)
+    dpred = np.zeros((N, C, H, W))
+    dtarget = np.zeros((N, C, H, W))
+    for b in range(N):
+        for c in range(C):
+            Ip = np.zeros((H + 2 * r, W + 2 * r)); Ip[r:r + H, r:r + W] = pred[b, c]
+            Jp = np.zeros((H + 2 * r, W + 2 * r)); Jp[r:r + H, r:r + W] = target[b, c]
+            dIp = np.zeros_like(Ip)
+            dJp = np.zeros_like(Jp)
+            for i in range(H):
+                for j in range(W):
+                    a = Ip[i:i + win, j:j + win]
+                    t = Jp[i:i + win, j:j + win]
+                    mean_a, mean_t = a.sum() / n, t.sum() / n
+                    cross = np.sum(a * t) - a.sum() * t.sum() / n
+                    vI_raw = np.sum(a * a) - a.sum() ** 2 / n
+                    vJ_raw = np.sum(t * t) - t.sum() ** 2 / n
+                    vI, vJ = max(vI_raw, 0.0), max(vJ_raw, 0.0)
+                    D = vI * vJ + eps
+                    if cross ** 2 / D > 1.0:                 # clamped: flat, no gradient
+                        continue
+                    d_cross = 2.0 * cross / D
+                    d_vI = -cross ** 2 * vJ / D ** 2 if vI_raw > 0 else 0.0
+                    d_vJ = -cross ** 2 * vI / D ** 2 if vJ_raw > 0 else 0.0
+                    dIp[i:i + win, j:j + win] += scale * (d_cross * (t - mean_t)
+                                                          + d_vI * 2.0 * (a - mean_a))
+                    dJp[i:i + win, j:j + win] += scale * (d_cross * (a - mean_a)
+                                                          + d_vJ * 2.0 * (t - mean_t))
+            dpred[b, c] = dIp[r:r + H, r:r + W]
+            dtarget[b, c] = dJp[r:r + H, r:r + W]
+    return dpred, dtarget
 
 
 # ---------------------------------------------------------------------------------------------

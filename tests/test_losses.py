@@ -4,8 +4,8 @@ import pytest
 
 from regnp.gradcheck import check_vjp, numerical_vjp
 from regnp.losses import (diffusion_backward, diffusion_forward, exchange_matrix, meta_penalty_backward,
-                          meta_penalty_forward, mse_backward, mse_forward, ncc_backward, ncc_forward,
-                          ncc_forward_reference, one_hot, psd_from_factor_backward,
+                          meta_penalty_forward, mse_backward, mse_forward, ncc_backward,
+                          ncc_backward_reference, ncc_forward, ncc_forward_reference, one_hot, psd_from_factor_backward,
                           psd_from_factor_forward, soft_dice_backward, soft_dice_forward,
                           soft_dice_reference, tv_backward, tv_forward)
 
@@ -56,6 +56,36 @@ def test_ncc_matches_reference_and_gradients(shape, win):
     # dloss scales the gradients
     dp2, _ = ncc_backward(cache, dloss=-2.0)
     np.testing.assert_allclose(dp2, -2.0 * dp, rtol=1e-13)
+
+
+@pytest.mark.parametrize("shape,win", [((2, 1, 7, 6), 3), ((2, 2, 9, 11), 5), ((3, 1, 5, 7), 9)])
+def test_ncc_backward_equals_its_loop_reference(shape, win):
+    """The Numba backward (five box sums) against the window-by-window chain rule, including a
+    flat patch (the variance clamp's zero branch) and a pair compared with itself (cc near the
+    clamp at 1)."""
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal(shape); t = 0.5 * p + rng.standard_normal(shape)
+    p[0, 0, :3, :4] = 0.0; t[0, 0, :3, :4] = 0.0
+    t[-1, -1] = p[-1, -1]
+    _, cache = ncc_forward(p, t, win=win)
+    for dloss in (1.0, -2.5):
+        dp, dt = ncc_backward(cache, dloss)
+        rp, rt = ncc_backward_reference(p, t, win=win, dloss=dloss)
+        assert np.abs(rp).max() > 0 and np.abs(rt).max() > 0
+        np.testing.assert_allclose(dp, rp, rtol=1e-9, atol=1e-12 * np.abs(rp).max())
+        np.testing.assert_allclose(dt, rt, rtol=1e-9, atol=1e-12 * np.abs(rt).max())
+
+
+@pytest.mark.parametrize("shape,win", [((2, 2, 5, 7), 3), ((2, 1, 7, 6), 5)])
+def test_ncc_backward_reference_matches_finite_differences(shape, win):
+    """The reference itself, against central differences of the slow loop forward (float64,
+    odd non-square shapes, batch 2): nothing here goes through the Numba kernels."""
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(shape); t = 0.5 * p + rng.standard_normal(shape)
+    rp, rt = ncc_backward_reference(p, t, win=win, dloss=0.7)
+    f = lambda: 0.7 * ncc_forward_reference(p, t, win=win)
+    assert grad_error(f, p, rp) < 1e-7
+    assert grad_error(f, t, rt) < 1e-7
 
 
 def test_ncc_self_is_minus_one_and_flat_regions_count_zero():
