@@ -190,17 +190,23 @@ def test_difference_ci_is_welchs_interval_by_hand():
         difference_ci([1.0, 2.0], [2.0, 3.0], level=95)
 
 
-def test_timer_discards_warmup():
-    calls = []
-    sec = Timer.measure(lambda: calls.append(1), repeats=3, warmup=2, n_pairs=2)
-    assert len(calls) == 5 and sec >= 0.0
+def test_timer_discards_warmup(monkeypatch):
+    """On a fake clock whose laps are known: the warm-up laps (slow, as a Numba compilation)
+    are dropped, measure() is the median lap per pair, summary() the mean and sample std."""
+    import regnp.metrics
+    clock = [0.0]
+    monkeypatch.setattr(regnp.metrics.time, "perf_counter", lambda: clock[0])
+    laps = iter([50.0, 40.0, 1.0, 3.0, 2.0])           # two warm-up laps, then three timed
+
+    def work():
+        clock[0] += next(laps)
+    assert Timer.measure(work, repeats=3, warmup=2, n_pairs=2) == 1.0   # median(1, 3, 2) / 2
     t = Timer(warmup=1)
-    for _ in range(3):
+    for lap in (9.0, 2.0, 4.0, 6.0):
         with t:
-            pass
-    assert len(t.seconds) == 2
-    m, s = t.summary()
-    assert m >= 0 and s >= 0 and t.median >= 0
+            clock[0] += lap
+    assert t.seconds == [2.0, 4.0, 6.0]
+    assert t.summary() == (4.0, 2.0) and t.median == 4.0
     with pytest.raises(ValueError, match="warm-up"):
         Timer(warmup=5).summary()
     with pytest.raises(ValueError, match="warmup"):
