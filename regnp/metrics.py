@@ -213,6 +213,10 @@ def ttest_unpaired(a, b, equal_var=False):
 
     Welch's test (unequal variances) by default — it does not assume both methods have the same
     spread; pass ``equal_var=True`` for Student's test. Returns ``(t, p)`` as floats.
+
+    Only for two independent samples (e.g. your own pairs against a table's). Two methods scored
+    on the *same* test pairs are a paired design: use ``regnp.study.stats`` (paired t, Wilcoxon,
+    the hierarchical bootstrap), as the study's report does.
     """
     import scipy.stats                  # imported here: it alone costs ~0.8 s at start-up
     x, y = _as_sample("a", a), _as_sample("b", b)

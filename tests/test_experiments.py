@@ -419,7 +419,7 @@ def test_report_writes_the_results_page_byte_for_byte_and_says_what_it_wrote(tmp
     assert (repo_fig.read_bytes() if repo_fig.is_file() else None) == before
     page = (res / "README.md").read_text(encoding="utf-8")
     assert "## The answer in short" in page and "[TABLES.md](TABLES.md)" in page
-    assert "![results_claims](figures/results_claims.png)" in page
+    assert "](figures/results_claims.png)" in page
     assert "**Meta-Reg − VoxelMorph-2**" in page and "| Ablated (free 13×13, no M) | chest" in page
     assert "**Grid status: 4 of 68 grid jobs finished**" in page and "**Cost so far.**" in page
     first = {p: Path(p).read_bytes() for p in written}
