@@ -70,6 +70,8 @@ scale = size / 256                      # σ and widths are quoted for 256×256 
 #     u(p) = a · exp(-|p - c|² / (2 w²)).
 # Its steepest slope is |a|/w · e^{-1/2} ≈ 0.61 |a|/w, so the map p + u(p) folds (det ≤ 0)
 # once |a| exceeds about 1.65 w: wide bumps can carry large displacements safely.
+# (det J is the determinant of φ's 2×2 Jacobian at each pixel, by central differences: the
+# factor by which φ scales a small area there. det J ≤ 0 means φ folds — neighbours swap order.)
 H = W = size
 y, x = np.mgrid[0:H, 0:W].astype(np.float64)
 c, w = (H / 2, W / 2), 40.0 * scale
@@ -80,15 +82,43 @@ for amp in (20 * scale, 60 * scale, 80 * scale):
     print(f"  amplitude {amp:5.1f} px: min det J = {jacobian_determinant(u1).min():+.3f}")
 
 # %%
-# Step 2 — a mixture, scaled so that its RMS over the body is σ ---------------------------------
+# Step 2 — a mixture, scaled so that its RMS over the body is σ, built from scratch ------------
 # K bumps (4..8) with random centres inside the body, widths 28..60 px and N(0, I) vectors,
 # summed, then multiplied by one number s so that sqrt(mean_body |u|²) = σ. Draws whose
-# Jacobian determinant falls below 0.1 anywhere are rejected and redrawn.
+# Jacobian determinant falls below 0.1 anywhere are rejected and redrawn. Here it is, line by
+# line, in the order regnp.data.deform.gaussian_mixture_field draws its random numbers (so the
+# same seed gives the same field); the library then does the σ = 10 and σ = 16 fields.
+def mixture_by_hand(shape, sigma, seed, body, widths, n_bumps=(4, 8), min_det=0.1):
+    """A fold-free Gaussian-mixture field (2, H, W), float32, with RMS σ px over the body."""
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    inside = np.flatnonzero(body)                                   # body pixels, row-major
+    while True:
+        k = int(rng.integers(n_bumps[0], n_bumps[1] + 1))           # how many bumps
+        at = inside[rng.integers(inside.size, size=k)]              # a body pixel for each ...
+        centres = np.stack([at // W, at % W], 1) + rng.uniform(-0.5, 0.5, (k, 2))  # ... jittered
+        w = rng.uniform(widths[0], widths[1], size=k)               # (k,) widths, px
+        a = rng.normal(size=(k, 2))                                 # (k, 2) vectors (a_y, a_x)
+        u = np.zeros((2, H, W))
+        for (cy, cx), wk, ak in zip(centres, w, a):
+            u += ak[:, None, None] * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * wk * wk))
+        rms = np.sqrt((u[0] ** 2 + u[1] ** 2)[body].mean())          # RMS over the body
+        u = (u * (sigma / rms)).astype(np.float32)                  # now it is exactly σ
+        if jacobian_determinant(u).min() > min_det:                 # no fold: keep it
+            return u
+
+
 img, lab, where = _base_slice(quick)
 body = foreground_mask(img)
 print(f"\nStep 2 — Gaussian mixtures on {where} (body = {body.mean():.0%} of the image)")
+u_hand = mixture_by_hand(img.shape, 10 * scale, 7, body, (28 * scale, 60 * scale))
+u_lib = gaussian_mixture_field(img.shape, 10 * scale, seed=7, region=body,
+                               widths=(28 * scale, 60 * scale))
+mixture_diff = float(np.abs(u_hand - u_lib).max())
+print(f"  σ = 10 by hand vs gaussian_mixture_field: max abs diff {mixture_diff:.1e} px")
 # (same seed for both: the σ = 16 field is the σ = 10 one multiplied by 1.6)
-fields, numbers = {}, {"scale": scale}
+fields, numbers = {}, {"scale": scale, "mixture_by_hand_vs_library": mixture_diff}
 for sig in (10, 16):
     u = gaussian_mixture_field(img.shape, sig * scale, seed=7, region=body,
                                widths=(28 * scale, 60 * scale))
@@ -101,8 +131,37 @@ for sig in (10, 16):
           f"{st['pct_folded']:.2f} %")
 
 # %%
+# A figure of numbers (no pixels of a licensed image, so it may be committed): one bump's
+# fold threshold, and how the σ = 10 and σ = 16 displacements spread over the body.
+ratios = np.linspace(0, 2.5, 26 if quick else 101)                  # |a| / w
+min_dets = [jacobian_determinant(np.stack([0 * bump, r * w * bump]).astype(np.float32)).min()
+            for r in ratios]
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+ax[0].plot(ratios, min_dets)
+ax[0].axhline(0, color="k", lw=0.8)
+ax[0].axvline(np.exp(0.5), color="gray", ls=":", label="|a|/w = √e ≈ 1.65")
+ax[0].set_xlabel("bump amplitude / width, |a| / w")
+ax[0].set_ylabel("min det J of id + u")
+ax[0].set_title("Step 1: one bump folds beyond |a| ≈ 1.65 w")
+ax[0].legend(fontsize=8)
+for sig in (10, 16):
+    mag = np.hypot(fields[sig][0], fields[sig][1])[body] / scale       # px at 256×256
+    ax[1].hist(mag, bins=60, histtype="step", density=True, label=f"σ = {sig}")
+    ax[1].axvline(sig, ls=":", color="C0" if sig == 10 else "C1")
+ax[1].set_xlabel("|u| over the body (px at 256×256); dotted: σ = the RMS")
+ax[1].set_ylabel("density")
+ax[1].set_title("Step 2: the displacements behind σ")
+ax[1].legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(out_dir / f"{NAME}.png", dpi=100)
+show_or_close(fig)
+
+# %%
 # Step 3 — what σ = 10 and σ = 16 do: deformed grid, |u|, Jacobian determinant ----------------
-# moving = base∘(id + u): each pixel p of the moving image shows the base at p + u(p).
+# moving = base∘(id + u): each pixel p of the moving image shows the base at p + u(p) (lesson
+# 01's warp; labels by nearest neighbour). How far apart are base and moving? Dice per organ,
+# 2|A ∩ B| / (|A| + |B|) of its two masks (100 % = identical), averaged over liver and spleen:
+# the score every later lesson reports.
 print("\nStep 3 — deformed grids, |u| and det J for σ = 10 and 16")
 fig, axes = plt.subplots(2, 4, figsize=(15, 7.6))
 for r, sig in enumerate((10, 16)):

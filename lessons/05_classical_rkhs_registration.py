@@ -5,33 +5,30 @@ Before any network, the paper's starting point (eq. 6) is an optimisation proble
 
     α* = argmin_α  S(F, M ∘ K α) + λ R,
 
-with u = K α the displacement written in the RKHS of a kernel k (lessons 08–09). Here we solve it
+with u = K α the displacement written in the RKHS of a kernel k (lesson 04). Here we solve it
 directly: α has one number per pixel and channel (2 × 65,536 unknowns at 256×256), the gradient
 is written out by hand, and SciPy's L-BFGS does the rest. The gradient needs exactly one product
 with K per evaluation (besides the forward u = K α), because K is symmetric:
 
     ∂f/∂α = Kᵀ ∂f/∂u = K (dS/du + λ dR/du).
 
-Steps: (1) one phantom pair with a σ = 10 synthetic deformation; (2) check the analytic gradient
-against central differences; (3) solve with the default settings and watch objective and Dice;
-(4) compare the exact K with the 13×13 approximation and other choices; (5) look at the result.
+Steps: (1) one phantom pair with a σ = 10 synthetic deformation; (2) the objective and its
+gradient written out by hand, then checked against central differences; (3) solve with the default settings and watch objective and Dice;
+(4) compare other regularisers, kernels and similarities; (5) look at the result.
 
 Run:  python lessons/05_classical_rkhs_registration.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 import time
 
-# regnp first, before NumPy: importing it sets the Numba/OpenBLAS threading defaults, and
-# OpenBLAS reads them when NumPy loads it (see regnp/__init__.py)
-import regnp  # noqa: F401
 import numpy as np
 
 from regnp.data.datasets import load_dataset
 from regnp.figures import lesson_options, report_numbers, show_or_close, use_script_backend
 from regnp.gradcheck import check_vjp
 from regnp.metrics import dice, folding_stats, jacobian_determinant
-from regnp.ops.warp import warp_nearest
-from regnp.rkhs.gram import make_gram
+from regnp.ops.warp import warp_backward, warp_forward, warp_nearest
+from regnp.rkhs.gram import gram_matrix, make_gram
 from regnp.rkhs.kernels import Gaussian
 from regnp.rkhs.solver import RKHSObjective, register_rkhs, upsample_field
 
@@ -66,17 +63,45 @@ d_before = pair_dice(np.zeros((1, 2, size, size), np.float32))
 print(f"  Dice before registration: {d_before:.3f}")
 
 # %%
-# Step 2 — is the hand-written gradient right? RKHSObjective is exactly what L-BFGS sees:
-# f(α) and ∂f/∂α as flat float64 vectors. On a 16×16 crop in float64, compare ∂f/∂α with
-# central differences along 40 random coordinates (the warp has kinks at integer
-# displacements, so α is random: u is almost surely non-integer). Step h = 1e-5, the float64
-# optimum of lesson 02: some entries of ∂f/∂α are 1e-7 of f, and at h = 1e-6 round-off
-# alone (~1e-11 absolute) would read as a relative error of 1e-5 there.
-print("Step 2 — gradient check of the objective (float64, 16×16 crop)")
+# Step 2a — f(α) and ∂f/∂α written out, on a 16×16 crop in float64 (P = 256 pixels), with the
+# dense K of lesson 04 and a scale c (u = c K α; the solver picks c to give K unit DC gain):
+#     u = c K α                          (each channel: a matrix-vector product)
+#     S = mean((M∘(id + u) − F)²)        dS/dwarped = 2 (warped − F) / #entries
+#     dS/du                              lesson 01's warp backward
+#     R = αᵀ u / P = c αᵀ K α / P        dR/dα = 2 c K α / P = 2 u / P   (K is symmetric)
+#     ∂f/∂α = c Kᵀ dS/du + λ · 2u / P    (the chain rule through u = c K α: one product with K)
+# RKHSObjective is exactly what L-BFGS sees: f(α) and ∂f/∂α as flat float64 vectors.
+print("Step 2a — the objective and its gradient by hand (float64, 16×16 crop)")
 crop = (slice(None), slice(None), slice(size // 2 - 8, size // 2 + 8),
         slice(size // 2 - 8, size // 2 + 8))
 Fc, Mc = F[crop].astype(np.float64), M[crop].astype(np.float64)
+c, lam, P = 0.05, 0.01, 16 * 16
+K = gram_matrix(Gaussian(2.0), (16, 16))                             # (P, P)
 rng = np.random.default_rng(0)
+x = rng.standard_normal(2 * P)                                       # α, flat, as L-BFGS has it
+alpha = x.reshape(2, P)                                              # (channel, pixel)
+u = c * (alpha @ K.T).reshape(1, 2, 16, 16)                          # u_ch = c K α_ch
+warped, wcache = warp_forward(Mc, u)
+S = np.mean((warped - Fc) ** 2)
+_, dS_du = warp_backward(2 * (warped - Fc) / warped.size, wcache)    # (1, 2, 16, 16)
+R = np.sum(alpha * u.reshape(2, P)) / P
+f_hand = S + lam * R
+g_hand = c * dS_du.reshape(2, P) @ K + lam * 2 * u.reshape(2, P) / P  # rows: c Kᵀ dS/du_ch + …
+f_lib, g_lib = RKHSObjective(Fc, Mc, make_gram(Gaussian(2.0), (16, 16)), scale=c, lam=lam,
+                             regularizer="rkhs")(x)
+grad_by_hand = float(np.abs(g_hand.ravel() - g_lib).max() / np.abs(g_lib).max())
+print(f"  by hand vs regnp.rkhs.solver.RKHSObjective: |Δf| = {abs(f_hand - f_lib):.1e}, "
+      f"max |Δ∂f/∂α| / max |∂f/∂α| = {grad_by_hand:.1e}")
+
+# %%
+# Step 2b — is the gradient right? Compare ∂f/∂α with central differences along 40 random
+# coordinates (the warp has kinks at integer displacements, so α is random: u is almost
+# surely non-integer), for R = the RKHS norm above and R = diffusion (the mean squared
+# forward differences of u: a smoothness penalty on u itself, no K). Step h = 1e-5, the
+# smooth optimum of lesson 02 rather than the library's 1e-6: some entries of ∂f/∂α are 1e-7
+# of f, and at h = 1e-6 round-off alone (~1e-11 absolute) would read as a relative error of
+# 1e-5 there.
+print("Step 2b — gradient check of the objective (float64, 16×16 crop)")
 grad_errs = {}
 for reg in ("rkhs", "diffusion"):
     obj = RKHSObjective(Fc, Mc, make_gram(Gaussian(2.0), (16, 16)), scale=0.05, lam=0.01,
@@ -120,26 +145,18 @@ print(f"  det J > 0 on {float(fold['pct_positive'][0]):.2f} % of pixels, min det
       f"{float(fold['min_det'][0]):.2f}")
 
 # %%
-# Step 4 — other choices on the same pair: the 13×13 convolution (eq. 10) instead of the
-# exact K, a non-separable kernel through the FFT, the diffusion penalty on K α instead of
-# the RKHS norm, NCC instead of MSE. Quick mode runs fewer. (Without the pyramid, levels=1,
-# the same pair needs about ten times longer and stops at a lower Dice: the fine level alone
-# sees only the local image gradient, the coarse levels move the organs first.)
+# Step 4 — other choices on the same pair: the diffusion penalty on K α instead of the RKHS
+# norm, a non-separable kernel through the FFT (lesson 04), NCC (normalised cross-correlation,
+# blind to an intensity scale and offset) instead of MSE. Quick mode runs fewer. (Without the
+# pyramid, levels=1, the same pair needs about ten times longer and stops at a lower Dice: the
+# fine level alone sees only the local image gradient, the coarse levels move the organs
+# first.) Lesson 09 asks what is lost when K becomes the paper's 13×13 convolution (eq. 10).
 print("Step 4 — variants on the same pair")
 variants = [("exact K (Kronecker)", dict())]
-variants += [("13×13 conv, diffusion", dict(gram="conv13", regularizer="diffusion",
-                                            lam=1e-2))]
-if not quick:
+if not quick:                              # (the diffusion variant alone takes ~1 min)
     variants += [("diffusion R, λ=1e-2", dict(regularizer="diffusion", lam=1e-2)),
                  ("Matérn-3/2 (FFT)", dict(kernel="matern32", width=width / 2)),
                  ("NCC similarity", dict(similarity="ncc", lam=1e-3))]
-# The RKHS norm αᵀK̃α with the 13×13 truncated Gaussian is not a norm at all: the filter's
-# Fourier transform is negative somewhere (lesson 09), so the objective is unbounded below.
-# The solver checks that first and refuses:
-try:
-    register_rkhs(F, M, width=width, gram="conv13")
-except ValueError as e:
-    print(f"  13×13 conv + RKHS norm refused: {str(e)[:150]}...")
 rows = []
 for name, kw in variants:
     kw = {"width": width, **kw}
@@ -210,6 +227,7 @@ path2 = out_dir / "05_rkhs_result.png"
 fig.savefig(path2, dpi=80)
 show_or_close(fig)
 print(f"saved {path2}")
-report_numbers(gradcheck_rkhs=grad_errs["rkhs"], gradcheck_diffusion=grad_errs["diffusion"],
+report_numbers(gradient_by_hand_vs_library=grad_by_hand, objective_by_hand_vs_library=abs(f_hand - f_lib),
+               gradcheck_rkhs=grad_errs["rkhs"], gradcheck_diffusion=grad_errs["diffusion"],
                dice_before=d_before, dice_after=d_after, seconds=res.seconds,
                pct_positive_jacobian=fold["pct_positive"][0])

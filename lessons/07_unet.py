@@ -9,8 +9,9 @@ full-resolution displacement.
 For backpropagation the skips are the one subtle point: an encoder output feeds two consumers
 (the next encoder conv, and a decoder concat), so the gradient reaching it is the *sum* of the
 gradients from both. This lesson runs a forward pass, prints the shapes, runs the backward,
-measures how much gradient travels through each skip versus up the decoder, and checks the whole
-thing against finite differences.
+measures how much gradient travels through each skip versus up the decoder, writes the backward
+out with the sum at every skip on the page (checked against ``UNet.backward``), and checks the
+whole thing against finite differences.
 
 Run:  python lessons/07_unet.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
@@ -20,7 +21,7 @@ import numpy as np
 
 from regnp.data import load_dataset
 from regnp.figures import lesson_options, report_numbers, show_or_close, use_script_backend
-from regnp.gradcheck import check_vjp
+from regnp.gradcheck import H, check_vjp
 from regnp.nn.unet import UNet
 from regnp.ops.activation import leaky_relu_forward
 from regnp.ops.conv import conv2d_forward
@@ -89,6 +90,55 @@ for lvl, (up, skip) in enumerate(norms):
           f"= {skip:.3e}  ({100 * skip / (up + skip):.0f} % through the skip)")
 
 # %%
+# Step 3b — the backward written out, with the sum at every skip on the page. Walk the
+# graph of Step 2 in reverse, calling each block's own backward (a conv's backward is lesson
+# 06's; an upsample's sums each 2×2 block back into one pixel). A concat's backward is a slice
+# of the channel axis: its first channels go back up the decoder, the rest along the skip.
+# An encoder output e_k fed two consumers — the next encoder block and a decoder concat — so
+# the gradient reaching it is the SUM of what comes back from each.
+net.fuse_joins = False     # the three ops as written here: upsample, concat, conv (the default
+net.forward(x)             # reads each join in place inside the conv — same numbers, fewer bytes)
+net.zero_grad()
+L = net.levels
+skip_ch = [x.shape[1]] + [blk.conv.params["w"].shape[0] for blk in net.enc]   # x, e0, e1, ...
+dh = net.flow.backward(dflow)                              # (2, 16, S, S)
+for blk in reversed(net.dec_tail):
+    dh = blk.backward(dh)
+dskip = [None] * (L + 1)                                   # the gradients arriving via skips
+c = dh.shape[1] - skip_ch[0]                               # concat [up(h), x]: split it
+dh, dskip[0] = dh[:, :c], dh[:, c:]
+dh = net.final_up.backward(dh)                             # (2, ·, S/2, S/2)
+for blk in reversed(net.dec_half):
+    dh = blk.backward(dh)
+for i in reversed(range(L - 1)):                           # concat i joined skip e_{L-2-i}
+    c = dh.shape[1] - skip_ch[L - 1 - i]
+    dh, dskip[L - 1 - i] = dh[:, :c], dh[:, c:]
+    dh = net.dec_up[i].backward(net.ups[i].backward(dh))
+dh_decoder = dh                                            # (2, ·, S/2^L, ·) into the encoder
+for lvl in reversed(range(L)):                             # the encoder, deepest first
+    if dskip[lvl + 1] is not None:
+        dh = dh + dskip[lvl + 1]                           # ← the sum at skip e_lvl
+    dh = net.enc[lvl].backward(dh)
+dx_hand = dh + dskip[0]                                    # x itself feeds enc 0 and the skip
+grads_hand = {name: g.copy() for name, _, g in net.named_parameters()}
+net.forward(x)
+net.zero_grad()
+dx_lib = net.backward(dflow)
+skip_by_hand_vs_library = max(np.abs(dx_hand - dx_lib).max(),
+                              max(np.abs(grads_hand[n] - g).max()
+                                  for n, _, g in net.named_parameters()))
+print(f"Step 3b — backward by hand vs UNet.backward: max abs diff {skip_by_hand_vs_library:.1e} "
+      f"(dL/dx and all {len(grads_hand)} parameter gradients)")
+# Forget the sums — let each encoder output keep only the gradient from the block above it —
+# and dL/dx comes out wrong (a finite-difference check would catch it, Step 4):
+net.forward(x)                                             # backward consumes the caches
+dh = dh_decoder
+for lvl in reversed(range(L)):
+    dh = net.enc[lvl].backward(dh)
+dropped = np.linalg.norm(dh - dx_lib) / np.linalg.norm(dx_lib)
+print(f"  without the sums at the skips: ‖dL/dx − right‖ / ‖right‖ = {dropped:.2f}")
+
+# %%
 # Step 4 — gradient check of the whole network (float64, small widths, one parameter array
 # from each end and the input). If any skip's gradient were dropped, this would fail.
 small = UNet(enc=(4, 8, 8), dec=(8, 8, 8, 8, 4, 4), rng=np.random.default_rng(0),
@@ -102,9 +152,15 @@ errs = {"input x": check_vjp(lambda: small.forward(xs), xs, dxs, d, max_entries=
 for name in ("enc.0.conv.w", "dec_up.0.conv.w", "flow.w"):
     p, g = next((p, g) for n, p, g in small.named_parameters() if n == name)
     errs[name] = check_vjp(lambda: small.forward(xs), p, g.copy(), d, max_entries=20)
-print("Step 4 — finite-difference check, float64:")
+print(f"Step 4 — finite-difference check, float64, h = {H:g} (regnp.gradcheck's default):")
 for k, v in errs.items():
     print(f"  d/d{k}: max relative error {v:.1e}")
+# Why the default step is 1e-6 (lesson 02, Step 5): nudging one first-layer weight moves every
+# LeakyReLU input downstream, thousands of them; with a ten times larger step, some of them
+# cross 0 inside ±h, and the central difference straddles a kink. The backward is the same.
+p, g = next((p, g) for n, p, g in small.named_parameters() if n == "enc.0.conv.w")
+kink_h1e5 = check_vjp(lambda: small.forward(xs), p, g.copy(), d, max_entries=20, h=1e-5)
+print(f"  d/denc.0.conv.w again with h = 1e-5: max relative error {kink_h1e5:.1e}")
 
 # Figure: the input pair, a few encoder feature maps, the gradient split per level.
 feats = []
@@ -137,5 +193,7 @@ fig.savefig(path, dpi=100)
 show_or_close(fig)
 print(f"saved {path}")
 numbers = {"fused_vs_unfused": fused_diff, "max_gradcheck_error": max(errs.values()),
+           "skip_by_hand_vs_library": skip_by_hand_vs_library, "without_skip_sums": dropped,
+           "enc0_error_h1e-5": kink_h1e5,
            "skip_share_full_res": norms[0][1] / (norms[0][0] + norms[0][1])}
 report_numbers(**numbers)

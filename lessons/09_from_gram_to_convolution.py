@@ -19,9 +19,6 @@ Run:  python lessons/09_from_gram_to_convolution.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
 """
 
-# regnp first, before NumPy: importing it sets the Numba/OpenBLAS threading defaults, and
-# OpenBLAS reads them when NumPy loads it (see regnp/__init__.py)
-import regnp  # noqa: F401
 import numpy as np
 
 from regnp.figures import lesson_options, report_numbers, show_or_close, use_script_backend

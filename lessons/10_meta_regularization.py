@@ -9,9 +9,10 @@ and adds the penalty of eq. 12,
 which pushes K̃ towards what a reduced Gram matrix looks like (sec. 4.2): symmetric about both
 diagonals, PSD, with a non-negative trace. Here we train it three ways:
 
-* the **paper's exact form** (``--filter-normalize none``): the trace term is a *reward*, and
-  scaling the filter by c while the U-Net emits g/c leaves u unchanged — so the loss can fall
-  forever by growing the filter. Watch its sum climb;
+* the **paper's exact form** (``filter_normalize="none"``; ``--filter-normalize none`` on the
+  command line): the trace term is a *reward*, and scaling the filter by c while the U-Net
+  emits g/c leaves u unchanged — so the loss can fall forever by growing the filter. Watch its
+  sum climb;
 * **unit sum with the linear reward**: the applied filter always has DC gain 1, which removes
   that free scale direction — but the reward still pays for moving weight onto the diagonals;
 * our **default** (unit sum + *hinge*): the trace term only penalises a negative trace, the
@@ -42,7 +43,7 @@ from regnp.nn.metareg import MetaRegConv
 from regnp.ops.depthwise import (depthwise_conv2d_backward_reference,
                                  depthwise_conv2d_forward_reference)
 from regnp.rkhs.reduced import diagnostics_table, operator_symbol
-from regnp.train import config_from_args, parse_args, train
+from regnp.train import make_config, train
 
 use_script_backend()
 import matplotlib.pyplot as plt  # noqa: E402
@@ -114,16 +115,15 @@ print(f"  penalty: M = {M_val:.4f}; max |regnp.losses − by hand| (value, gradi
 # ρ2 = 1e-2 (within the paper's grid 1e-5..1e-1) makes the paper form's drift visible in a
 # short run; a PyTorch reference run of the paper's form saw the same growth at ρ2 = 1e-3
 # over 700 steps (filter sum 1.7 → 6.6; see regnp/nn/metareg.py).
-common = ["--model", "metareg", "--size", str(size), "--sigma", "12", "--lr", "2e-3",
-          "--rho1", "10", "--rho2", "1e-2", "--pairs", "200"]
+common = dict(model="metareg", size=size, sigma=12, lr=2e-3, rho1=10, rho2=1e-2, pairs=200)
 test_ds = load_dataset("phantom", "test", size=size, sigma=12, n_pairs=8)
-forms = {"paper form": ["--filter-normalize", "none", "--trace-term", "linear"],
-         "unit sum + linear": ["--filter-normalize", "unit_sum", "--trace-term", "linear"],
-         "default": ["--filter-normalize", "unit_sum", "--trace-term", "hinge"]}
+forms = {"paper form": dict(filter_normalize="none", trace_term="linear"),
+         "unit sum + linear": dict(filter_normalize="unit_sum", trace_term="linear"),
+         "default": dict(filter_normalize="unit_sum", trace_term="hinge")}
 runs = {}
 with tempfile.TemporaryDirectory() as tmp:
-    for form, flags in forms.items():
-        cfg = config_from_args(parse_args(common + flags))
+    for form, options in forms.items():
+        cfg = make_config(**common, **options)            # as regnp.train's options
         res = train(cfg, steps, Path(tmp) / form.replace(" ", "_"), save_every=steps, val_every=0,
                     log_every=5, progress=False)
         runs[form] = (res, summarize_records(evaluate_pairs(res["model"], test_ds)))
