@@ -80,8 +80,8 @@ def test_bound_is_the_slower_of_compute_and_memory():
 
 
 def test_unet_layers_follow_the_network():
-    unet = UNet()                                                # VoxelMorph-2 widths
-    rows = roofline.unet_layers(unet, 2, 256, 256)
+    # VoxelMorph-2 widths, joins run as three ops: upsampling, concatenation, conv
+    rows = roofline.unet_layers(UNet(fuse_joins=False), 2, 256, 256)
     kinds = [r.kind for r in rows]
     assert kinds.count("conv") == 12 and kinds.count("up") == 4
     assert kinds.count("concat") == 4 and kinds.count("add") == 4
@@ -91,8 +91,42 @@ def test_unet_layers_follow_the_network():
                              for _, ci, co, H, s in UNET_CONVS)
     names = [r.name for r in rows]
     assert "concat3 32+2 @256x256" in names and "flow 16->2 @256x256" in names
+    # joins read in place (the default): the up and concat rows are gone, the 4 convs after
+    # them are join convs with the same FLOPs and fewer bytes than up + concat + conv
+    fused = roofline.unet_layers(UNet(), 2, 256, 256)
+    fk = [r.kind for r in fused]
+    assert fk.count("join") == 4 and fk.count("conv") == 8 and "up" not in fk
+    assert sum(r.cost.flops_fwd for r in fused) == sum(r.cost.flops_fwd for r in rows)
+    by_name = {r.name: r for r in rows}
+    j = {r.name: r for r in fused}["dec5 32^+2->16 @256x256"]
+    three = [by_name[n] for n in ("up3 32 @128x128", "concat3 32+2 @256x256",
+                                  "dec5 34->16 @256x256")]
+    assert j.cost.nbytes < sum(r.cost.nbytes for r in three) - 100e6
     meta = roofline.unet_layers(UNet(upsample="transpose"), 2, 64, 64)
-    assert [r.kind for r in meta].count("convT") == 4
+    assert [r.kind for r in meta].count("convT") == 4 and "concat" not in [r.kind for r in meta]
+
+
+def test_join_bytes_by_hand():
+    # a (2, 3, 5, 7) upsampled x2 to 10x14, joined with s (2, 2, 10, 14), 3x3 conv to 5
+    # channels. rows_per_job(2, 10, 14, 5) = 8 (W < 64; already even and 2 x 2 = 4 jobs): J = 4
+    isz = 4
+    A, S = 2 * 3 * 5 * 7 * isz, 2 * 2 * 10 * 14 * isz          # 840, 2240
+    Y = 2 * 5 * 10 * 14 * isz                                   # 5600
+    xt = 4 * 5 * 10 * 16 * isz                                  # 12800: J x 5 x (R+2)(W+2)
+    gt = 4 * 5 * 10 * 16 * isz                                  # 12800: J x Co x (R+2)(W+2)
+    wts = 5 * 5 * 9 * isz
+    dwp = 4 * 8 * 5 * 9 * isz
+    c = roofline.skip_conv3x3_cost(2, 3, 2, 5, 10, 14, up=2, act=True)
+    assert c.bytes_fwd == 2 * (A + S) + xt + wts + Y
+    assert c.bytes_bwd == 3 * Y + gt + wts + (A + S) + xt + gt + dwp
+    # the tiles it counts are the ones the fused forward allocates
+    from regnp.nn.layers import Conv2d
+    conv = Conv2d(5, 5, act=0.2)
+    rng = np.random.default_rng(0)
+    out = conv.forward_join(rng.standard_normal((2, 3, 5, 7), dtype=np.float32),
+                            rng.standard_normal((2, 2, 10, 14), dtype=np.float32), 2)
+    conv.backward_join(np.ones_like(out))
+    assert conv.work._bufs["xtiles"].nbytes == xt and conv.work._bufs["gtiles"].nbytes == gt
 
 
 def test_roofline_rows_mark_cache_resident_layers():
@@ -123,7 +157,7 @@ def test_machine_and_roofline_printouts_run(capsys):
     rows, step_ms = main(["--roofline", "--quick", "--size", "32", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "enc0 2->16 s2 @32x32" in out and "whole training step" in out and step_ms > 0
-    assert len(rows) == 24
+    assert len(rows) == 16                      # vm2: 8 convs, 4 join convs, 4 skip adds
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -6,7 +6,8 @@ gradient sums 2·256·256 of them: does the float32 path (direct Numba kernels, 
 within a relative error of 1e-4 of the float64 computation of the same maths?
 
 The shapes are not typed in by hand: one float32 training step of each model records the
-arguments of every convolution, transposed convolution, depthwise filter and warp it calls.
+arguments of every convolution, transposed convolution, conv of a skip join read in place,
+depthwise filter and warp it calls.
 Each recorded call is then replayed on fresh random data in float32 and in float64 (the float64
 conv calls take the GEMM path, itself checked against the loop references in test_ops_conv.py).
 Error measure: ‖a32 − a64‖ / ‖a64‖ over the whole array (element-wise relative error is
@@ -24,6 +25,7 @@ from regnp.models import Objective, build_model
 from regnp.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                             conv_transpose2d_forward)
 from regnp.ops.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+from regnp.ops.skip_conv import skip_conv3x3_backward, skip_conv3x3_forward
 from regnp.ops.warp import warp_backward, warp_forward
 
 SIZE, BATCH = 256, 2
@@ -41,6 +43,7 @@ def _record_calls(model_name):
     seen = {}
     originals = {
         (layers, "conv2d_forward"): "conv", (layers, "conv_transpose2d_forward"): "convT",
+        (layers, "skip_conv3x3_forward"): "skip_conv",
         (metareg_layer, "depthwise_conv2d_forward"): "depthwise",
         (model_base, "warp_forward"): "warp"}
     saved = {}
@@ -79,7 +82,9 @@ def _ids(call):
 
 def test_the_recording_saw_every_kind_of_layer():
     ops = {c[0] for c in CALLS}
-    assert ops == {"conv", "convT", "depthwise", "warp"}, ops
+    assert ops == {"conv", "convT", "skip_conv", "depthwise", "warp"}, ops
+    joins = {c[2] for c in CALLS if c[0] == "skip_conv"}             # the U-Net's skip joins:
+    assert (("act", 0.2), ("up", 1)) in joins and (("act", 0.2), ("up", 2)) in joins  # both kinds
     convs = [c for c in CALLS if c[0] == "conv"]
     assert any(c[1][0][2:] == (SIZE, SIZE) for c in convs)           # full-resolution layers
     assert any(("stride", 2) in c[2] or 2 in c[2] for c in convs)    # the stride-2 encoder
@@ -97,6 +102,7 @@ def test_float32_fast_path_matches_float64_at_real_shape(call):
     args32 = [a.astype(np.float32) for a in args64]
     fwd, bwd = {"conv": (conv2d_forward, conv2d_backward),
                 "convT": (conv_transpose2d_forward, conv_transpose2d_backward),
+                "skip_conv": (skip_conv3x3_forward, skip_conv3x3_backward),
                 "depthwise": (depthwise_conv2d_forward, depthwise_conv2d_backward),
                 "warp": (warp_forward, warp_backward)}[op]
     kw = {k: v for k, v in (o for o in opts if isinstance(o, tuple))}
@@ -104,7 +110,7 @@ def test_float32_fast_path_matches_float64_at_real_shape(call):
     out32, cache32 = fwd(*args32, *pos, **kw)
     out64, cache64 = fwd(*args64, *pos, **kw)
     assert out32.dtype == np.float32 and out64.dtype == np.float64
-    if op in ("conv", "convT"):       # two different code paths: direct kernels vs float64 GEMM
+    if op in ("conv", "convT", "skip_conv"):   # two code paths: direct kernels vs float64 GEMM
         assert type(cache32) is not type(cache64), type(cache32).__name__
     dout = rng.standard_normal(out64.shape)
     act = kw.get("act", pos[2] if op == "conv" and len(pos) > 2 else None)

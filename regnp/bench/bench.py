@@ -269,7 +269,8 @@ def profile_step(name="metareg", steps=10, N=2, S=256):
     """Split a training step's time by op: every conv / transposed conv / upsampling layer's
     forward and backward (by its place in the network), concatenations, warp, the 13×13 filter,
     losses, the meta penalty, Adam, zero_grad and input checks; "other" is what is left (Python
-    glue, allocations of the remaining temporaries). Returns (rows, ms per step): rows of
+    glue, allocations of the remaining temporaries); a conv that reads a skip join in place
+    counts under its own name. Returns (rows, ms per step): rows of
     (label, ms per step, % of the step)."""
     import time
 
@@ -300,6 +301,9 @@ def profile_step(name="metareg", steps=10, N=2, S=256):
             short = mname.replace("unet.", "")
             patch(m, "forward", f"{short} fwd")
             patch(m, "backward", f"{short} bwd")
+            if isinstance(m, Conv2d):          # the convs that read a skip join in place
+                patch(m, "forward_join", f"{short} fwd")
+                patch(m, "backward_join", f"{short} bwd")
     for owner, attr, label in [
             (unet, "concat_forward", "concat fwd"), (unet, "concat_backward", "concat bwd"),
             (base, "warp_forward", "warp fwd"), (base, "warp_backward", "warp bwd"),

@@ -161,6 +161,29 @@ def concat_cost(N, Cs, H, W, isz=4):
                 [("finite check dout", T), ("dout", T), ("pieces' grads", T)])
 
 
+def skip_conv3x3_cost(N, Ca, Cs, Co, H, W, up=2, act=True, isz=4):
+    """Cost of the conv after a skip join read in place (``regnp.ops.skip_conv``, float32):
+    a (N, Ca, H/up, W/up) and s (N, Cs, H, W) are scanned and read straight into the tiles (no
+    upsampled copy, no concatenation); the backward is the stride-1 conv's, except that dx is
+    written as da (the 2×2 block sums when up = 2) and ds instead of one joined array."""
+    A, S = N * Ca * (H // up) * (W // up) * isz, N * Cs * H * W * isz
+    plain = conv3x3_cost(N, Ca + Cs, Co, H, W, stride=1, act=act, isz=isz)
+    R = direct3x3.rows_per_job(N, H, W, Ca + Cs)
+    R += R % 2 if up == 2 else 0
+    J = N * -(-H // R)
+    xt = J * (Ca + Cs) * (R + 2) * (W + 2) * isz
+    gt = J * Co * (R + 2) * (W + 2) * isz
+    Y = N * Co * H * W * isz
+    wts = Co * (Ca + Cs) * 9 * isz
+    fwd = [("finite check a, s", A + S), ("a, s", A + S), ("x tiles (write)", xt),
+           ("weights", wts), ("out", Y)]
+    bwd = [("finite check dout", Y), ("dout", Y)] + ([("mask (from y)", Y)] if act else [])
+    bwd += [("dz tiles (write)", gt), ("weights", wts), ("da, ds", A + S), ("x tiles (read)", xt),
+            ("dz tiles (read)", gt),
+            ("dw partials", J * -(-Co // direct3x3.MB) * direct3x3.MB * (Ca + Cs) * 9 * isz)]
+    return Cost(plain.flops_fwd, plain.flops_bwd, fwd, bwd)
+
+
 def skip_add_cost(N, C, H, W, isz=4):
     """The encoder's gradient sum at a skip (``dh + dskip``, backward only): read 2, write 1."""
     X = N * C * H * W * isz
@@ -182,53 +205,70 @@ class Layer(NamedTuple):
 def unet_layers(unet, N, H, W):
     """The layers a training step of ``unet`` (a ``regnp.nn.unet.UNet``) runs on an
     (N, in_ch, H, W) input, in forward order, with their costs. Walks the network's own
-    attributes (enc, dec_up, ups, dec_half, final_up, dec_tail, flow), as ``UNet.forward`` does."""
+    attributes (enc, dec_up, ups, dec_half, final_up, dec_tail, flow) as ``UNet.forward`` does,
+    and counts each skip join the way the network runs it: with ``fuse_joins`` one 'join' conv
+    reading the features and the skip in place (after the learned upsampler, if any); without,
+    an upsampling, a concatenation and a plain conv."""
     rows = []
 
-    def conv(name, layer, h, w):
-        cin, cout = layer.params["w"].shape[1], layer.params["w"].shape[0]
+    def conv(name, layer, h, w, join=None):
+        """Add the conv row (a join conv when ``join`` = (Ca, Cs, up) is read in place)."""
+        cout = layer.params["w"].shape[0]
         act = layer.act is not None
-        shape = (N, cin, cout, h, w, layer.stride, act)
-        rows.append(Layer(name, "conv", shape, conv3x3_cost(*shape)))
+        if join is None:
+            cin = layer.params["w"].shape[1]
+            shape = (N, cin, cout, h, w, layer.stride, act)
+            rows.append(Layer(f"{name} {cin}->{cout}{' s2' if layer.stride == 2 else ''} "
+                              f"@{h}x{w}", "conv", shape, conv3x3_cost(*shape)))
+        else:
+            ca, cs, up = join
+            shape = (N, ca, cs, cout, h, w, up, act)
+            rows.append(Layer(f"{name} {ca}{'^' if up == 2 else ''}+{cs}->{cout} @{h}x{w}",
+                              "join", shape, skip_conv3x3_cost(*shape)))
         s = layer.stride
         return cout, (h - 1) // s + 1, (w - 1) // s + 1             # 'same' padding: ceil(h/s)
 
-    def up(name, layer, c, h, w):
-        if unet.upsample == "nearest":
-            rows.append(Layer(name, "up", (N, c, h, w), upsample_nearest_cost(N, c, h, w)))
-        else:
-            co = layer.params["w"].shape[1]
-            rows.append(Layer(name, "convT", (N, c, co, h, w),
+    def join_of(tag, up_layer, c, h, w, skip_c):
+        """Rows for joining (N, c, h, w) features with a skip of skip_c channels at 2h × 2w;
+        returns (what the next conv reads: None or (Ca, Cs, up), channels, h, w)."""
+        if unet.upsample == "transpose":
+            co = up_layer.params["w"].shape[1]
+            rows.append(Layer(f"up{tag} convT {c}->{co} @{h}x{w}", "convT", (N, c, co, h, w),
                               conv_transpose2x2_cost(N, c, co, h, w)))
-            c = co
-        return c, 2 * h, 2 * w
+            c, up = co, 1
+        elif unet.fuse_joins:
+            up = 2                                    # done inside the next conv's tile copy
+        else:
+            rows.append(Layer(f"up{tag} {c} @{h}x{w}", "up", (N, c, h, w),
+                              upsample_nearest_cost(N, c, h, w)))
+            up = 1
+        h, w = 2 * h, 2 * w
+        if unet.fuse_joins:
+            return (c, skip_c, up), c + skip_c, h, w
+        rows.append(Layer(f"concat{tag} {c}+{skip_c} @{h}x{w}", "concat", (N, (c, skip_c), h, w),
+                          concat_cost(N, (c, skip_c), h, w)))
+        return None, c + skip_c, h, w
 
     c, h, w = unet.in_ch, H, W
     skips = [(c, h, w)]
     for i, blk in enumerate(unet.enc):
-        c, h, w = conv(f"enc{i} {c}->{blk.conv.params['w'].shape[0]} s2 @{h}x{w}", blk.conv, h, w)
+        c, h, w = conv(f"enc{i}", blk.conv, h, w)
         skips.append((c, h, w))
     L = unet.levels
+    join, k = None, 0
     for i, (blk, upl) in enumerate(zip(unet.dec_up, unet.ups)):
-        c, h, w = conv(f"dec{i} {c}->{blk.conv.params['w'].shape[0]} @{h}x{w}", blk.conv, h, w)
-        c, h, w = up(f"up{i} {c} @{h}x{w}", upl, c, h, w)
-        sc = skips[L - 1 - i][0]
-        rows.append(Layer(f"concat{i} {c}+{sc} @{h}x{w}", "concat", (N, (c, sc), h, w),
-                          concat_cost(N, (c, sc), h, w)))
-        c += sc
-    k = L - 1
+        c, h, w = conv(f"dec{k}", blk.conv, h, w, join)
+        k += 1
+        join, c, h, w = join_of(i, upl, c, h, w, skips[L - 1 - i][0])
     for blk in unet.dec_half:
-        c, h, w = conv(f"dec{k} {c}->{blk.conv.params['w'].shape[0]} @{h}x{w}", blk.conv, h, w)
-        k += 1
+        c, h, w = conv(f"dec{k}", blk.conv, h, w, join)
+        join, k = None, k + 1
     if unet.full_size:
-        c, h, w = up(f"up{L - 1} {c} @{h}x{w}", unet.final_up, c, h, w)
-        rows.append(Layer(f"concat{L - 1} {c}+{unet.in_ch} @{h}x{w}", "concat",
-                          (N, (c, unet.in_ch), h, w), concat_cost(N, (c, unet.in_ch), h, w)))
-        c += unet.in_ch
+        join, c, h, w = join_of(L - 1, unet.final_up, c, h, w, unet.in_ch)
     for blk in unet.dec_tail:
-        c, h, w = conv(f"dec{k} {c}->{blk.conv.params['w'].shape[0]} @{h}x{w}", blk.conv, h, w)
-        k += 1
-    conv(f"flow {c}->{unet.flow.params['w'].shape[0]} @{h}x{w}", unet.flow, h, w)
+        c, h, w = conv(f"dec{k}", blk.conv, h, w, join)
+        join, k = None, k + 1
+    conv("flow", unet.flow, h, w)
     # the gradient sums where a skip meets the encoder (backward only): e0 .. e_{L-2} always,
     # the input x too when full_size (UNet.backward computes dL/dx)
     for lvl in range(-1 if unet.full_size else 0, L - 1):
@@ -247,6 +287,16 @@ def make_runner(layer, seed=0):
 
     def randn(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
+    if layer.kind == "join":
+        N, ca, cs, cout, h, w, up, act = layer.shape
+        mod = Conv2d(ca + cs, cout, k=3, rng=rng, act=0.2 if act else None)
+        a, skip = randn(N, ca, h // up, w // up), randn(N, cs, h, w)
+        dout = randn(N, cout, h, w)
+
+        def run():
+            mod.forward_join(a, skip, up)
+            mod.backward_join(dout)
+        return run
     if layer.kind == "conv":
         N, cin, cout, h, w, stride, act = layer.shape
         mod = Conv2d(cin, cout, k=3, stride=stride, pad=1, rng=rng, act=0.2 if act else None)

@@ -14,6 +14,7 @@ import numpy as np
 from ..ops.conv import (Workspace, conv2d_backward, conv2d_forward, conv_transpose2d_backward,
                         conv_transpose2d_forward)
 from ..ops.pool import upsample_nearest2x_backward, upsample_nearest2x_forward
+from ..ops.skip_conv import skip_conv3x3_backward, skip_conv3x3_forward
 from .._checks import check_positive_int
 from .module import Module
 
@@ -55,6 +56,7 @@ class Conv2d(Module):
             self.add_param("b", np.zeros(out_ch, dtype))
         self.work = Workspace()
         self._cache = None
+        self._join_cache = None
 
     def forward(self, x):
         out, self._cache = conv2d_forward(x, self.params["w"], self.params.get("b"),
@@ -66,10 +68,36 @@ class Conv2d(Module):
             _no_cache(self)
         dx, dw, db = conv2d_backward(dout, self._cache)
         self._cache = None
+        self._add_grads(dw, db)
+        return dx
+
+    def _add_grads(self, dw, db):
         self.grads["w"] += dw
         if db is not None:
             self.grads["b"] += db
-        return dx
+
+    def forward_join(self, a, skip, up):
+        """The layer applied to the channel join ``concat([upsample_up(a), skip])`` without
+        building it (``regnp.ops.skip_conv``): a (N, Ca, H/up, W/up), skip (N, Cs, H, W),
+        up 2 (nearest ×2) or 1. Equals ``forward(concat([upsample(a), skip]))``; 3×3, stride 1,
+        pad 1 layers only. Follow it with ``backward_join``."""
+        if self.params["w"].shape[2:] != (3, 3) or self.stride != 1 or self.pad != 1:
+            raise ValueError("forward_join needs a 3x3, stride-1, pad-1 convolution")
+        out, self._join_cache = skip_conv3x3_forward(a, skip, self.params["w"],
+                                                     self.params.get("b"), up=up, act=self.act,
+                                                     work=self.work)
+        return out
+
+    def backward_join(self, dout, full_res=False):
+        """Backward of ``forward_join``: returns (da, dskip); da is the 2×2 block sum of the
+        upsampled half's gradient (its full-size gradient with ``full_res=True``)."""
+        cache, self._join_cache = self._join_cache, None
+        if cache is None:
+            raise RuntimeError("Conv2d.backward_join called before forward_join (or twice for "
+                               "one forward)")
+        da, dskip, dw, db = skip_conv3x3_backward(dout, cache, full_res=full_res)
+        self._add_grads(dw, db)
+        return da, dskip
 
 
 class ConvTranspose2d(Module):

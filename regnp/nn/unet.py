@@ -31,10 +31,21 @@ Backward runs the graph in reverse. The one thing to get right is the skips: eac
 feeds two consumers (the next encoder conv and a decoder concat), so its gradient is the **sum**
 of the two incoming gradients — ``concat_backward`` splits the decoder's gradient and the skip part
 is added to the encoder's gradient before that encoder block's own backward runs.
+
+Joins read in place (``fuse_joins=True``, the default): "upsample, concatenate, convolve" is
+what the maths says, and ``fuse_joins=False`` runs exactly those three ops. By default the conv
+after each join reads the decoder's features and the skip where they are
+(``Conv2d.forward_join``, ``regnp.ops.skip_conv``): the nearest upsampling happens while the
+conv copies its input rows into its tiles, and its backward writes the skip's gradient and the
+2×2 block sums of the upsampled half directly. Same numbers (float64 runs the three ops either
+way; float32 agrees to round-off), fewer bytes: at 256×256 the upsampled copies and the
+concatenations were about a third of the bytes a VoxelMorph-2 step moved
+(``python -m regnp.bench --roofline``).
 """
 import numpy as np
 
 from ..ops.activation import concat_backward, concat_forward
+from ..ops.pool import upsample_nearest2x_backward
 from .layers import Conv2d, ConvTranspose2d, UpsampleNearest2x
 from .module import Module
 
@@ -58,6 +69,12 @@ class ConvBlock(Module):
     def backward(self, dout):
         return self.conv.backward(dout)
 
+    def forward_join(self, a, skip, up):
+        return self.conv.forward_join(a, skip, up)
+
+    def backward_join(self, dout, full_res=False):
+        return self.conv.backward_join(dout, full_res)
+
 
 class UNet(Module):
     """VoxelMorph-style U-Net producing a displacement (or any ``out_ch``-channel map).
@@ -67,8 +84,10 @@ class UNet(Module):
     """
 
     def __init__(self, in_ch=2, enc=(16, 32, 32, 32), dec=(32, 32, 32, 32, 32, 16, 16),
-                 full_size=True, upsample="nearest", out_ch=2, rng=None, dtype=np.float32):
+                 full_size=True, upsample="nearest", out_ch=2, rng=None, dtype=np.float32,
+                 fuse_joins=True):
         super().__init__()
+        self.fuse_joins = bool(fuse_joins)
         enc, dec = list(enc), list(dec)
         L = len(enc)
         if L < 1:
@@ -141,18 +160,53 @@ class UNet(Module):
         for blk in self.enc:
             h = blk.forward(h)                        # (N, enc[i], H/2^(i+1), W/2^(i+1))
             skips.append(h)
-        self._concat_caches = []
+        # a "join" is (up layer, decoder features, skip): the next conv's input is
+        # concat([up(features), skip]); _conv builds it or reads it in place
+        self._joins = []
+        join = None
         for i, (blk, up) in enumerate(zip(self.dec_up, self.ups)):
-            h = up.forward(blk.forward(h))            # (N, dec[i], 2×)
-            h, cache = concat_forward([h, skips[self.levels - 1 - i]])
-            self._concat_caches.append(cache)
+            h = self._conv(blk, h, join)              # (N, dec[i], ·, ·)
+            join = (up, h, skips[self.levels - 1 - i])
         for blk in self.dec_half:
-            h = blk.forward(h)                        # (N, ·, H/2, W/2)
+            h = self._conv(blk, h, join)              # (N, ·, H/2, W/2)
+            join = None
         if self.full_size:
-            h, self._final_cache = concat_forward([self.final_up.forward(h), x])  # (N, ·+in, H, W)
+            join = (self.final_up, h, x)              # (N, ·+in, H, W) once joined
         for blk in self.dec_tail:
-            h = blk.forward(h)
+            h = self._conv(blk, h, join)
+            join = None
         return self.flow.forward(h)                   # (N, out_ch, ·, ·)
+
+    def _conv(self, blk, h, join):
+        """blk's forward on h, or on the join concat([up(a), skip]) when ``join`` is given;
+        remembers how each join was run, for the backward."""
+        if join is None:
+            return blk.forward(h)
+        up, a, skip = join
+        if not self.fuse_joins:                                           # the three ops
+            h, cache = concat_forward([up.forward(a), skip])
+            self._joins.append(("concat", cache))
+            return blk.forward(h)
+        if isinstance(up, UpsampleNearest2x):        # upsampled inside the conv's tile copy
+            self._joins.append(("nearest", a.shape))
+            return blk.forward_join(a, skip, up=2)
+        self._joins.append(("in place", None))       # a learned upsampler runs first
+        return blk.forward_join(up.forward(a), skip, up=1)
+
+    def _conv_backward(self, blk, up, dh, want_split):
+        """Backward of ``_conv`` for a join: returns (grad into the up layer's input, grad into
+        the skip, (grad of the upsampled tensor, grad into the skip) if ``want_split``)."""
+        how, info = self._joins.pop()
+        if how == "concat":
+            dup, ds = concat_backward(blk.backward(dh), info)
+            return up.backward(dup), ds, (dup, ds)
+        if how == "nearest" and not want_split:
+            da, ds = blk.backward_join(dh)                        # 2×2 sums written directly
+            return da, ds, None
+        dup, ds = blk.backward_join(dh, full_res=True)
+        da = (upsample_nearest2x_backward(dup, (info, dup.dtype)) if how == "nearest"
+              else up.backward(dup))
+        return da, ds, (dup, ds)
 
     def backward(self, dflow, return_skip_grads=False):
         """dL/dflow → dL/dx (and the parameter gradients, accumulated).
@@ -161,24 +215,30 @@ class UNet(Module):
         gradient splits into at its concat: ``splits[k] = (grad going up the decoder, grad going
         into skip k)``. Skip 0 is the input x (full resolution, only when ``full_size``), skip
         k >= 1 the encoder output e_{k-1} at 1/2^k resolution; ``None`` where there is no concat.
-        Lesson 07 prints their norms.
+        Lesson 04 prints their norms.
         """
         L = self.levels
         dh = self.flow.backward(dflow)
-        for blk in reversed(self.dec_tail):
-            dh = blk.backward(dh)
         dskip = [None] * (L + 1)                      # gradients arriving through the skips
         splits = [None] * (L + 1)
-        if self.full_size:
-            dup, dx_skip = concat_backward(dh, self._final_cache)
-            dskip[0], splits[0] = dx_skip, (dup, dx_skip)
-            dh = self.final_up.backward(dup)
-        for blk in reversed(self.dec_half):
-            dh = blk.backward(dh)
+        for k, blk in reversed(list(enumerate(self.dec_tail))):
+            if k == 0 and self.full_size:             # the conv that read concat([up(h), x])
+                dh, dskip[0], splits[0] = self._conv_backward(blk, self.final_up, dh,
+                                                              return_skip_grads)
+            else:
+                dh = blk.backward(dh)
+        for k, blk in reversed(list(enumerate(self.dec_half))):
+            if k == 0 and L > 1:                      # the conv that read the last join
+                dh, dskip[1], splits[1] = self._conv_backward(blk, self.ups[L - 2], dh,
+                                                              return_skip_grads)
+            else:
+                dh = blk.backward(dh)
         for i in reversed(range(L - 1)):
-            dup, ds = concat_backward(dh, self._concat_caches[i])
-            dskip[L - 1 - i], splits[L - 1 - i] = ds, (dup, ds)
-            dh = self.dec_up[i].backward(self.ups[i].backward(dup))
+            if i > 0:                                 # dec_up[i] read the join of level i - 1
+                dh, dskip[L - i], splits[L - i] = self._conv_backward(
+                    self.dec_up[i], self.ups[i - 1], dh, return_skip_grads)
+            else:
+                dh = self.dec_up[i].backward(dh)
         # encoder, deepest first; each level's gradient = from above + from its skip
         for lvl in reversed(range(L)):
             if dskip[lvl + 1] is not None:

@@ -158,12 +158,18 @@ def flip_transpose(w):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, t):
-    """t (Ci, (R + 2) * (W + 2)) = zero-padded input rows r0 - 1 .. r0 + R of image n,
-    flattened; multiplied by in_slope where ysrc <= 0 when in_mask (LeakyReLU backward)."""
-    _, Ci, H, W = inp.shape
+def _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t):
+    """t (Ca + Cb, (R + 2) * (W + 2)) = zero-padded input rows r0 - 1 .. r0 + R of image n,
+    flattened, of the channel concatenation [up(inp), inp2] — which is never built:
+
+    - channels 0 .. Ca - 1 come from inp (N, Ca, H / in_up, W / in_up), nearest-upsampled by
+      ``in_up`` (1 or 2) while copying: row y reads inp row y // 2, column j reads j // 2;
+    - channels Ca .. Ca + Cb - 1 come from inp2 (N, Cb, H, W) (Cb = 0: no second input);
+    - with in_mask (in_up 1, no inp2) inp is multiplied by in_slope where ysrc <= 0 (the
+      LeakyReLU backward)."""
+    Ca = inp.shape[1]
     Wp = W + 2
-    for c in range(Ci):
+    for c in range(t.shape[0]):
         for rr in range(R + 2):
             y = r0 - 1 + rr
             row = t[c, rr * Wp:(rr + 1) * Wp]              # (W + 2,)
@@ -173,20 +179,70 @@ def _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, t):
                 continue
             row[0] = 0.0
             row[W + 1] = 0.0
-            if in_mask:
+            if c >= Ca:
+                src = inp2[n, c - Ca, y]                   # (W,)
+                for j in range(W):
+                    row[j + 1] = src[j]
+            elif in_up == 2:
+                src = inp[n, c, y // 2]                    # (W / 2,)
+                for jj in range(W // 2):
+                    v = src[jj]
+                    row[2 * jj + 1] = v
+                    row[2 * jj + 2] = v
+            elif in_mask:
                 for j in range(W):
                     v = inp[n, c, y, j]
                     if ysrc[n, c, y, j] <= 0:
                         v = v * in_slope
                     row[j + 1] = v
             else:
+                src = inp[n, c, y]
                 for j in range(W):
-                    row[j + 1] = inp[n, c, y, j]
+                    row[j + 1] = src[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _store_row(acc, bo, slope, use_act, n, o, y, out, out2, out_up):
+    """Write one finished output row ``acc`` (W,) (+ bias bo, LeakyReLU) of channel o, row y.
+
+    Channels o < out.shape[1] go to ``out``; the rest to ``out2`` (channel o - out.shape[1]).
+    With out_up == 2, ``out`` is at half resolution and receives the 2×2 block sums (the
+    backward of nearest upsampling): an even row writes its pair sums, the odd row after it
+    adds its own — the two rows of a pair always belong to the same job (R even)."""
+    W = acc.shape[0]
+    Ca = out.shape[1]
+    if o >= Ca:
+        dst = out2[n, o - Ca, y]
+        for j in range(W):
+            v = acc[j] + bo
+            if use_act and v < 0:
+                v = v * slope
+            dst[j] = v
+    elif out_up == 1:
+        dst = out[n, o, y]
+        for j in range(W):
+            v = acc[j] + bo
+            if use_act and v < 0:
+                v = v * slope
+            dst[j] = v
+    else:
+        dst = out[n, o, y // 2]
+        for jj in range(W // 2):
+            v0 = acc[2 * jj] + bo
+            v1 = acc[2 * jj + 1] + bo
+            if use_act and v0 < 0:
+                v0 = v0 * slope
+            if use_act and v1 < 0:
+                v1 = v1 * slope
+            if y % 2 == 0:
+                dst[jj] = v0 + v1
+            else:
+                dst[jj] += v0 + v1
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_rows(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
-                 tiles, out):
+def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out, out2, out_up):
     """out = LeakyReLU(conv3x3(inp · mask) + bias), stride 1, zero padding 1.
 
     Inputs:
@@ -199,8 +255,10 @@ def conv3x3_rows(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
       them later).
     - out: (N, Co, H, W), written.
     """
-    N, Ci, H, W = inp.shape
-    Co = out.shape[1]
+    N = inp.shape[0]
+    Ci = tiles.shape[1]                                        # Ca + Cb input channels
+    H, W = inp2.shape[2], inp2.shape[3]                        # the (virtual) input size
+    Co = out.shape[1] + out2.shape[1]
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
@@ -209,7 +267,7 @@ def conv3x3_rows(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         # 2. 4 output channels x one row at a time, accumulated in L1-resident rows
         acc = np.empty((MB, W), out.dtype)                     # (MB, W)
         a0 = acc[0]
@@ -261,20 +319,18 @@ def conv3x3_rows(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
                     o = b * MB + m
                     if o < Co:
                         bo = bias[o] if use_bias else 0.0
-                        for j in range(W):
-                            v = acc[m, j] + bo
-                            if use_act and v < 0:
-                                v = v * slope
-                            out[n, o, r0 + rr, j] = v
+                        _store_row(acc[m], bo, slope, use_act, n, o, r0 + rr, out, out2, out_up)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_rows2(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
-                 tiles, out):
+def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out, out2, out_up):
     """``conv3x3_rows`` for 1 or 2 output channels (the flow head): blocks of 2 channels,
     so no multiply-adds are spent on zero-padded channels. wpk: (Cb, Ci, 3, 3, 2)."""
-    N, Ci, H, W = inp.shape
-    Co = out.shape[1]
+    N = inp.shape[0]
+    Ci = tiles.shape[1]                                        # Ca + Cb input channels
+    H, W = inp2.shape[2], inp2.shape[3]                        # the (virtual) input size
+    Co = out.shape[1] + out2.shape[1]
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
@@ -283,7 +339,7 @@ def conv3x3_rows2(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         acc = np.empty((2, W), out.dtype)                      # (2, W)
         a0 = acc[0]
         a1 = acc[1]
@@ -317,16 +373,12 @@ def conv3x3_rows2(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_
                     o = b * 2 + m
                     if o < Co:
                         bo = bias[o] if use_bias else 0.0
-                        for j in range(W):
-                            v = acc[m, j] + bo
-                            if use_act and v < 0:
-                                v = v * slope
-                            out[n, o, r0 + rr, j] = v
+                        _store_row(acc[m], bo, slope, use_act, n, o, r0 + rr, out, out2, out_up)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
-                 tiles, out):
+def conv3x3_flat(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+                 tiles, out, out2, out_up):
     """``conv3x3_rows`` computed over the flattened rows of the tile (same arguments).
 
     Output (rr, j) of the job is flat index q = rr·Wp + j and reads the tile at
@@ -334,8 +386,10 @@ def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
     row are computed and dropped). For narrow images (W <= 64) this long loop beats one short
     loop per row (measured 1.5x at W = 16..32); for W >= 128 the per-row kernel is faster.
     """
-    N, Ci, H, W = inp.shape
-    Co = out.shape[1]
+    N = inp.shape[0]
+    Ci = tiles.shape[1]                                        # Ca + Cb input channels
+    H, W = inp2.shape[2], inp2.shape[3]                        # the (virtual) input size
+    Co = out.shape[1] + out2.shape[1]
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
@@ -344,7 +398,7 @@ def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, ysrc, in_slope, in_mask, n, r0, R, tiles[job])
+        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         L = nr * Wp - 2                                        # flat outputs (junk at j >= W)
         acc = np.empty((MB, R * Wp), out.dtype)
         a0 = acc[0]
@@ -394,14 +448,12 @@ def conv3x3_flat(inp, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_a
                 if o < Co:
                     bo = bias[o] if use_bias else 0.0
                     for rr in range(nr):
-                        for j in range(W):
-                            v = acc[m, rr * Wp + j] + bo
-                            if use_act and v < 0:
-                                v = v * slope
-                            out[n, o, r0 + rr, j] = v
+                        _store_row(acc[m, rr * Wp:rr * Wp + W], bo, slope, use_act, n, o,
+                                   r0 + rr, out, out2, out_up)
 
 
-def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, in_slope=0.0):
+def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, in_slope=0.0,
+            inp2=None, in_up=1, out2=None, out_up=1):
     """out = LeakyReLU_act(conv3x3_pad1(inp · mask, w) + bias), stride 1; must equal
     ``conv3x3_reference`` with the same arguments.
 
@@ -415,21 +467,38 @@ def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, i
       (the LeakyReLU backward, dz = dout · mask, with in_mask_of the activated forward output);
       None: no mask.
 
+    The U-Net's skip joins, read and written in place (``regnp.ops.skip_conv``; must equal
+    ``conv3x3_reference`` on the concatenation / the split of its output):
+    - inp2, in_up: the input is the channel concatenation [up(inp), inp2] with inp
+      (N, Ca, H/in_up, W/in_up) nearest-upsampled by in_up (1 or 2) and inp2 (N, Cb, H, W);
+      tiles then have Ca + Cb channels and w has Ca + Cb input channels.
+    - out2, out_up: the output's channels are split: the first ``out.shape[1]`` go to ``out``,
+      summed over 2×2 blocks when out_up = 2 (out is then (N, ·, H/2, W/2); ``rows`` must be
+      even), the rest to out2 (N, ·, H, W).
+
     Picks ``conv3x3_rows2`` (W >= 128, Co <= 2), ``conv3x3_rows`` (W >= 128) or ``conv3x3_flat``
     (narrow images); they compute the same thing.
     """
-    wide = inp.shape[3] >= 128
+    N = inp.shape[0]
+    H, W = inp.shape[2] * in_up, inp.shape[3] * in_up
+    if inp2 is None:
+        inp2 = np.empty((N, 0, H, W), inp.dtype)
+    if out2 is None:
+        out2 = np.empty((N, 0, H, W), inp.dtype)
+    if out_up == 2 and rows % 2:
+        raise ValueError(f"rows must be even when the output is summed over 2x2 blocks, got {rows}")
+    wide = W >= 128
     ysrc = inp if in_mask_of is None else in_mask_of
     use_bias = bias is not None
     bias = bias if use_bias else np.zeros(1, inp.dtype)
     slope = 0.0 if act is None else float(act)
-    if wide and w.shape[0] <= 2:
-        conv3x3_rows2(inp, ysrc, float(in_slope), in_mask_of is not None, pack_weights(w, 2),
-                      bias, use_bias, slope, act is not None, rows, tiles, out)
-        return
-    kern = conv3x3_rows if wide else conv3x3_flat
-    kern(inp, ysrc, float(in_slope), in_mask_of is not None, pack_weights(w), bias, use_bias,
-         slope, act is not None, rows, tiles, out)
+    Co = w.shape[0]
+    args = (inp, inp2, in_up, ysrc, float(in_slope), in_mask_of is not None)
+    tail = (bias, use_bias, slope, act is not None, rows, tiles, out, out2, out_up)
+    if wide and Co <= 2:
+        conv3x3_rows2(*args, pack_weights(w, 2), *tail)
+    else:
+        (conv3x3_rows if wide else conv3x3_flat)(*args, pack_weights(w), *tail)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
