@@ -113,7 +113,8 @@ def test_unet_with_fused_joins_equals_the_three_ops(upsample):
     nets = [UNet(enc=(4, 8, 8), dec=(8, 8, 8, 8, 4, 4), upsample=upsample, fuse_joins=f,
                  rng=np.random.default_rng(0)) for f in (True, False)]
     for net in nets:
-        net.flow.params["w"][...] = np.random.default_rng(1).normal(0, 0.3, net.flow.params["w"].shape)
+        head = net.flow.params["w"]
+        head[...] = np.random.default_rng(1).normal(0, 0.3, head.shape)
     outs = [net.forward(x) for net in nets]
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
     dout = np.random.default_rng(2).standard_normal(outs[0].shape).astype(np.float32)

@@ -95,6 +95,16 @@ def _parse_size(text):
         return None
 
 
+def _count_cpus(cpu_list):
+    """'0-1,4' -> 3: how many CPUs a sysfs cpu list names."""
+    n = 0
+    for part in cpu_list.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if lo.isdigit():
+            n += int(hi) - int(lo) + 1 if hi.isdigit() else 1
+    return n
+
+
 def cache_sizes(root="/sys/devices/system/cpu/cpu0/cache"):
     """((level, type, bytes, cpus sharing it), ...) for cpu0's caches, L1 first.
 
@@ -111,10 +121,7 @@ def cache_sizes(root="/sys/devices/system/cpu/cpu0/cache"):
                 shared = open(os.path.join(p, "shared_cpu_list")).read().strip()
             except (OSError, ValueError):
                 continue
-            n_shared = sum(int(b) - int(a) + 1 if a else 1 for a, _, b in
-                           (r.partition("-") if "-" in r else ("", "", r) for r in shared.split(","))
-                           if b.isdigit())
-            rows.append((level, kind, size, n_shared))
+            rows.append((level, kind, size, _count_cpus(shared)))
     if not rows:
         for key, val in _lscpu().items():
             if key.startswith("L") and "cache" in key and key[1].isdigit():

@@ -375,8 +375,9 @@ def format_roofline(rows, machine):
                  f"{sum(r['bytes'] for r in rows) / 1e6:>10.2f}{'':>8}{b:>10.3f}{'':>5}{t:>9.3f}"
                  f"{100 * b / t if t else 0:>11.0f}%")
     if any(r["fits_cache"] for r in rows):
-        lines.append(f"* moves less than the last-level cache ({last_level_cache(machine) / 2 ** 20:g} "
-                     f"MiB) in all: it can run from cache, above the main-memory roofline")
+        llc = last_level_cache(machine) / 2 ** 20
+        lines.append(f"* moves less than the last-level cache ({llc:g} MiB) in all: it can run "
+                     f"from cache, above the main-memory roofline")
     lines.append("by: what bounds the layer on this machine (mem: FLOP/B below the ridge point "
                  f"{machine.ridge:.1f}; cpu: above it). % of bound = bound / measured time.")
     return "\n".join(lines)

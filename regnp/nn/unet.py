@@ -215,7 +215,7 @@ class UNet(Module):
         gradient splits into at its concat: ``splits[k] = (grad going up the decoder, grad going
         into skip k)``. Skip 0 is the input x (full resolution, only when ``full_size``), skip
         k >= 1 the encoder output e_{k-1} at 1/2^k resolution; ``None`` where there is no concat.
-        Lesson 04 prints their norms.
+        Lesson 07 prints their norms.
         """
         L = self.levels
         dh = self.flow.backward(dflow)

@@ -7,19 +7,20 @@ Concatenation along channels has the simplest backward of all: the gradient is *
 into the pieces, in the same order — this is how a U-Net skip connection routes gradient to the
 encoder.
 
-NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop; its NumPy
-definition (``leaky_relu_forward_reference``) comes first. Concatenation is one NumPy call and
-its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 07
+NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop
+(``_fast/activation_kernels.py``); its NumPy definition (``leaky_relu_forward_reference``)
+comes first. Concatenation is one NumPy call and its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 07
 checks that the fused layer equals ``leaky_relu_forward(conv2d_forward(x))``.)
 """
-import numba
 import numpy as np
 
 from .._checks import check_array
+from ._fast import activation_kernels as fast
 
 
 # ---------------------------------------------------------------------------------------------
-# The definition (NumPy one-liners); the Numba kernels below must equal them
+# The definition (NumPy one-liners); the Numba kernels (``_fast/activation_kernels.py``) must
+# equal them
 # ---------------------------------------------------------------------------------------------
 def leaky_relu_forward_reference(x, slope=0.2):
     """y = x where x > 0, else slope·x. Returns (y, cache)."""
@@ -30,22 +31,6 @@ def leaky_relu_backward_reference(dout, cache):
     """dx = dout where x > 0, else slope·dout (the slope at exactly x = 0)."""
     x, slope = cache
     return np.where(x > 0, dout, slope * dout)
-
-
-# ---------------------------------------------------------------------------------------------
-# The fast path: parallel Numba loops
-# ---------------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
-def _leaky_fwd(x, slope, out):
-    for i in numba.prange(x.size):
-        v = x[i]
-        out[i] = v if v > 0 else v * slope
-
-
-@numba.njit(parallel=True, cache=True)
-def _leaky_bwd(dout, x, slope, dx):
-    for i in numba.prange(x.size):
-        dx[i] = dout[i] if x[i] > 0 else dout[i] * slope
 
 
 def _check_slope(slope):
@@ -68,7 +53,7 @@ def leaky_relu_forward(x, slope=0.2):
     slope = _check_slope(slope)
     xc = np.ascontiguousarray(x)
     out = np.empty_like(xc)                                # same shape as x
-    _leaky_fwd(xc.reshape(-1), slope, out.reshape(-1))
+    fast.leaky_relu_fwd(xc.reshape(-1), slope, out.reshape(-1))
     return out, (xc, slope)
 
 
@@ -79,7 +64,7 @@ def leaky_relu_backward(dout, cache):
     check_array("dout", dout, dtype=x.dtype, shape=x.shape)
     d = np.ascontiguousarray(dout)
     dx = np.empty_like(x)
-    _leaky_bwd(d.reshape(-1), x.reshape(-1), slope, dx.reshape(-1))
+    fast.leaky_relu_bwd(d.reshape(-1), x.reshape(-1), slope, dx.reshape(-1))
     return dx
 
 

@@ -11,12 +11,13 @@
 * ``avgpool2x2``: the mean of each 2×2 block (DIRNet, FCN-SS); four strided NumPy adds.
 
 Each section starts with its slow reference (the definition: NumPy repeats, explicit
-interpolation matrices); the parallel Numba kernels over (n, c) planes follow and must equal it.
+interpolation matrices); the public functions after it run parallel Numba kernels over (n, c)
+planes (``_fast/pool_kernels.py``), which must equal it.
 """
-import numba
 import numpy as np
 
 from .._checks import check_array
+from ._fast import pool_kernels as fast
 
 
 def _check_even(x):
@@ -37,27 +38,6 @@ def upsample_nearest2x_backward_reference(dout, cache):
     return dout.reshape(N, C, H, 2, W, 2).sum(axis=(3, 5))
 
 
-@numba.njit(parallel=True, cache=True)
-def _up_nearest_fwd(x, out):
-    N, C, H, W = x.shape
-    for job in numba.prange(N * C):
-        n, c = job // C, job % C
-        for i in range(2 * H):
-            for j in range(2 * W):
-                out[n, c, i, j] = x[n, c, i // 2, j // 2]
-
-
-@numba.njit(parallel=True, cache=True)
-def _up_nearest_bwd(dout, dx):
-    N, C, H, W = dx.shape
-    for job in numba.prange(N * C):
-        n, c = job // C, job % C
-        for i in range(H):
-            for j in range(W):
-                dx[n, c, i, j] = (dout[n, c, 2 * i, 2 * j] + dout[n, c, 2 * i, 2 * j + 1]
-                                  + dout[n, c, 2 * i + 1, 2 * j] + dout[n, c, 2 * i + 1, 2 * j + 1])
-
-
 def upsample_nearest2x_forward(x):
     """Nearest-neighbour ×2 upsampling; must equal ``upsample_nearest2x_forward_reference``.
 
@@ -67,7 +47,7 @@ def upsample_nearest2x_forward(x):
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     out = np.empty((N, C, 2 * H, 2 * W), x.dtype)        # (N, C, 2H, 2W)
-    _up_nearest_fwd(x, out)
+    fast.up_nearest_fwd(x, out)
     return out, (x.shape, x.dtype)
 
 
@@ -77,7 +57,7 @@ def upsample_nearest2x_backward(dout, cache):
     (N, C, H, W), dt = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
-    _up_nearest_bwd(np.ascontiguousarray(dout), dx)
+    fast.up_nearest_bwd(np.ascontiguousarray(dout), dx)
     return dx
 
 
@@ -116,39 +96,6 @@ def upsample_bilinear2x_backward_reference(dout, cache):
     return np.einsum("ip,ncij,jq->ncpq", Ry, dout, Rx).astype(dt)
 
 
-@numba.njit(parallel=True, cache=True)
-def _bilinear_fwd(x, y0, y1, wy0, wy1, x0, x1, wx0, wx1, out):
-    N, C, Ho, Wo = out.shape
-    for job in numba.prange(N * C):
-        n, c = job // C, job % C
-        for i in range(Ho):
-            a, b, wa, wb = y0[i], y1[i], wy0[i], wy1[i]
-            for j in range(Wo):
-                p, q, wp, wq = x0[j], x1[j], wx0[j], wx1[j]
-                out[n, c, i, j] = (wa * (wp * x[n, c, a, p] + wq * x[n, c, a, q])
-                                   + wb * (wp * x[n, c, b, p] + wq * x[n, c, b, q]))
-
-
-@numba.njit(parallel=True, cache=True)
-def _bilinear_bwd(dout, y0, y1, wy0, wy1, x0, x1, wx0, wx1, dx):
-    N, C, H, W = dx.shape
-    Ho, Wo = dout.shape[2], dout.shape[3]
-    for job in numba.prange(N * C):          # each (n, c) plane is scattered by one thread
-        n, c = job // C, job % C
-        for i in range(H):
-            for j in range(W):
-                dx[n, c, i, j] = 0.0
-        for i in range(Ho):
-            a, b, wa, wb = y0[i], y1[i], wy0[i], wy1[i]
-            for j in range(Wo):
-                p, q, wp, wq = x0[j], x1[j], wx0[j], wx1[j]
-                g = dout[n, c, i, j]
-                dx[n, c, a, p] += wa * wp * g
-                dx[n, c, a, q] += wa * wq * g
-                dx[n, c, b, p] += wb * wp * g
-                dx[n, c, b, q] += wb * wq * g
-
-
 def upsample_bilinear2x_forward(x):
     """Bilinear ×2 upsampling with half-pixel centres (``align_corners=False``), edge-clamped;
     must equal ``upsample_bilinear2x_forward_reference``.
@@ -163,7 +110,7 @@ def upsample_bilinear2x_forward(x):
     ty = ty[:2] + tuple(t.astype(x.dtype) for t in ty[2:])
     tx = tx[:2] + tuple(t.astype(x.dtype) for t in tx[2:])
     out = np.empty((N, C, 2 * H, 2 * W), x.dtype)        # (N, C, 2H, 2W)
-    _bilinear_fwd(x, *ty, *tx, out)
+    fast.bilinear_fwd(x, *ty, *tx, out)
     return out, (x.shape, x.dtype, ty, tx)
 
 
@@ -173,7 +120,7 @@ def upsample_bilinear2x_backward(dout, cache):
     (N, C, H, W), dt, ty, tx = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
-    _bilinear_bwd(np.ascontiguousarray(dout), *ty, *tx, dx)
+    fast.bilinear_bwd(np.ascontiguousarray(dout), *ty, *tx, dx)
     return dx
 
 
