@@ -21,7 +21,8 @@ import warnings
 from pathlib import Path
 
 __all__ = ["CLIError", "positive_int", "nonnegative_int", "finite_float", "nearest_multiples",
-           "check_size_divisible", "check_output_folder", "check_output_file", "run_cli",
+           "check_size_divisible", "check_output_folder", "check_output_file", "check_inputs_kept",
+           "run_cli",
            "ctrl_c_delivered", "interrupt_handled"]
 
 INTERRUPTED_EXIT = 130          # the shell's convention for "terminated by SIGINT"
@@ -114,6 +115,21 @@ def check_output_folder(flag, folder, names=()):
     return folder
 
 
+def check_inputs_kept(flag, folder, names, inputs):
+    """Refuse a run whose outputs ``folder/name`` would replace one of its ``inputs`` (paths
+    given by the user; ``None`` entries are skipped): nothing a command writes may replace
+    what it reads (``register --moving it/warped.npy --out it`` once overwrote its input)."""
+    outputs = {os.path.realpath(Path(folder) / n): Path(folder) / n for n in names}
+    for given in inputs:
+        if given is None:
+            continue
+        real = os.path.realpath(given)
+        if real in outputs:
+            raise CLIError(f"{flag} {folder} would replace the input {given} (this command "
+                           f"writes {outputs[real].name} there); choose another {flag} or move "
+                           f"the input")
+
+
 def check_output_file(flag, path, suffixes=None):
     """Check that the file ``path`` can be written (its folder is not a file, its name is not a
     folder, its suffix is one of ``suffixes`` when given). Returns the Path."""
@@ -174,18 +190,27 @@ def interrupt_handled():
 
 
 @contextlib.contextmanager
-def ctrl_c_delivered():
+def ctrl_c_delivered(once=False):
     """Inside this block a Ctrl-C is never lost (see the comment above): the KeyboardInterrupt is
     raised again every 0.25 s until a handler calls :func:`interrupt_handled`. Does nothing off the
     main thread, on systems without ``setitimer`` (Windows), or when SIGINT is ignored (a job
-    started with ``&`` from a script must stay immune to Ctrl-C, as it was)."""
+    started with ``&`` from a script must stay immune to Ctrl-C, as it was).
+
+    ``once``: only the first SIGINT of the block raises; later ones are ignored (a grid worker
+    hears of one Ctrl-C twice, from the terminal and from its grid, and the second must not
+    break the checkpoint save the first one started)."""
     usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
               and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
     if not usable:
         yield
         return
 
+    heard = [False]
+
     def on_sigint(signum, frame):
+        if once and heard[0]:
+            return
+        heard[0] = True
         _pending[0] = True
         signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS, _RETRY_SECONDS)
         raise KeyboardInterrupt

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import CLIError, check_output_folder, check_size_divisible, finite_float, positive_int
+from ._cli import (CLIError, check_inputs_kept, check_output_folder, check_size_divisible,
+                   finite_float, positive_int)
 
 OUTPUTS = ("metrics.json", "table.md")
 
@@ -172,6 +173,32 @@ def data_settings(cfg, ck, dataset=None, size=None, sigma=None):
     return dataset, size, sigma
 
 
+def check_evaluation_memory(model, size):
+    """Refuse a size whose pairs and forward pass cannot fit in memory (one line, before any
+    allocation; ``evaluate --size 4096`` once grew to 23.7 GB and was killed)."""
+    from ._checks import check_memory, estimate_forward_bytes, estimate_pair_bytes
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    check_memory(estimate_forward_bytes(model, shape) + estimate_pair_bytes(shape),
+                 f"evaluating at {shape[0]}×{shape[1]}", "use a smaller --size")
+
+
+def warn_unlike_training(a, cfg, ds):
+    """Warnings for options that are legal but make the scores unlike the training run's."""
+    import warnings
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    trained = data.get("size")
+    if a.size is not None and isinstance(trained, int) and a.size != trained:
+        warnings.warn(f"--size {a.size} differs from the training size {trained}: the network "
+                      f"learned displacements in pixels at {trained}×{trained}, so these scores "
+                      f"are not comparable with ones at the training size")
+    if a.sigma is not None and not hasattr(ds, "sigma"):
+        warnings.warn(f"--sigma {a.sigma:g} is ignored: the {ds.name} pairs are real image pairs, "
+                      f"not synthetic deformations")
+    elif a.sigma == 0:
+        warnings.warn("--sigma 0 draws no deformation: every moving image equals its fixed "
+                      "image, so the scores only show what the network does to identical pairs")
+
+
 def run(a, state):
     """The evaluation behind :func:`main` (``a``: parsed options)."""
     positive_int("--pairs", a.pairs)
@@ -181,14 +208,19 @@ def run(a, state):
     from .checkpoint import checkpoint_path, load_model
     out = Path(a.out) if a.out else checkpoint_path(a.checkpoint).parent
     check_output_folder("--out", out, OUTPUTS)
+    check_inputs_kept("--out", out, OUTPUTS, a.compare)
     model, cfg = load_model(a.checkpoint)
     from .data import load_dataset
     name, size, sigma = data_settings(cfg, a.checkpoint, a.dataset, a.size, a.sigma)
     check_size_divisible("--size" if a.size is not None else "the checkpoint's size", size,
                          model.levels, cfg["model"])
+    if size is not None:
+        check_evaluation_memory(model, size)
     ds = load_dataset(name, a.split, data_root=a.data_root, size=size, sigma=sigma)
     if size is None:
         check_size_divisible("the data's size", tuple(ds.shape), model.levels, cfg["model"])
+        check_evaluation_memory(model, tuple(ds.shape))
+    warn_unlike_training(a, cfg, ds)
     idx = range(min(len(ds), a.pairs)) if a.pairs else None
     records = evaluate_pairs(model, ds, idx, progress=True)
     summary = summarize_records(records)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli import CLIError, check_output_folder, finite_float, positive_int, run_cli
+from ._cli import (CLIError, check_inputs_kept, check_output_folder, finite_float, positive_int,
+                   run_cli)
 
 # Every file register writes into --out (all checked before anything is computed or written).
 OUTPUTS = ("displacement.npy", "warped.npy", "warped.png", "jacobian.npy", "jacobian.png",
@@ -266,6 +267,7 @@ def check_options(a):
     if bool(a.fixed_mask) != bool(a.moving_mask):
         raise CLIError("give both --fixed-mask and --moving-mask to report Dice")
     check_output_folder("--out", a.out, OUTPUTS)
+    check_inputs_kept("--out", a.out, OUTPUTS, (a.fixed, a.moving, a.fixed_mask, a.moving_mask))
 
 
 def write_outputs(out, fixed, moving, warped, u, det, result):
@@ -302,8 +304,14 @@ def run(a, state):
     from .metrics import dice, folding_stats, jacobian_determinant
     from .ops.warp import warp_forward, warp_nearest
     if a.method == "network":
+        from ._checks import check_memory, estimate_forward_bytes
         from .checkpoint import load_model
         model, _ = load_model(a.checkpoint)
+        f = 2 ** model.levels
+        padded = tuple(-(-n // f) * f for n in fixed.shape)
+        check_memory(estimate_forward_bytes(model, padded),
+                     f"registering a {fixed.shape[0]}×{fixed.shape[1]} pair with this network",
+                     "register a downsampled pair (or crops) instead")
         u, seconds = register_with_model(model, fixed, moving)
     else:
         from .rkhs.solver import register_rkhs

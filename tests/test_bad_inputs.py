@@ -149,7 +149,8 @@ def test_register_option_checks(tmp_path):
 
     from regnp.register import check_options
     a = Namespace(iterations=10, kernel_width=16.0, lam=1e-4, method="rkhs", checkpoint="ck",
-                  fixed_mask=None, moving_mask=None, out=str(tmp_path / "res"))
+                  fixed="F.npy", moving="M.npy", fixed_mask=None, moving_mask=None,
+                  out=str(tmp_path / "res"))
     with pytest.warns(UserWarning, match="--checkpoint is ignored with --method rkhs"):
         check_options(a)
     for change, match in [({"iterations": -1}, "--iterations"), ({"lam": float("inf")}, "--lambda"),

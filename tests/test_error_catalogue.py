@@ -186,6 +186,44 @@ CASES = [
     Case("evaluate", f"{EV} --dataset chaos --data-root nowhere",
          "error: data root 'nowhere' does not exist; expected layout: …",
          "a data folder that does not exist"),
+    Case("evaluate", "--checkpoint ck/checkpoint.npy --pairs 2",
+         "error: ck/checkpoint.npy: a checkpoint is the .npz file written by python -m "
+         "regnp.train (or its run folder), not a .npy file",
+         "a checkpoint named with another suffix (once read ck/checkpoint.npz silently)"),
+    Case("evaluate", "--checkpoint step_five --pairs 2",
+         "error: step_five/checkpoint.npz: its step 'five' is not a whole number ≥ 0; the "
+         "checkpoint was edited or comes from another version",
+         "a hand-edited checkpoint: a step that is not a number (once int()'s own message)"),
+    Case("evaluate", "--checkpoint rng_null --pairs 2",
+         "error: rng_null/checkpoint.npz: its random-stream state (rng) is None, not a mapping; "
+         "the checkpoint was edited or comes from another version",
+         "a hand-edited checkpoint: a null random-stream state (once accepted)"),
+    Case("evaluate", "--checkpoint edited_big --pairs 2",
+         "error: edited_big: building its model needs about … of memory, more than the … "
+         "available on this machine (…); the checkpoint was edited or comes from another version",
+         "a hand-edited checkpoint: kernel_size 999999 (once a MemoryError traceback)"),
+    Case("evaluate", f"{EV} --size 1048576",
+         "error: evaluating at 1048576×1048576 needs about … of memory, more than the … "
+         "available on this machine (…); use a smaller --size",
+         "a size whose pairs cannot fit in memory (--size 4096 once grew to 23.7 GB and was "
+         "killed)"),
+    Case("evaluate", f"{EV} --out cmpdir --compare cmpdir/metrics.json",
+         "error: --out cmpdir would replace the input cmpdir/metrics.json (this command writes "
+         "metrics.json there); choose another --out or move the input",
+         "an output that would replace a --compare input"),
+    Case("evaluate", f"{EV} --size 64 --out ev64",
+         "warning: --size 64 differs from the training size 32: the network learned "
+         "displacements in pixels at 32×32, so these scores are not comparable with ones at the "
+         "training size",
+         "a size other than the training size (evaluated, with a warning)", kind="warning"),
+    Case("evaluate", f"{EV} --sigma 0 --out ev0",
+         "warning: --sigma 0 draws no deformation: every moving image equals its fixed image, so "
+         "the scores only show what the network does to identical pairs",
+         "σ = 0 (evaluated, with a warning)", kind="warning"),
+    Case("evaluate", f"{EV} --dataset acdc --data-root {{data}} --sigma 16 --out evacdc",
+         "warning: --sigma 16 is ignored: the acdc pairs are real image pairs, not synthetic "
+         "deformations",
+         "--sigma for a set of real pairs (evaluated, with a warning)", kind="warning", data=True),
     Case("evaluate", "--checkpoint ck --size 256 --out big",
          "interrupted (Ctrl-C); nothing was written", "Ctrl-C while evaluating",
          kind="interrupt", wait="evaluate"),
@@ -281,6 +319,10 @@ CASES = [
          "an image too small for the solver's pyramid (once \"use levels ≤ 1\", not an option)"),
     Case("register", f"{IMG} --method rkhs --kernel-width nan --out res",
          "error: --kernel-width must be a finite number > 0, got nan", "a NaN kernel width"),
+    Case("register", f"--fixed F.npy --moving it/warped.npy {CK} --out it",
+         "error: --out it would replace the input it/warped.npy (this command writes warped.npy "
+         "there); choose another --out or move the input",
+         "an input inside --out under an output's name (once overwritten)"),
     Case("register", f"{IMG} {CK} --out afile",
          "error: --out afile is a file, not a folder; choose another --out", "--out pointing at a file"),
     Case("register", f"{IMG} {CK} --out afile/res",
@@ -318,6 +360,14 @@ CASES = [
          "warning: --size 50 is fine for looking at the data, but the U-Net models need a "
          "multiple of 16 (e.g. 48 or 64) to train or evaluate",
          "a size the networks cannot use", kind="warning"),
+    Case("data", "show phantom --size 1000000 --out fig.png",
+         "error: a 1000000×1000000 pair needs about … of memory, more than the … available on "
+         "this machine (…); use a smaller --size",
+         "a size whose pairs cannot fit in memory (--size 30000 once a MemoryError traceback)"),
+    Case("data", "sigma-stats phantom --size 1000000",
+         "error: a 1000000×1000000 pair needs about … of memory, more than the … available on "
+         "this machine (…); use a smaller --size",
+         "the same for the σ table"),
     Case("data", "show chaos --data-root nowhere",
          "error: data root 'nowhere' does not exist; expected layout: …",
          "a data folder that does not exist"),
@@ -350,6 +400,21 @@ CASES = [
          "negative steps"),
     Case("study", "ablation --list --out afile",
          "error: --out afile is a file; give a folder", "--out pointing at a file"),
+    Case("study", "steps --quick --phantom --seeds 0 --out badgrid",
+         "error: badgrid/phantom_quick_steps_liver16_vm2_lam0.04_seed0/job.json holds a JSON "
+         "str, not an object; it was not written by the grid; move it away (the job then starts "
+         "afresh) or use another --out",
+         "a job.json of the wrong shape (once an AttributeError traceback)"),
+    Case("study", "steps --quick --phantom --seeds 0 --jobs 2 --out g2",
+         "interrupted (Ctrl-C); finished jobs are saved, interrupted ones resume from their "
+         "checkpoints; run the same command again to continue",
+         "Ctrl-C while two worker processes train (once ran on, starting queued jobs)",
+         kind="interrupt", wait="validation Dice"),
+    Case("study", "steps --quick --phantom --seeds 0 --jobs 1 --out g1",
+         "interrupted (Ctrl-C); finished jobs are saved, interrupted ones resume from their "
+         "checkpoints; run the same command again to continue",
+         "Ctrl-C with one job at a time (once two lines and exit 1)",
+         kind="interrupt", wait="validation Dice"),
     Case("study", "tables",
          "python -m regnp.study: error: argument experiment: invalid choice: 'tables' (…)",
          "an unknown protocol"),
@@ -454,6 +519,18 @@ def make_fixtures(root):
                      lambda m: m["model_options"].update(kernel_size="5"))
     _edit_checkpoint(ck, root / "edited_data" / "checkpoint.npz",
                      lambda m: m["data"].update(size="32"))
+    _edit_checkpoint(ck, root / "edited_big" / "checkpoint.npz",
+                     lambda m: m["model_options"].update(kernel_size=999999))
+    _edit_checkpoint(ck, root / "step_five" / "checkpoint.npz", lambda m: m.update(step="five"))
+    _edit_checkpoint(ck, root / "rng_null" / "checkpoint.npz", lambda m: m.update(rng=None))
+    (root / "cmpdir").mkdir()
+    (root / "cmpdir" / "metrics.json").write_text(json.dumps(
+        {"method": "other", "pairs": [{"dice_after": 0.8}, {"dice_after": 0.7}]}))
+    (root / "it").mkdir()
+    np.save(root / "it" / "warped.npy", M)
+    bad_job = root / "badgrid" / "phantom_quick_steps_liver16_vm2_lam0.04_seed0"
+    bad_job.mkdir(parents=True)
+    (bad_job / "job.json").write_text('"hello"')
     # a CHAOS-shaped folder of 5 tiny subjects whose masks hold label 9, which CHAOS lacks
     fake = root / "fakeset" / "chaos_mr_t2_abdomen"
     (fake / "images").mkdir(parents=True)
@@ -608,7 +685,7 @@ def check_case(case, code, out, err, before, after, shown):
         assert lines and pattern.match(lines[-1]), shown
     changed = [p for p, h in before.items() if after.get(p) != h]
     assert not changed, f"files changed or removed: {changed}{shown}"
-    if case.kind != "warning":             # a refused command writes nothing at all
+    if case.kind == "error" or "nothing was written" in case.message:   # refused: no new file
         new = [p for p in after if p not in before and (after[p] != "<dir>" or case.tool in MINE)]
         assert not new, f"a refused command wrote {new}{shown}"
 

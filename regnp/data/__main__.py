@@ -80,9 +80,20 @@ def check_options(a):
                       f"need a multiple of {NETWORK_FACTOR} (e.g. {near}) to train or evaluate")
 
 
+def check_memory_for(a):
+    """Refuse a ``--size`` whose pairs cannot be generated in this machine's memory (one line,
+    before anything is allocated; ``--size 30000`` once ended in a MemoryError traceback)."""
+    if a.size is None:
+        return
+    from .._checks import check_memory, estimate_pair_bytes
+    check_memory(estimate_pair_bytes((a.size, a.size)), f"a {a.size}×{a.size} pair",
+                 "use a smaller --size")
+
+
 def run(a):
     """The work behind :func:`main` (``a``: parsed options)."""
     check_options(a)
+    check_memory_for(a)
     from .datasets import describe, load_dataset
     if a.cmd == "show":
         out = figure_path(a.out, a.dataset, a.split)

@@ -25,7 +25,7 @@ both on the CHAOS test pairs (subjects never seen) and the phantom test pairs. W
 import argparse
 import json
 import os
-import sys
+import shlex
 import time
 from pathlib import Path
 
@@ -198,10 +198,12 @@ def parse_duration(text):
 
 
 def main(argv=None):
-    """The command line; a Ctrl-C during it is never lost (``_cli.ctrl_c_delivered``)."""
-    from .._cli import ctrl_c_delivered
-    with ctrl_c_delivered():
-        return _main(argv)
+    """The command line (``_cli.run_cli``): a bad option or job file is one ``error:`` line and
+    exit status 1, a warning one ``warning:`` line, Ctrl-C one line and exit status 130 — with
+    ``--jobs 2`` too: queued jobs are not started, running ones save their checkpoints."""
+    from .._cli import run_cli
+    return run_cli(lambda: _main(argv), "finished jobs are saved, interrupted ones resume from "
+                                        "their checkpoints; run the same command again to continue")
 
 
 def _main(argv=None):
@@ -254,7 +256,6 @@ def _main(argv=None):
     t.add_argument("--out", default=None)
     t.add_argument("--seed", type=_seed, default=0)
     a = p.parse_args(argv)
-    from ..checkpoint import CheckpointError
     from .grid import GridError
     from ..train import TrainingError
     try:
@@ -285,6 +286,11 @@ def _main(argv=None):
                     left[c["name"]] = est or 0.0
                 when = "" if st == "done" else ("    ?" if est is None else f"~{est / 60:.0f} min")
                 print(f"{proto:>9}  {st:>7}  {when:>8}  {c['name']}")
+            bad = sorted({c["name"] for _, c, st in listed if st == "unreadable"})
+            if bad:
+                print(f"{len(bad)} job(s) have a job.json or metrics.json the grid did not write "
+                      f"({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}): a run sets such "
+                      f"a metrics.json aside and reruns the job; a bad job.json stops it")
             print(f"{len(finished)} job(s) done, {len(left)} to run: about "
                   f"{sum(left.values()) / 3600:.1f} job-hours at the speed of the finished jobs "
                   f"(? = nothing to estimate from yet)")
@@ -294,14 +300,10 @@ def _main(argv=None):
                             steps=a.steps, phantom=a.phantom, jobs=a.jobs, threads=a.threads,
                             scheduler=a.scheduler, data_root=a.data_root, deadline=deadline)
         print(f"{len(res)} job(s) finished in {out}; tables: python -m regnp.study report "
-              f"--out {out}")
-    except KeyboardInterrupt:
-        from .._cli import interrupt_handled
-        interrupt_handled()
-        sys.exit("interrupted: finished jobs are saved, interrupted ones resume from their "
-                 "checkpoints; run the same command again to continue")
-    except (GridError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+              f"--out {shlex.quote(str(out))}")
+    except (GridError, TrainingError) as e:       # the rest (ValueError, OSError): run_cli
+        from .._cli import CLIError
+        raise CLIError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 JOB_FORMAT = "regnp-job-1"
@@ -60,28 +62,62 @@ def _pid_alive(pid):
     return True
 
 
+def _create_exclusive(path, obj):
+    """Create ``path`` holding the JSON ``obj``, complete from its first instant, or raise
+    ``FileExistsError`` when it exists: the text goes to a private temporary file that is then
+    hard-linked to ``path`` (``link`` never replaces an existing name, so of two processes
+    creating the same file exactly one succeeds, and no reader ever sees it half written)."""
+    path = Path(path)
+    tmp = _write_temporary(path, obj)
+    try:
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def _take_over_stale(lock, seen):
+    """Remove the stale ``lock`` whose content was ``seen`` — and only it. It is first renamed
+    to a name of our own, which only one process can do to one file; if what we moved is not
+    the stale lock (another process took it over and wrote its own in the meantime), it is
+    linked back in place. Returns True when the stale lock is gone."""
+    mine = lock.with_name(f".{lock.name}.{os.getpid()}.{time.monotonic_ns()}.stale")
+    try:
+        os.rename(lock, mine)
+    except FileNotFoundError:
+        return True                                   # someone else removed it first
+    if _read_json(mine) == seen:
+        mine.unlink()
+        return True
+    try:
+        os.link(mine, lock)                           # a live lock: put it back
+    except FileExistsError:
+        pass
+    mine.unlink()
+    return False
+
+
 def acquire_job(folder):
-    """Take the job's ``running.lock`` (created atomically with O_EXCL) so two grids sharing an
-    ``--out`` never train the same job at once. A lock left by a process that no longer exists
-    on this host (a killed grid) is stale and taken over; a lock from another host is respected
-    (delete it by hand if that machine is gone). Returns the lock path; raises :class:`JobBusy`."""
+    """Take the job's ``running.lock`` so two grids sharing an ``--out`` never train the same
+    job at once. The lock appears complete and atomically (:func:`_create_exclusive`). A lock
+    left by a process that no longer exists on this host (a killed grid) is stale and taken
+    over (race-free: :func:`_take_over_stale`); a lock from another host is respected (delete
+    it by hand if that machine is gone). Returns the lock path; raises :class:`JobBusy`."""
     lock = Path(folder) / "running.lock"
     me = {"host": platform.node(), "pid": os.getpid(),
           "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     for _ in range(3):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create_exclusive(lock, me)
+            return lock
         except FileExistsError:
-            other = _read_json(lock) or {}
+            other = _read_json(lock)
+            other = other if isinstance(other, dict) else {}
             if other.get("host") == platform.node() and not _pid_alive(other.get("pid")):
-                lock.unlink(missing_ok=True)          # stale: its process is gone
+                _take_over_stale(lock, other)
                 continue
             raise JobBusy(f"job {Path(folder).name} is being run by pid {other.get('pid', '?')} "
                           f"on {other.get('host', '?')} (since {other.get('since', '?')}); "
                           f"skipped here") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return lock
     raise JobBusy(f"could not take {lock}")
 
 
@@ -125,35 +161,121 @@ def set_threads(n):
 
 
 def _read_json(path):
+    """The JSON in ``path``, or None when it is missing or not JSON (for files only this code
+    writes whole, such as locks; job files go through :func:`read_job_file`)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
+def _write_temporary(path, obj):
+    """Write JSON ``obj`` to a new temporary file of this process beside ``path`` (flushed and
+    fsync'ed); returns its path. The name is unique (``mkstemp``), so two grids writing the
+    same file never share a temporary."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=1, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def _write_json(path, obj):
-    """Write JSON atomically (temporary file + rename)."""
+    """Write JSON atomically: a temporary file of this process, renamed over ``path``."""
+    tmp = _write_temporary(path, obj)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class BadJobFile(GridError):
+    """A job's ``job.json`` or ``metrics.json`` exists but is not what the grid writes."""
+
+
+def read_job_file(path, what):
+    """The dict in the job file ``path`` (``what``: "job" or "metrics"), or None when the file
+    does not exist. A file that exists but cannot be read, is not JSON, or has the wrong shape
+    raises :class:`BadJobFile` with one line naming the file and the problem (never a
+    ``KeyError`` later). Shape checked: a JSON object with a ``config`` object holding a
+    ``name``; a metrics file also needs ``tests``, an object of test sets each with a
+    ``summary`` and per-pair ``pairs``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadJobFile(f"{path} cannot be read as JSON ({e})") from None
+    problem = None
+    if not isinstance(obj, dict):
+        problem = f"holds a JSON {type(obj).__name__}, not an object"
+    elif not isinstance(obj.get("config"), dict) or not isinstance(obj["config"].get("name"), str):
+        problem = "has no job config (a 'config' object with a 'name')"
+    elif what == "metrics":
+        tests = obj.get("tests")
+        if not isinstance(tests, dict):
+            problem = "has no results ('tests')"
+        elif not all(isinstance(t, dict) and isinstance(t.get("summary"), dict)
+                     and isinstance(t.get("pairs"), dict) for t in tests.values()):
+            problem = "has a test set without its 'summary' and 'pairs'"
+    if problem:
+        raise BadJobFile(f"{path} {problem}; it was not written by the grid")
+    return obj
+
+
+def read_metrics(path):
+    """A finished job's ``metrics.json`` as a dict, checked by :func:`read_job_file` (for the
+    report: a bad file raises :class:`BadJobFile` with a one-line reason)."""
+    return read_job_file(path, "metrics")
 
 
 def finished_metrics(root, config):
     """The metrics of ``config``'s finished job under ``root`` (its ``metrics.json``, written for
-    this very config), or None when the job has not finished."""
-    m = _read_json(Path(root) / config["name"] / "metrics.json")
-    return m if m is not None and m.get("config") == config else None
+    this very config), or None when the job has not finished. A ``metrics.json`` that cannot be
+    read, has the wrong shape, or belongs to another config raises :class:`BadJobFile`: it is
+    never taken for "not finished" (a rerun would overwrite it)."""
+    path = Path(root) / config["name"] / "metrics.json"
+    m = read_job_file(path, "metrics")
+    if m is not None and m["config"] != config:
+        raise BadJobFile(f"{path} holds the result of another config for this job name")
+    return m
+
+
+def set_aside(path):
+    """Move an unreadable job file out of the way (``metrics.json`` →
+    ``metrics.json.unreadable-<UTC time>``) and return the new path: it is kept, never
+    overwritten."""
+    path = Path(path)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    new = path.with_name(f"{path.name}.unreadable-{stamp}")
+    k = 1
+    while new.exists():
+        new = path.with_name(f"{path.name}.unreadable-{stamp}-{k}")
+        k += 1
+    os.rename(path, new)
+    return new
 
 
 def job_status(root, config):
-    """``"done"``, ``"running"`` (locked by a live process), ``"partial"`` (has a checkpoint) or
-    ``"todo"``."""
+    """``"done"``, ``"running"`` (locked by a live process), ``"partial"`` (has a checkpoint),
+    ``"todo"``, or ``"unreadable"`` (its ``metrics.json`` or ``job.json`` is not what the grid
+    writes; a run sets such a metrics file aside and reruns the job)."""
     folder = Path(root) / config["name"]
-    if finished_metrics(root, config) is not None:
-        return "done"
+    try:
+        read_job_file(folder / "job.json", "job")
+        if finished_metrics(root, config) is not None:
+            return "done"
+    except BadJobFile:
+        return "unreadable"
     lock = _read_json(folder / "running.lock")
-    if lock and not (lock.get("host") == platform.node() and not _pid_alive(lock.get("pid"))):
+    if isinstance(lock, dict) and not (lock.get("host") == platform.node() and not _pid_alive(lock.get("pid"))):
         return "running"
     if (folder / "checkpoint.npz").is_file():
         return "partial"
@@ -164,15 +286,22 @@ def claim_folder(root, config):
     """Create the job's folder with its ``job.json``, or check that the folder belongs to it."""
     folder = Path(root) / config["name"]
     folder.mkdir(parents=True, exist_ok=True)
-    have = _read_json(folder / "job.json")
+    try:
+        have = read_job_file(folder / "job.json", "job")
+    except BadJobFile as e:
+        raise BadJobFile(f"{e}; move it away (the job then starts afresh) or use another "
+                         f"--out") from None
     if have is not None and have.get("config") != config:
         diff = sorted(k for k in set(have.get("config", {})) | set(config)
                       if have.get("config", {}).get(k) != config.get(k))
         raise GridError(f"{folder} holds job {config['name']!r} with another config (differs in "
                         f"{', '.join(diff)}); use another --out, or delete the folder to redo it")
     if have is None:
-        _write_json(folder / "job.json", {"format": JOB_FORMAT, "config": config,
-                                          "key": job_key(config)})
+        try:                                  # two grids may claim it at once: one creates it
+            _create_exclusive(folder / "job.json", {"format": JOB_FORMAT, "config": config,
+                                                    "key": job_key(config)})
+        except FileExistsError:
+            return claim_folder(root, config)  # the other's: check it is the same config
     return folder
 
 
@@ -255,8 +384,8 @@ def run_job(config, root, data_root=None, threads=None, progress=False, deadline
     if threads:
         set_threads(threads)
     folder = claim_folder(root, config)
-    done = _read_json(folder / "metrics.json")
-    if done is not None and done.get("config") == config:
+    done = finished_metrics(root, config)
+    if done is not None:
         return done
     if deadline is not None and estimate is not None:
         left = deadline - time.time()
@@ -265,8 +394,8 @@ def run_job(config, root, data_root=None, threads=None, progress=False, deadline
                               f"{max(0.0, left) / 60:.0f} min left before the time limit")
     lock = acquire_job(folder)
     try:
-        done = _read_json(folder / "metrics.json")      # finished while we waited for the lock?
-        if done is not None and done.get("config") == config:
+        done = finished_metrics(root, config)  # finished while we waited for the lock?
+        if done is not None:
             return done
         if config.get("kind") == "solver":
             return _run_solver_job(config, folder, data_root, progress)
@@ -280,22 +409,31 @@ def _run_train_job(config, folder, data_root, progress):
     from ..data import load_dataset
     from ..evaluate import evaluate_pairs
     from ..train import config_from_args, parse_args, train
+    from ..checkpoint import checkpoint_step
     run_cfg = config_from_args(parse_args(list(config["train_args"])))
     resume = (folder / "checkpoint.npz").is_file()
     if not resume:                          # a fresh start: no stale log from a killed attempt
-        for stale in ("log.jsonl", "sittings.jsonl", "checkpoint.prev.npz"):
+        for stale in ("log.jsonl", "checkpoint.prev.npz"):
             if (folder / stale).exists():
                 (folder / stale).unlink()
+        _keep_interrupted_sittings(folder)
+    start = (checkpoint_step(folder / "checkpoint.npz") or 0) if resume else 0
     t0 = time.time()
-    res = train(run_cfg, config["steps"], folder, resume=resume, data_root=data_root,
-                save_every=config.get("save_every", 250), val_every=config.get("val_every", 0),
-                val_pairs=config.get("val_pairs", 0), log_every=config.get("log_every", 50),
-                progress=progress, overwrite=not resume, plateau=config.get("plateau"))
-    sitting = {"steps_run": res["steps_run"], "seconds": res["seconds"],
-               "to_step": res["steps_done"], "machine": platform.node(),
-               "ended": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    with open(folder / "sittings.jsonl", "a") as f:
-        f.write(json.dumps(sitting) + "\n")
+    try:
+        res = train(run_cfg, config["steps"], folder, resume=resume, data_root=data_root,
+                    save_every=config.get("save_every", 250),
+                    val_every=config.get("val_every", 0), val_pairs=config.get("val_pairs", 0),
+                    log_every=config.get("log_every", 50), progress=progress,
+                    overwrite=not resume, plateau=config.get("plateau"))
+    except KeyboardInterrupt as e:
+        # the sitting's CPU time was spent whether or not its steps were saved: record it, with
+        # the steps the checkpoint now holds (train says which step it saved; else read it)
+        saved = getattr(e, "saved_step", None)
+        saved = checkpoint_step(folder / "checkpoint.npz") if saved is None else saved
+        _record_sitting(folder, max(0, (saved or start) - start), time.time() - t0,
+                        saved or start, interrupted=True)
+        raise
+    _record_sitting(folder, res["steps_run"], res["seconds"], res["steps_done"])
     model = res["model"]
     t_eval = time.time()
     tests = {}
@@ -304,8 +442,7 @@ def _run_train_job(config, folder, data_root, progress):
                           sigma=t.get("sigma", 10.0))
         recs = evaluate_pairs(model, ds, range(min(t["pairs"], len(ds))))
         tests[t["name"]] = _test_record(recs)
-    sittings = [json.loads(line) for line in (folder / "sittings.jsonl").read_text().splitlines()
-                if line.strip()]
+    sittings = _read_sittings(folder)
     _, ck = load_checkpoint(folder / "checkpoint.npz")
     history = ck.get("history", [])
     metrics = {
@@ -330,6 +467,45 @@ def _run_train_job(config, folder, data_root, progress):
         if p.exists():
             p.unlink()                       # the result is kept; the weights are not needed
     return metrics
+
+
+def _record_sitting(folder, steps_run, seconds, to_step, interrupted=False):
+    """Append one line to the job's ``sittings.jsonl``: steps run, wall seconds, the step the
+    job reached, the machine; ``interrupted`` for a sitting a Ctrl-C ended."""
+    sitting = {"steps_run": int(steps_run), "seconds": float(seconds), "to_step": int(to_step),
+               "machine": platform.node(),
+               "ended": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if interrupted:
+        sitting["interrupted"] = True
+    with open(Path(folder) / "sittings.jsonl", "a") as f:
+        f.write(json.dumps(sitting) + "\n")
+
+
+def _read_sittings(folder):
+    """The job's sittings (``sittings.jsonl``), skipping lines that are not a sitting record
+    (a line cut short by a killed writer)."""
+    path = Path(folder) / "sittings.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            s = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(s, dict) and isinstance(s.get("steps_run"), int) \
+                and isinstance(s.get("seconds"), (int, float)):
+            out.append(s)
+    return out
+
+
+def _keep_interrupted_sittings(folder):
+    """A fresh start (no checkpoint) drops the sittings of an earlier, finished or killed
+    attempt, but keeps those a Ctrl-C ended: their time was spent on this job and is counted."""
+    path = Path(folder) / "sittings.jsonl"
+    if path.exists():
+        kept = [s for s in _read_sittings(folder) if s.get("interrupted")]
+        path.write_text("".join(json.dumps(s) + "\n" for s in kept))
 
 
 def _test_record(recs):
@@ -371,16 +547,97 @@ def _run_solver_job(config, folder, data_root, progress=False):
     return metrics
 
 
-def _worker_init(threads):
+# ------------------------------------------------------------------------ Ctrl-C and the pool
+# A Ctrl-C in a terminal reaches every process of the foreground group: the grid and its pool
+# workers. Left to Python's defaults, an idle worker dies with a traceback, a busy one hands the
+# KeyboardInterrupt back as its job's result and takes the next job, and the pool's shutdown
+# waits for every queued job. So: workers ignore SIGINT while idle; while a job runs, its first
+# Ctrl-C (from the terminal, or relayed by the grid through the pool's stop event) interrupts
+# it — training saves its checkpoint — and later ones are ignored; a job picked up after the
+# stop never starts. The grid sets the stop event, cancels the queue and waits for the running
+# jobs to save.
+_WORKER = {"stop": None, "running": False}
+
+
+class JobCancelled(GridError):
+    """Not started: the grid was interrupted (Ctrl-C) before this job began."""
+
+
+class JobInterrupted(GridError):
+    """The job was interrupted by Ctrl-C; it resumes from its checkpoint on the next run."""
+
+
+def _worker_init(threads, stop=None):
     set_threads(threads)
+    if stop is None:
+        return
+    import signal
+    import threading
+    _WORKER["stop"] = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # idle: the grid decides what stops
+
+    def relay():
+        stop.wait()
+        if _WORKER["running"]:                          # does nothing once SIGINT is ignored
+            import _thread
+            _thread.interrupt_main()
+    threading.Thread(target=relay, daemon=True, name="regnp-stop-relay").start()
+
+
+def run_pool_job(config, *args, **kwargs):
+    """:func:`run_job` as a pool worker runs it (see the comment above); elsewhere (a Dask
+    worker, this process) the same as :func:`run_job`. Raises :class:`JobCancelled` for a job
+    picked up after a Ctrl-C and :class:`JobInterrupted` for one a Ctrl-C stopped."""
+    stop = _WORKER["stop"]
+    if stop is None:
+        return run_job(config, *args, **kwargs)
+    import signal
+
+    from .._cli import ctrl_c_delivered
+    if stop.is_set():
+        raise JobCancelled(f"{config['name']}: not started (Ctrl-C)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _WORKER["running"] = True
+    try:
+        with ctrl_c_delivered(once=True):
+            if stop.is_set():                  # the stop came between the check and here
+                raise KeyboardInterrupt
+            return run_job(config, *args, **kwargs)
+    except KeyboardInterrupt:
+        raise JobInterrupted(f"{config['name']}: interrupted (Ctrl-C); it resumes from its "
+                             f"checkpoint on the next run") from None
+    finally:
+        _WORKER["running"] = False
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def local_executor(jobs, threads):
-    """A process pool of ``jobs`` workers with ``threads`` compute threads each."""
+    """A process pool of ``jobs`` workers with ``threads`` compute threads each; its
+    ``stop_event`` tells the workers to stop (see :func:`stop_executor`)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(threads, stop))
+    pool.stop_event = stop
+    return pool
+
+
+def stop_executor(executor, futures):
+    """After a Ctrl-C: start no further job, interrupt the running ones and wait until they
+    have saved their checkpoints (a local pool), or cancel the futures (Dask)."""
+    from .._cli import interrupt_handled
+    interrupt_handled()                        # the grid has heard it: no re-raise while waiting
+    stop = getattr(executor, "stop_event", None)
+    if stop is not None:
+        stop.set()
+        executor.shutdown(wait=True, cancel_futures=True)
+    elif hasattr(executor, "cancel"):
+        executor.cancel(list(futures))
+    else:
+        for f in futures:
+            f.cancel()
 
 
 def dask_executor(address):
@@ -401,6 +658,17 @@ def _as_completed(executor, futures):
         return as_completed(futures)
     from concurrent.futures import as_completed
     return as_completed(futures)
+
+
+def _finished_or_set_aside(root, config):
+    """:func:`finished_metrics`, except that a ``metrics.json`` the grid cannot use is moved
+    aside (kept, with a warning) so the job runs again instead of stopping the grid."""
+    try:
+        return finished_metrics(root, config)
+    except BadJobFile as e:
+        moved = set_aside(Path(root) / config["name"] / "metrics.json")
+        warnings.warn(f"{e}; moved it to {moved.name} and the job runs again")
+        return None
 
 
 def run_grid(configs, root, executor=None, data_root=None, threads=None, progress=True,
@@ -426,7 +694,7 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
     root = Path(root)
     results, todo = {}, []
     for c in configs:
-        m = finished_metrics(root, c)
+        m = _finished_or_set_aside(root, c)
         if m is not None:
             results[c["name"]] = m
         else:
@@ -465,27 +733,34 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
                 if on_result:
                     on_result(m)
         else:
-            futures = {executor.submit(run_job, c, str(root), data_root, threads,
+            futures = {executor.submit(run_pool_job, c, str(root), data_root, threads,
                                        deadline=deadline, estimate=estimates.get(c["name"])):
                        c["name"] for c in todo}
-            for fut in _as_completed(executor, list(futures)):
-                name = futures[fut]
-                try:
-                    m = fut.result()
-                except JobDeferred:
-                    deferred.append(name)
-                    continue
-                except JobBusy:
-                    busy.append(name)
+            try:
+                done_futures = _as_completed(executor, list(futures))
+                for fut in done_futures:
+                    name = futures[fut]
+                    try:
+                        m = fut.result()
+                    except (JobCancelled, JobInterrupted, KeyboardInterrupt):
+                        raise KeyboardInterrupt from None  # a worker heard Ctrl-C first
+                    except JobDeferred:
+                        deferred.append(name)
+                        continue
+                    except JobBusy:
+                        busy.append(name)
+                        bar.update(1)
+                        continue
+                    except Exception as e:          # noqa: BLE001
+                        errors[name] = e
+                        continue
+                    results[name] = m
                     bar.update(1)
-                    continue
-                except Exception as e:          # noqa: BLE001
-                    errors[name] = e
-                    continue
-                results[name] = m
-                bar.update(1)
-                if on_result:
-                    on_result(m)
+                    if on_result:
+                        on_result(m)
+            except KeyboardInterrupt:
+                stop_executor(executor, futures)
+                raise
     finally:
         bar.close()
     if busy:
