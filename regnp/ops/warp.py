@@ -29,13 +29,14 @@ Gradients (the two things the backward pass returns):
   backward uses the neighbours ``floor(y), floor(y)+1``, i.e. the right-hand derivative there.
 
 Reading order: the slow loop references (``*_reference``, the definition) come first, then the
-Numba kernels and the public ``warp_forward`` / ``warp_backward``, which must equal them (tests
-assert it).
+public ``warp_forward`` / ``warp_backward``, which run the Numba kernels of
+``_fast/warp_kernels.py`` and must equal the references (tests assert it).
 """
 import numba
 import numpy as np
 
 from .._checks import check_array, check_same_shape
+from ._fast import warp_kernels as fast
 
 __all__ = ["warp_forward", "warp_backward", "warp_nearest", "warp_forward_reference",
            "warp_backward_reference"]
@@ -114,179 +115,6 @@ def _check_pair(moving, u):
 
 
 # ---------------------------------------------------------------------------------------------
-# Numba kernels
-#
-# Arithmetic on coordinates is float64 even for float32 inputs: ``i + u`` in float32 loses ~1e-5
-# of a pixel at i ~ 250, enough to move floor(y) across an integer and flip the kink's side.
-# Each kernel also counts the non-finite inputs it reads (fusing the NaN check into the pass
-# that reads the data anyway); the Python wrapper raises the usual message when the count is > 0.
-# ---------------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _warp_fwd_kernel(moving, u, out):
-    """out = bilinear pull-back of moving by u; returns the number of NaN/Inf inputs seen."""
-    N, C, H, W = moving.shape
-    bad = 0
-    for r in numba.prange(N * H):                         # one output row per task
-        n = r // H
-        i = r - n * H
-        for c in range(C):                                # NaN check of moving's row i
-            for j in range(W):
-                if not np.isfinite(moving[n, c, i, j]):
-                    bad += 1
-        for j in range(W):
-            uy = u[n, 0, i, j]
-            ux = u[n, 1, i, j]
-            if not (np.isfinite(uy) and np.isfinite(ux)):
-                bad += 1
-                for c in range(C):
-                    out[n, c, i, j] = 0
-                continue
-            y = i + uy
-            x = j + ux
-            fy = np.floor(y)
-            fx = np.floor(x)
-            wy = y - fy
-            wx = x - fx
-            # neighbours as ints; clip the float first so a huge u cannot overflow the cast
-            y0 = int(min(max(fy, -2.0), H + 1.0))
-            x0 = int(min(max(fx, -2.0), W + 1.0))
-            w00 = (1 - wy) * (1 - wx)
-            w01 = (1 - wy) * wx
-            w10 = wy * (1 - wx)
-            w11 = wy * wx
-            if y0 >= 0 and y0 < H - 1 and x0 >= 0 and x0 < W - 1:   # all 4 inside: no branches
-                for c in range(C):
-                    out[n, c, i, j] = (w00 * moving[n, c, y0, x0] + w01 * moving[n, c, y0, x0 + 1]
-                                       + w10 * moving[n, c, y0 + 1, x0] + w11 * moving[n, c, y0 + 1, x0 + 1])
-            else:                                         # near/outside the border
-                y1 = y0 + 1
-                x1 = x0 + 1
-                iny0 = 0 <= y0 < H
-                iny1 = 0 <= y1 < H
-                inx0 = 0 <= x0 < W
-                inx1 = 0 <= x1 < W
-                for c in range(C):
-                    v = 0.0 * wy
-                    if iny0:
-                        if inx0:
-                            v += w00 * moving[n, c, y0, x0]
-                        if inx1:
-                            v += w01 * moving[n, c, y0, x1]
-                    if iny1:
-                        if inx0:
-                            v += w10 * moving[n, c, y1, x0]
-                        if inx1:
-                            v += w11 * moving[n, c, y1, x1]
-                    out[n, c, i, j] = v
-    return bad
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _warp_bwd_kernel(dwarped, moving, u, dmov_bufs, du, row_lo, row_hi, buf_of_task):
-    N, C, H, W = moving.shape
-    bad = 0
-    for t in numba.prange(row_lo.size):
-        acc = dmov_bufs[buf_of_task[t]]
-        nbad = 0
-        for r in range(row_lo[t], row_hi[t]):
-            n = r // H
-            i = r - n * H
-            for c in range(C):
-                for j in range(W):
-                    if not np.isfinite(dwarped[n, c, i, j]):
-                        nbad += 1
-            for j in range(W):
-                y = i + u[n, 0, i, j]
-                x = j + u[n, 1, i, j]
-                fy = np.floor(y)
-                fx = np.floor(x)
-                wy = y - fy
-                wx = x - fx
-                y0 = int(min(max(fy, -2.0), H + 1.0))
-                x0 = int(min(max(fx, -2.0), W + 1.0))
-                w00 = (1 - wy) * (1 - wx)
-                w01 = (1 - wy) * wx
-                w10 = wy * (1 - wx)
-                w11 = wy * wx
-                gy = 0.0 * wy
-                gx = 0.0 * wy
-                if y0 >= 0 and y0 < H - 1 and x0 >= 0 and x0 < W - 1:
-                    for c in range(C):
-                        g = dwarped[n, c, i, j]
-                        m00 = moving[n, c, y0, x0]
-                        m01 = moving[n, c, y0, x0 + 1]
-                        m10 = moving[n, c, y0 + 1, x0]
-                        m11 = moving[n, c, y0 + 1, x0 + 1]
-                        acc[n, c, y0, x0] += w00 * g
-                        acc[n, c, y0, x0 + 1] += w01 * g
-                        acc[n, c, y0 + 1, x0] += w10 * g
-                        acc[n, c, y0 + 1, x0 + 1] += w11 * g
-                        gy += g * ((1 - wx) * (m10 - m00) + wx * (m11 - m01))
-                        gx += g * ((1 - wy) * (m01 - m00) + wy * (m11 - m10))
-                else:
-                    y1 = y0 + 1
-                    x1 = x0 + 1
-                    iny0 = 0 <= y0 < H
-                    iny1 = 0 <= y1 < H
-                    inx0 = 0 <= x0 < W
-                    inx1 = 0 <= x1 < W
-                    for c in range(C):
-                        g = dwarped[n, c, i, j]
-                        m00 = 0.0 * wy
-                        m01 = 0.0 * wy
-                        m10 = 0.0 * wy
-                        m11 = 0.0 * wy
-                        if iny0:
-                            if inx0:
-                                m00 = moving[n, c, y0, x0]
-                                acc[n, c, y0, x0] += w00 * g
-                            if inx1:
-                                m01 = moving[n, c, y0, x1]
-                                acc[n, c, y0, x1] += w01 * g
-                        if iny1:
-                            if inx0:
-                                m10 = moving[n, c, y1, x0]
-                                acc[n, c, y1, x0] += w10 * g
-                            if inx1:
-                                m11 = moving[n, c, y1, x1]
-                                acc[n, c, y1, x1] += w11 * g
-                        gy += g * ((1 - wx) * (m10 - m00) + wx * (m11 - m01))
-                        gx += g * ((1 - wy) * (m01 - m00) + wy * (m11 - m10))
-                du[n, 0, i, j] = gy
-                du[n, 1, i, j] = gx
-        bad += nbad
-    return bad
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _sum_buffers(bufs, out):
-    """out = bufs.sum(axis=0), parallel over the flattened entries."""
-    B = bufs.shape[0]
-    flat = bufs.reshape(B, -1)
-    o = out.reshape(-1)
-    for p in numba.prange(o.size):
-        s = flat[0, p]
-        for b in range(1, B):
-            s += flat[b, p]
-        o[p] = s
-
-
-def _backward_plan(N, H, n_threads):
-    """Split the N*H output rows into tasks; see :func:`_warp_bwd_kernel`.
-
-    When there are at least as many images as threads, a task is a whole image and all tasks
-    share one dmoving buffer (no race: an image only scatters into itself). Otherwise the rows
-    are cut into ``n_threads`` blocks, each with a private buffer.
-    """
-    if N >= n_threads or n_threads == 1:
-        lo = np.arange(N, dtype=np.int64) * H
-        return lo, lo + H, np.zeros(N, dtype=np.int64), 1
-    T = min(n_threads, N * H)
-    edges = np.linspace(0, N * H, T + 1).round().astype(np.int64)
-    return edges[:-1].copy(), edges[1:].copy(), np.arange(T, dtype=np.int64), T
-
-
-# ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
 def warp_forward(moving, u):
@@ -305,7 +133,7 @@ def warp_forward(moving, u):
     moving_c = np.ascontiguousarray(moving)
     u_c = np.ascontiguousarray(u)
     warped = np.empty_like(moving_c)                                  # (N, C, H, W)
-    if _warp_fwd_kernel(moving_c, u_c, warped):
+    if fast.warp_fwd_kernel(moving_c, u_c, warped):
         check_array("moving", moving_c)                              # raise the usual NaN message
         check_array("u", u_c)
     return warped, (moving_c, u_c)
@@ -329,16 +157,16 @@ def warp_backward(dwarped, cache, _n_tasks=None):
     dw = np.ascontiguousarray(dwarped)
     N, C, H, W = moving.shape
     nt = numba.get_num_threads() if _n_tasks is None else int(_n_tasks)
-    lo, hi, buf_of, B = _backward_plan(N, H, nt)
+    lo, hi, buf_of, B = fast.backward_plan(N, H, nt)
     bufs = np.zeros((B, N, C, H, W), dtype=moving.dtype)              # (B, N, C, H, W)
     du = np.empty_like(u)                                             # (N, 2, H, W)
-    if _warp_bwd_kernel(dw, moving, u, bufs, du, lo, hi, buf_of):
+    if fast.warp_bwd_kernel(dw, moving, u, bufs, du, lo, hi, buf_of):
         check_array("dwarped", dw)                                   # raise the usual NaN message
     if B == 1:
         dmoving = bufs[0]
     else:
         dmoving = np.empty_like(moving)
-        _sum_buffers(bufs, dmoving)
+        fast.sum_buffers(bufs, dmoving)
     return dmoving, du
 
 
