@@ -160,6 +160,17 @@ def test_machine_and_roofline_printouts_run(capsys):
     assert len(rows) == 16                      # vm2: 8 convs, 4 join convs, 4 skip adds
 
 
+def test_unfused_table_and_joins_ab_run(capsys):
+    rows, _ = main(["--roofline", "--unfused", "--quick", "--size", "32", "--repeats", "1"])
+    assert [r["name"] for r in rows].count("concat3 32+2 @32x32") == 1 and len(rows) == 24
+    assert "as upsample + concatenate + conv" in capsys.readouterr().out
+    ab = main(["--joins-ab", "--quick", "--size", "32", "--rounds", "2"])
+    assert [(r["model"], r["what"]) for r in ab] == [("metareg", "step"), ("metareg", "inference"),
+                                                     ("vm2", "step"), ("vm2", "inference")]
+    assert all(r["fused_ms"] > 0 and r["unfused_ms"] > 0 for r in ab)
+    assert "ratio = in place / three ops" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--roofline", "--quick", "--size", "30"], "not divisible by 2^4"),
     (["--roofline", "--quick", "--model", "dirnet"], "has no U-Net"),

@@ -5,7 +5,9 @@ Numba FMA GFLOP/s, copy bandwidth, cache sizes; ``--machine`` prints only that),
 table below, then the roofline of a U-Net training step (``roofline.py``: every layer's FLOPs
 and bytes moved, its bound min(peak, intensity × bandwidth), the share of it reached, and the
 sum of the bounds beside the measured step; ``--roofline`` prints only the machine and that,
-``--model`` and ``--size`` choose the network and the image size).
+``--model`` and ``--size`` choose the network and the image size, ``--unfused`` runs the skip
+joins as upsample + concatenate + conv instead of reading them in place). ``--joins-ab`` times
+Meta-Reg and VoxelMorph-2 with the joins read in place against the three ops, alternating.
 
 Every case is a small object with a name, the FLOPs of its forward and forward+backward pass
 (2 × multiply-adds) and a ``prepare()`` that builds its inputs once and returns two callables:
@@ -194,31 +196,52 @@ CASES += [Case(f"model {m}: infer 1 pair | train step batch 2 (256x256)", (0.0, 
                     lambda m=m: _prep_model(m)) for m in ("metareg", "vm2", "vm1", "dirnet", "fcnss")]
 
 
+def alternating_ab(a, b, rounds):
+    """Time the no-argument callables a and b (each warmed up once) in alternating order
+    (A B, B A, ...) for ``rounds`` rounds, so that a machine busy with other work slows both
+    alike. Returns (median ms of a, median ms of b, median of the per-round ratios b / a)."""
+    import time
+    a(), b()
+    ta, tb = [], []
+    for r in range(rounds):
+        for fn, times in ([(a, ta), (b, tb)] if r % 2 == 0 else [(b, tb), (a, ta)]):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+    return (float(np.median(ta)), float(np.median(tb)),
+            float(np.median(np.array(tb) / np.array(ta))))
+
+
 def integration_overhead(models=("metareg", "vm2"), steps=7, int_downsize=2, rounds=10, N=2,
                          S=256):
     """What ``--integrate steps`` adds to a training step (batch N, S×S), per model.
 
-    Both models (with and without integration) are built once and warmed up; then each round
-    times one step of each, in alternating order (A B, B A, ...), so a machine that is busy with
-    other work slows both alike. Returns rows: model, plain_ms and integrate_ms (medians over the
+    Both models (with and without integration) are built once and timed in alternating rounds
+    (:func:`alternating_ab`). Returns rows: model, plain_ms and integrate_ms (medians over the
     rounds) and added_pct = 100 × (median of the per-round ratios − 1).
     """
-    import time
     rows = []
     for name in models:
-        _, plain = _prep_model(name, N, S)
-        _, integ = _prep_model(name, N, S, integrate=steps, int_downsize=int_downsize)
-        plain(), integ()
-        ta, tb = [], []
-        for r in range(rounds):
-            for fn, times in ([(plain, ta), (integ, tb)] if r % 2 == 0 else
-                              [(integ, tb), (plain, ta)]):
-                t0 = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t0))
-        ratio = float(np.median(np.array(tb) / np.array(ta)))
-        rows.append({"model": name, "plain_ms": float(np.median(ta)),
-                     "integrate_ms": float(np.median(tb)), "added_pct": 100 * (ratio - 1)})
+        plain = _prep_model(name, N, S)[1]
+        integ = _prep_model(name, N, S, integrate=steps, int_downsize=int_downsize)[1]
+        ta, tb, ratio = alternating_ab(plain, integ, rounds)
+        rows.append({"model": name, "plain_ms": ta, "integrate_ms": tb,
+                     "added_pct": 100 * (ratio - 1)})
+    return rows
+
+
+def joins_ab(models=("metareg", "vm2"), rounds=10, N=2, S=256):
+    """Training step and one-pair inference with the U-Net's skip joins read in place (the
+    default) and run as upsample + concatenate + conv, in alternating rounds. Returns rows:
+    model, what ('step' or 'inference'), fused_ms, unfused_ms, ratio (median of per-round
+    fused / unfused; < 1: reading in place is faster)."""
+    rows = []
+    for name in models:
+        fused, unfused = _prep_model(name, N, S), _prep_model(name, N, S, fuse_joins=False)
+        for what, k in (("step", 1), ("inference", 0)):
+            tu, tf, ratio = alternating_ab(unfused[k], fused[k], rounds)
+            rows.append({"model": name, "what": what, "fused_ms": tf, "unfused_ms": tu,
+                         "ratio": ratio})
     return rows
 
 
@@ -440,6 +463,13 @@ def main(argv=None):
                     help="the model whose U-Net the roofline table follows (default vm2)")
     ap.add_argument("--size", type=int, default=256,
                     help="image size S (S x S, batch 2) of the roofline table (default 256)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="with --roofline: run the U-Net's skip joins as upsample + concatenate "
+                         "+ conv (as before they were read in place), for comparison")
+    ap.add_argument("--joins-ab", action="store_true",
+                    help="instead: Meta-Reg and VoxelMorph-2 training step and inference with "
+                         "the skip joins read in place vs upsample + concatenate + conv, "
+                         "alternating for --rounds rounds")
     args = ap.parse_args(argv)
     from regnp._cli import run_cli
     return run_cli(lambda: _run_main(args), "no table was printed")
@@ -457,7 +487,18 @@ def _run_main(args):
         print(machine_mod.format_machine(mach))
         if args.machine:
             return mach
-        return roofline_report(args.model, args.size, mach, 3 if args.quick else args.repeats)
+        return roofline_report(args.model, args.size, mach, 3 if args.quick else args.repeats,
+                               fuse_joins=not args.unfused)
+    if args.joins_ab:
+        positive_int("--rounds", args.rounds)
+        print(machine_mod.format_machine(machine_mod.measure(quick=args.quick)))
+        rows = joins_ab(rounds=args.rounds, S=args.size)
+        print(f"batch 2 (inference: 1 pair), {args.size}x{args.size}, float32; medians of "
+              f"{args.rounds} alternating rounds; ratio = in place / three ops, per round")
+        for r in rows:
+            print(f"  {r['model']:<8} {r['what']:<10} joins in place {r['fused_ms']:8.1f} ms, "
+                  f"upsample + concat + conv {r['unfused_ms']:8.1f} ms, ratio {r['ratio']:.2f}")
+        return rows
     if args.compare_torch:
         from regnp.bench import torch_side as bench_torch
         positive_int("--rounds", args.rounds)
@@ -526,10 +567,10 @@ def _run_main(args):
     return rows
 
 
-def roofline_report(model, S, mach, repeats, N=2):
+def roofline_report(model, S, mach, repeats, N=2, fuse_joins=True):
     """Print the roofline table of ``model``'s U-Net at batch N, S×S on ``mach``, then the
-    sum of the layers' bounds beside a measured training step. Returns the table's rows and
-    the step's median ms."""
+    sum of the layers' bounds beside a measured training step (``fuse_joins=False``: skip
+    joins as upsample + concatenate + conv). Returns the table's rows and the step's median ms."""
     from regnp._cli import CLIError
     from regnp.bench import roofline
     from regnp.models import MODEL_NAMES, build_model
@@ -537,6 +578,8 @@ def roofline_report(model, S, mach, repeats, N=2):
         raise CLIError(f"--model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
     net = build_model(model, seed=0)
     unet = getattr(net, "unet", None)
+    if unet is not None:
+        unet.fuse_joins = fuse_joins
     if unet is None:
         raise CLIError(f"--model {model!r} has no U-Net; the roofline table follows a U-Net "
                        f"(metareg, vm2, vm1, ablated, rkhs)")
@@ -545,10 +588,11 @@ def roofline_report(model, S, mach, repeats, N=2):
         raise CLIError(f"--size {S} is not divisible by 2^{unet.levels} = {f}; use e.g. "
                        f"{-(-S // f) * f}")
     rows = roofline.roofline_rows(roofline.unet_layers(unet, N, S, S), mach, repeats)
-    print(f"{model}: U-Net of one training step, batch {N}, {S}x{S}, float32; median of "
+    print(f"{model}: U-Net of one training step, batch {N}, {S}x{S}, float32, skip joins "
+          f"{'read in place' if fuse_joins else 'as upsample + concatenate + conv'}; median of "
           f"{repeats} per layer")
     print(roofline.format_roofline(rows, mach))
-    step_ms = _median_ms(_prep_model(model, N, S)[1], repeats)
+    step_ms = _median_ms(_prep_model(model, N, S, fuse_joins=fuse_joins)[1], repeats)
     bound = sum(r["bound_ms"] for r in rows)
     print(f"whole training step (forward, loss, backward, Adam) measured {step_ms:.1f} ms; the "
           f"U-Net layers' bounds sum to {bound:.1f} ms (step / bound = {step_ms / bound:.2f}); "

@@ -4,11 +4,15 @@ inference at batch N, S×S, on random images."""
 import numpy as np
 
 
-def training_setup(name, N=2, S=256, **options):
-    """(model, objective, Adam, F, M) for timing ``name`` at batch N, S×S (random images)."""
+def training_setup(name, N=2, S=256, fuse_joins=True, **options):
+    """(model, objective, Adam, F, M) for timing ``name`` at batch N, S×S (random images).
+    ``fuse_joins=False``: the U-Net (if any) runs its skip joins as upsample + concatenate +
+    conv, as before they were read in place (for A/B timings)."""
     from regnp.models import Objective, build_model
     from regnp.nn.optim import Adam
     model = build_model(name, seed=0, **options)
+    if hasattr(model, "unet"):
+        model.unet.fuse_joins = fuse_joins
     meta = name == "metareg"
     obj = Objective(rho1=10.0 if meta else 0.0, rho2=1e-3 if meta else 0.0)
     opt = Adam(model, lr=1e-4)
@@ -18,11 +22,11 @@ def training_setup(name, N=2, S=256, **options):
     return model, obj, opt, F, M
 
 
-def prep_model(name, N=2, S=256, **options):
+def prep_model(name, N=2, S=256, fuse_joins=True, **options):
     """'forward' = inference on one pair; 'forward+backward' = one training step at batch N
     (model forward, loss, backward, Adam update). ``options`` go to ``build_model`` (e.g.
-    ``integrate=7``)."""
-    model, obj, opt, F, M = training_setup(name, N, S, **options)
+    ``integrate=7``); ``fuse_joins`` as in ``training_setup``."""
+    model, obj, opt, F, M = training_setup(name, N, S, fuse_joins, **options)
 
     def infer():
         model.forward(F[:1], M[:1])
