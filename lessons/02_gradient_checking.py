@@ -143,7 +143,8 @@ print(f"  J by finite differences vs J from backward: max relative error {jac_er
 # thousands of LeakyReLU inputs at once. The larger h, the likelier one of them crosses 0
 # inside ±h. That is why regnp.gradcheck's default step is H = 1e-6 rather than Step 1's
 # smooth optimum 1e-5: our layers are piecewise linear, so a smaller h costs only round-off
-# (ten times more, still ~1e-8 relative, Step 2) and crosses ten times fewer kinks. Lesson 07
+# (ten times more, Step 2: still well below the 1e-6 a check accepts) and crosses ten times
+# fewer kinks. Lesson 07
 # measures it on the U-Net. Where round-off matters more than kinks — gradient entries tiny
 # next to f — a check passes h=1e-5 explicitly (lesson 05).
 print("Step 5 — warp gradient at u_x = 1.0 (a kink) vs u_x = 1.37, u_y = 0.21 in both")
@@ -163,7 +164,7 @@ fig, ax = plt.subplots(1, 2, figsize=(10, 4))
 for k, e in errs.items():
     ax[0].loglog(hs, np.maximum(e, 1e-17), label=k)
 ax[0].set_xlabel("step h")
-ax[0].set_ylabel("relative error of (f(x+h) − f(x−h)) / 2h")
+ax[0].set_ylabel("median relative error of (f(x+h) − f(x−h)) / 2h", fontsize=9)
 ax[0].set_title("Step 1: round-off vs truncation")
 ax[0].legend()
 names = ["warp du\n(correct)", "warp du\n(one wrong column)", "warp du\nu=1.37",

@@ -20,25 +20,14 @@ from regnp.data.datasets import load_dataset
 from regnp.data.deform import deform, field_stats, foreground_mask, gaussian_mixture_field
 from regnp.data.phantom import make_phantom
 from regnp.data.plotting import draw_contours
-from regnp.figures import (lesson_options, licensed_output_dir, report_numbers, show_or_close,
-                           use_script_backend)
+from regnp.figures import (draw_deformed_grid, lesson_options, licensed_output_dir,
+                           report_numbers, show_or_close, use_script_backend)
 from regnp.metrics import dice, jacobian_determinant
 
 use_script_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 
 NAME = "03_deformations_and_data"
-
-
-def _grid(ax, u, step, color="yellow"):
-    """Draw the deformed grid φ(p) = p + u(p): row lines and column lines of the map."""
-    H, W = u.shape[1:]
-    yy, xx = np.mgrid[0:H, 0:W]
-    py, px = yy + u[0], xx + u[1]
-    for i in range(0, H, step):
-        ax.plot(px[i], py[i], color=color, lw=0.5)
-    for j in range(0, W, step):
-        ax.plot(px[:, j], py[:, j], color=color, lw=0.5)
 
 
 def _base_slice(quick):
@@ -170,9 +159,7 @@ for r, sig in enumerate((10, 16)):
     d = dice(lab, moving_lab[0, 0], labels=[1, 4])
     det = jacobian_determinant(u)
     axes[r, 0].imshow(img, cmap="gray", vmin=0, vmax=1)
-    _grid(axes[r, 0], u, step=max(4, size // 16))
-    axes[r, 0].set_xlim(-0.5, W - 0.5)
-    axes[r, 0].set_ylim(H - 0.5, -0.5)
+    draw_deformed_grid(axes[r, 0], u, step=max(4, size // 16), color="yellow")
     axes[r, 0].set_title(f"σ = {sig}: base + grid of φ = id + u", fontsize=9)
     axes[r, 1].imshow(moving[0, 0], cmap="gray", vmin=0, vmax=1)
     draw_contours(axes[r, 1], lab, [1, 4])

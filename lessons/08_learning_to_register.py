@@ -63,7 +63,10 @@ print(f"Step 1 — VoxelMorph-2 ({model.num_parameters():,} parameters) on {size
       f"{before['dice_before']['mean']:.1f} %")
 
 # %%
-# Step 2 — the training loop. Everything a training step does, in order:
+# Step 2 — the training loop. Everything a training step does, in order. (Adam, step 5, is
+# gradient descent with two running averages per parameter: of its gradient, which smooths
+# the direction, and of its squared gradient, which scales the step, so that every parameter
+# moves by about lr per step whatever the size of its gradient; regnp/nn/optim.py.)
 print(f"Step 2 — the loop by hand: {loop_steps} steps, batch 2, MSE + {lam}·diffusion, "
       f"Adam lr {lr}")
 rng = np.random.default_rng(0)

@@ -32,7 +32,8 @@ import numpy as np
 
 from regnp.data import load_dataset
 from regnp.evaluate import evaluate_pairs, summarize_records
-from regnp.figures import lesson_options, report_numbers, show_or_close, use_script_backend
+from regnp.figures import (draw_deformed_grid, lesson_options, report_numbers, show_or_close,
+                           use_script_backend)
 from regnp.metrics import jacobian_determinant
 from regnp.models import Objective, build_model
 from regnp.nn.optim import Adam
@@ -42,22 +43,6 @@ from regnp.train import make_config, train
 
 use_script_backend()
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def deformed_grid(ax, u, step, color="k"):
-    """Draw the image of a square grid under φ(p) = p + u(p) (u: (2, H, W))."""
-    H, W = u.shape[1:]
-    yy, xx = np.mgrid[0:H, 0:W]
-    py, px = yy + u[0], xx + u[1]
-    for i in range(0, H, step):
-        ax.plot(px[i], py[i], color=color, lw=0.5)
-    for j in range(0, W, step):
-        ax.plot(px[:, j], py[:, j], color=color, lw=0.5)
-    ax.set_xlim(-0.5, W - 0.5)
-    ax.set_ylim(H - 0.5, -0.5)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def det_map(ax, det, title):
@@ -240,10 +225,13 @@ dets = {k: jacobian_determinant(runs[lam_show, k][0].forward(b["fixed"], b["movi
         for k in (0, T)}
 fig, ax = plt.subplots(2, 5, figsize=(21, 8.4))
 step = max(2, S // 32)
-deformed_grid(ax[0, 0], v[0], step, "C3")
+for a, field, color in ((ax[0, 0], v[0], "C3"), (ax[0, 2], u_exp[0], "C0")):
+    draw_deformed_grid(a, field, step, color)
+    a.set_aspect("equal")
+    a.set_xticks([])
+    a.set_yticks([])
 ax[0, 0].set_title("φ = id + v (displacement): folds")
 plt.colorbar(det_map(ax[0, 1], det_disp, "det J of id + v"), ax=ax[0, 1], fraction=0.046)
-deformed_grid(ax[0, 2], u_exp[0], step, "C0")
 ax[0, 2].set_title(f"φ = exp(v), {T} squarings")
 plt.colorbar(det_map(ax[0, 3], det_exp, "det J of exp(v)"), ax=ax[0, 3], fraction=0.046)
 ax[0, 4].semilogy(steps_range, conv, "o-", label="max |u_T − u_12| (px)")

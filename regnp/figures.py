@@ -89,6 +89,22 @@ def show_or_close(fig):
         plt.close(fig)
 
 
+def draw_deformed_grid(ax, u, step, color="k"):
+    """Draw on ``ax`` the image of a square grid under φ(p) = p + u(p): every ``step``-th row
+    line and column line of the map, in the image's frame (rows down). ``u``: (2, H, W)
+    displacement in pixels, channel 0 = rows (y), channel 1 = columns (x)."""
+    import numpy as np
+    H, W = u.shape[1:]
+    yy, xx = np.mgrid[0:H, 0:W]
+    py, px = yy + u[0], xx + u[1]                        # where each grid point goes
+    for i in range(0, H, step):
+        ax.plot(px[i], py[i], color=color, lw=0.5)
+    for j in range(0, W, step):
+        ax.plot(px[:, j], py[:, j], color=color, lw=0.5)
+    ax.set_xlim(-0.5, W - 0.5)
+    ax.set_ylim(H - 0.5, -0.5)
+
+
 def report_numbers(**numbers):
     """Print a lesson's key numbers as one parseable line, ``RESULT {"name": value, ...}``."""
     print(RESULT_PREFIX + json.dumps({k: float(v) for k, v in numbers.items()}))
