@@ -45,7 +45,8 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
     assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
     assert {f.name for f in figs} == {"results_training_length.png", "results_lambda_dice.png",
-                                      "results_lambda_jacobian.png", "results_claims.png"}
+                                      "results_lambda_jacobian.png", "results_claims.png",
+                                      "results_sigma.png"}
     # a second run finds everything done and trains nothing
     t0 = time.perf_counter()
     again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
@@ -237,6 +238,39 @@ def test_table5_main_row_is_the_papers_ablation(tmp_path):
     claim = next(r for r in claim_data(results) if r["text"].endswith("(chest X-ray (JSRT))"))
     assert claim["rival"] == "ablated_free"
     assert claim["delta"] == pytest.approx(100 * (d["metareg"].mean() - d["ablated_free"].mean()))
+
+
+def test_advantage_against_sigma_by_hand(tmp_path):
+    """Each liver setting scored at its own σ is one point of the σ figure, in order of σ, with
+    Meta-Reg − VM-2 and − the paper's ablation as paired differences; a setting where Meta-Reg
+    has not run is left out."""
+    from regnp.study.report import load_results, sigma_points
+    rng = np.random.default_rng(12)
+    d = {}
+    for setting, test, gain in (("liver16", "s16", 0.02), ("liver10", "s10", 0.005)):
+        base = 0.85 + 0.02 * rng.standard_normal(16)
+        d[setting] = {"vm2": base, "metareg": base + gain + 0.01 * rng.standard_normal(16),
+                      "ablated_free": base + 0.01}
+        for v, x in d[setting].items():
+            _fake_job(tmp_path, setting, v, 0, x, test=test)
+            # the other σ's test set as well: it must not be taken for the setting's own
+            p = tmp_path / job_config(setting, v)["name"] / "metrics.json"
+            m = json.loads(p.read_text())
+            other = "s10" if test == "s16" else "s16"
+            m["tests"][other] = json.loads(json.dumps(m["tests"][test]))
+            m["tests"][other]["pairs"]["dice_after"] = [0.5] * 16
+            p.write_text(json.dumps(m))
+    _fake_job(tmp_path, "cardiac", "vm2", 0, 0.8 + 0.01 * rng.standard_normal(16), test="test")
+    pts = sigma_points(load_results(tmp_path)[0])
+    assert [p[0] for p in pts] == [10.0, 16.0]
+    for (sigma, cells, diffs), setting in zip(pts, ("liver10", "liver16")):
+        x = d[setting]
+        assert diffs["vm2"]["delta"] == pytest.approx(100 * (x["metareg"] - x["vm2"]).mean())
+        assert diffs["ablated_free"]["delta"] == pytest.approx(
+            100 * (x["metareg"] - x["ablated_free"]).mean())
+    text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    assert (tmp_path / "f" / "results_sigma.png") in figs
+    assert "| 16 | 60.0 ± 0.0 |" in text
 
 
 def test_rkhs_differences_table_by_hand(tmp_path):
