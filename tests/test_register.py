@@ -120,3 +120,53 @@ def test_register_rkhs_method_needs_no_checkpoint(tmp_path):
     assert u.shape == (2, 40, 48)
     w = np.load(tmp_path / "res" / "warped.npy")
     assert np.mean((w - F) ** 2) < 0.5 * np.mean((M - F) ** 2)      # it registered
+
+
+def _register_in_process(args, cwd, monkeypatch, capsys):
+    from regnp.register import main
+    monkeypatch.chdir(cwd)
+    said = ""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:                  # sys.exit("error: ...") prints it, status 1
+        code, said = (1, f"{e.code}\n") if isinstance(e.code, str) else (e.code, "")
+    return code, capsys.readouterr().err + said
+
+
+def test_a_pair_too_large_for_the_memory_is_refused_before_the_network_runs(
+        tmp_path, checkpoint, monkeypatch, capsys):
+    """The guard compares the forward pass's estimate with the memory available (here pretended
+    to be 1 MB): one line, nothing written."""
+    import regnp._checks as checks
+    F, M = blob_pair(96, 80)
+    np.save(tmp_path / "F.npy", F)
+    np.save(tmp_path / "M.npy", M)
+    monkeypatch.setattr(checks, "available_memory", lambda: (1_000_000, "pretended"))
+    code, err = _register_in_process(["--fixed", "F.npy", "--moving", "M.npy", "--checkpoint",
+                                      str(checkpoint), "--out", "res"], tmp_path, monkeypatch,
+                                     capsys)
+    assert code and "Traceback" not in err
+    assert err.strip().startswith("error: registering a 96×80 pair with this network needs "
+                                  "about "), err
+    assert ("more than the 1 MB available on this machine (pretended); register a downsampled "
+            "pair") in err, err
+    assert not (tmp_path / "res").exists()
+
+
+def test_register_never_replaces_its_own_input(tmp_path, checkpoint, monkeypatch, capsys):
+    """--moving it/warped.npy --out it once overwrote the moving image with its warped self;
+    a path spelled differently (./it/../it) is the same file."""
+    F, M = blob_pair(32, 32)
+    (tmp_path / "it").mkdir()
+    np.save(tmp_path / "F.npy", F)
+    np.save(tmp_path / "it" / "warped.npy", M)
+    before = (tmp_path / "it" / "warped.npy").read_bytes()
+    code, err = _register_in_process(["--fixed", "F.npy", "--moving", "./it/../it/warped.npy",
+                                      "--checkpoint", str(checkpoint), "--out", "it"],
+                                     tmp_path, monkeypatch, capsys)
+    assert code and err.strip() == ("error: --out it would replace the input "
+                                    "./it/../it/warped.npy (this command writes warped.npy "
+                                    "there); choose another --out or move the input"), err
+    assert (tmp_path / "it" / "warped.npy").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "it").iterdir()) == ["warped.npy"]
