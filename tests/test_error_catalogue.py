@@ -770,7 +770,17 @@ Conventions behind the messages (README, "Conventions"):
   that is a file or lies under one, or an output name taken by a folder, stops the tool first.
   `data show` without `--out` writes `data_<set>_<split>.png` in the current directory, never into
   the package's tracked `figures/`.
-- **Checkpoints** may be given as the `.npz` file or the run folder (`--checkpoint runs/x`).
+- **Checkpoints** may be given as the `.npz` file or the run folder (`--checkpoint runs/x`); any
+  other suffix is refused, never swapped for `.npz`.
+- **Inputs are never replaced**: an `--out` whose outputs would overwrite one of the command's
+  own inputs is refused.
+- **Memory**: before allocating anything that grows with `--size` or with a checkpoint's shapes,
+  the tools estimate the memory it needs and refuse (one line) above what the machine has
+  available (`MemAvailable` on Linux).
+- **The grid** (`python -m regnp.study`): a `metrics.json` it cannot read is moved aside
+  (`metrics.json.unreadable-<time>`, with a warning) and its job runs again; a `job.json` it
+  cannot read stops it. Ctrl-C stops the running jobs (they keep their checkpoints and resume on
+  the next run) and starts no queued one.
 """
 
 
