@@ -562,24 +562,36 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
 def _direct3x3_backward(dout, c):
     """``conv2d_backward`` for the direct 3×3 stride-1 pad-1 path (``c``: ``_Direct3x3Cache``)."""
     N, C, H, W = c.x_shape
+    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W))
+    dx = np.empty(c.x_shape, c.w.dtype)                        # (N, C, H, W)
+    dw, db = direct3x3_dx_dw(dout, c, dx)
+    return dx, dw, db
+
+
+def direct3x3_dx_dw(dout, c, dx, dx2=None, dx_up=1):
+    """dx (written into ``dx``) and (dw, db) of a stride-1 direct 3×3 forward whose cache ``c``
+    holds x_tiles, w, y, act, has_bias, rows and work (``_Direct3x3Cache``, or the skip-join
+    conv's cache, which passes ``dx2``/``dx_up`` to split dx as ``direct3x3.conv3x3``'s
+    ``out2``/``out_up`` do). dout: (N, Co, H, W), already checked."""
     Co = c.w.shape[0]
-    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, Co, H, W))
+    H, W = dout.shape[2:]
     dt = c.w.dtype
     dout = np.ascontiguousarray(dout)
     jobs = c.x_tiles.shape[0]
+    C = c.x_tiles.shape[1]
     # dx: the same kernel on dz = dout · LeakyReLU'(y), flipped and transposed weights; it
     # leaves dz's zero-padded rows in dz_tiles for the dw kernel
     dz_tiles = c.work.get("gtiles", (jobs, Co, (c.rows + 2) * (W + 2)), dt)
-    dx = np.empty(c.x_shape, dt)                               # (N, C, H, W)
     direct3x3.conv3x3(dout, direct3x3.flip_transpose(c.w), dx, rows=c.rows, tiles=dz_tiles,
-                      in_mask_of=c.y, in_slope=0.0 if c.act is None else float(c.act))
+                      in_mask_of=c.y, in_slope=0.0 if c.act is None else float(c.act),
+                      out2=dx2, out_up=dx_up)
     n_blocks = -(-Co // direct3x3.MB)                          # output-channel register blocks
     dw_part = c.work.get("dw_partial3", (jobs, n_blocks * direct3x3.MB, C, 3, 3), dt)
     db_part = c.work.get("db_partial3", (jobs, Co), dt)
     direct3x3.conv3x3_dw(c.x_tiles, dz_tiles, dw_part, db_part, height=H, width=W, rows=c.rows)
     dw = dw_part[:, :Co].sum(axis=0)                           # (Co, C, 3, 3)
     db = db_part.sum(axis=0) if c.has_bias else None           # (Co,)
-    return dx, dw, db
+    return dw, db
 
 
 def _direct3x3_few_backward(dout, c):

@@ -24,7 +24,7 @@ from .._checks import check_array
 from ._fast import direct3x3
 from .activation import leaky_relu_backward_reference, leaky_relu_forward_reference
 from .conv import (Workspace, conv2d_backward, conv2d_backward_reference, conv2d_forward,
-                   conv2d_forward_reference)
+                   conv2d_forward_reference, direct3x3_dx_dw)
 from .pool import (upsample_nearest2x_backward, upsample_nearest2x_backward_reference,
                    upsample_nearest2x_forward, upsample_nearest2x_forward_reference)
 
@@ -168,24 +168,11 @@ def skip_conv3x3_backward(dout, cache, full_res=False):
     c = cache
     N, Cs, H, W = c.s_shape
     Ca = c.a_shape[1]
-    Co = c.w.shape[0]
-    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, Co, H, W))
-    dt = c.w.dtype
-    dout = np.ascontiguousarray(dout)
-    jobs = c.x_tiles.shape[0]
+    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W))
     # dx of the joined input, as in conv2d's direct backward, but written as two arrays: the
     # skip's channels, and the upsampled channels summed over 2×2 blocks (or kept full size)
-    out_up = 1 if full_res else c.up
-    da = np.empty((N, Ca, H // out_up, W // out_up), dt)
-    ds = np.empty((N, Cs, H, W), dt)
-    dz_tiles = c.work.get("gtiles", (jobs, Co, (c.rows + 2) * (W + 2)), dt)
-    direct3x3.conv3x3(dout, direct3x3.flip_transpose(c.w), da, rows=c.rows, tiles=dz_tiles,
-                      in_mask_of=c.y, in_slope=0.0 if c.act is None else float(c.act),
-                      out2=ds, out_up=out_up)
-    n_blocks = -(-Co // direct3x3.MB)
-    dw_part = c.work.get("dw_partial3", (jobs, n_blocks * direct3x3.MB, Ca + Cs, 3, 3), dt)
-    db_part = c.work.get("db_partial3", (jobs, Co), dt)
-    direct3x3.conv3x3_dw(c.x_tiles, dz_tiles, dw_part, db_part, height=H, width=W, rows=c.rows)
-    dw = dw_part[:, :Co].sum(axis=0)                           # (Co, Ca + Cs, 3, 3)
-    db = db_part.sum(axis=0) if c.has_bias else None           # (Co,)
+    up = 1 if full_res else c.up
+    da = np.empty((N, Ca, H // up, W // up), c.w.dtype)
+    ds = np.empty((N, Cs, H, W), c.w.dtype)
+    dw, db = direct3x3_dx_dw(dout, c, da, dx2=ds, dx_up=up)
     return da, ds, dw, db
