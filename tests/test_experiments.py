@@ -134,7 +134,7 @@ def _fake_job(root, setting, variant, seed, dice, jac=99.9, test="s16", lam=0.04
     m = {"config": c, "train": {"steps": 6000, "seconds": 3600.0, "stopped": "steps",
                                 "val_curve": val or []},
          "machine": {"threads": 1},
-         "tests": {test: {"pairs": {"id": [f"p{i}" for i in range(n)],
+         "tests": {test: {"summary": {}, "pairs": {"id": [f"p{i}" for i in range(n)],
                                     "dice_before": [0.6] * n, "dice_after": list(dice),
                                     "pct_positive_jacobian": list(np.broadcast_to(jac, n).astype(float)),
                                     "min_jacobian": [-0.1] * n, "seconds": [None] + [0.1] * (n - 1)}}}}
@@ -196,7 +196,6 @@ def test_report_from_hand_made_json(tmp_path):
 
 def _boot_txt(x, y, ids=None):
     """The report's "Δ (CI lo to hi; p …)" cell for per-pair Dice x − y, computed here."""
-    from regnp.study.report import _diff_txt  # noqa: F401 — the format under test is below
     from regnp.study.stats import compare_paired
     ids = ids or [f"p{i}" for i in range(len(x))]
     r = compare_paired(dict(zip(ids, 100 * np.asarray(x))), dict(zip(ids, 100 * np.asarray(y))))
@@ -460,6 +459,22 @@ def test_report_writes_the_results_page_byte_for_byte_and_says_what_it_wrote(tmp
     r2 = _report_cli("--out", runs, cwd=tmp_path)
     assert r2.returncode == 0 and r2.stdout == r.stdout
     assert {p: Path(p).read_bytes() for p in written} == first
+
+
+def test_report_names_a_metrics_file_of_the_wrong_shape_and_goes_on(tmp_path):
+    """Issue 20: a metrics.json without "tests" made the report raise KeyError. Now it is
+    skipped and named in one line under the tables, and the other jobs are reported."""
+    from regnp.study.report import load_results
+    rng = np.random.default_rng(2)
+    _fake_job(tmp_path, "liver16", "vm2", 0, 0.8 + 0.02 * rng.standard_normal(10))
+    for name, text in (("a", "[]"), ("b", json.dumps({"config": {"name": "b"}}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(text)
+    results, errors = load_results(tmp_path)
+    assert list(results) == [job_config("liver16", "vm2")["name"]] and len(errors) == 2
+    assert "holds a JSON list" in errors[0] and "has no results ('tests')" in errors[1]
+    text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    assert "Unreadable result files (skipped): " in text and "has no results" in text
 
 
 def test_report_figures_follow_the_tables_unless_they_are_the_repositorys():

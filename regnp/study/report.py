@@ -32,7 +32,6 @@ Statistics (each defined and tested in ``regnp.study.stats``; DESIGN.md §12):
 - CPU is the median seconds to register one pair (batch 1, one forward pass, after warm-up), on
   the machine and thread count recorded in the job.
 """
-import json
 import os
 from pathlib import Path
 
@@ -103,17 +102,19 @@ ABLATION_TESTS = {"liver10": "s10", "liver16": "s16", "cardiac": "test", "chest"
 
 
 def load_results(root):
-    """``{job name: metrics}`` for every finished job under ``root`` (unreadable files skipped,
-    named in the returned ``errors`` list)."""
+    """``{job name: metrics}`` for every finished job under ``root``, and the list of files
+    skipped: a ``metrics.json`` the grid did not write (wrong shape, no ``tests``, not JSON) is
+    named there in one line (``grid.read_metrics``), never a KeyError later."""
+    from .grid import BadJobFile, read_metrics
     out, errors = {}, []
     for p in sorted(Path(root).glob("*/metrics.json")):
         try:
-            m = json.loads(p.read_text())
-            m["config"]["name"]                     # noqa: B018 — a minimal shape check
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            errors.append(f"{p}: {e}")
+            m = read_metrics(p)
+        except BadJobFile as e:
+            errors.append(str(e))
             continue
-        out[m["config"]["name"]] = m
+        if m is not None:
+            out[m["config"]["name"]] = m
     return out, errors
 
 
