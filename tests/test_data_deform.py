@@ -41,8 +41,13 @@ def test_fields_are_fold_free_and_reproducible(subject):
 
 
 def test_impossible_request_raises_with_advice():
-    with pytest.raises(RuntimeError, match="wider bumps"):
+    """Above the family's limit: a ValueError at once, naming the largest σ (issue 20 item 3)."""
+    with pytest.raises(ValueError, match=r"the largest is 3 px; ask for a smaller sigma, wider "
+                                         r"bumps, or the invertible field='svf'"):
         gaussian_mixture_field((64, 64), 30.0, seed=0, widths=(2.0, 3.0), max_tries=3)
+    # below the limit but unlucky: every draw folds, and the message says how far they reached
+    with pytest.raises(ValueError, match=r"the largest σ among 3 draws was [0-9.]+ px"):
+        gaussian_mixture_field((64, 64), 2.9, seed=0, widths=(2.0, 3.0), max_tries=3)
 
 
 @pytest.mark.parametrize("kwargs, err, frag", [

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .deform import (DEFAULT_COMPONENTS, DEFAULT_MIN_DET, DEFAULT_WIDTHS, REFERENCE_SIZE, deform,
-                     field_stats, foreground_mask, gaussian_mixture_field)
+from .deform import (DEFAULT_COMPONENTS, DEFAULT_MIN_DET, DEFAULT_WIDTHS, FIELDS, REFERENCE_SIZE,
+                     deform, field_stats, foreground_mask, random_field, sigma_limit)
 from .folders import LAYOUT_HELP, find_data_root, load_images, read_csv, split_subjects
 from .phantom import PHANTOM_LABELS, make_phantom
 from .._checks import check_positive_int
 
 __all__ = ["PairDataset", "SyntheticPairs", "ImagePairs", "load_dataset", "load_folder",
-           "describe", "DATASETS", "TEST_SEED"]
+           "describe", "split_set_name", "DATASETS", "SYNTHETIC_SETS", "TEST_SEED"]
 
 TEST_SEED = 2021          # the fixed seed of every test-pair list
 VAL_SEED = 2022           # the fixed seed of every validation-pair list
@@ -119,7 +119,7 @@ class PairDataset:
 
 
 class SyntheticPairs(PairDataset):
-    """Pairs (fixed = base image, moving = base warped by a random Gaussian-mixture field).
+    """Pairs (fixed = base image, moving = base warped by a random field of the family ``field``).
 
     Inputs:
     - bases: object with ``len()`` and ``get(k) -> (image (1,H,W), mask (1,H,W), body (H,W))``
@@ -128,16 +128,33 @@ class SyntheticPairs(PairDataset):
       min(H, W)/256 at other sizes, as are the widths). See ``regnp.data.deform``.
     - n_pairs: number of pairs.
     - seed: pair i uses the random stream ``[seed, i]`` (base choice and field).
-    - n_components, widths, min_det: the field's parameters (see gaussian_mixture_field).
+    - field: "gmm" (default: the Gaussian mixture is the displacement; fold-free draws only) or
+      "svf" (the mixture is a velocity, u = exp(v) − id; invertible at any σ). See
+      ``regnp.data.deform``; a σ means the same RMS displacement in both.
+    - n_components, widths, min_det: the field's parameters (see gaussian_mixture_field;
+      ``min_det`` is the "gmm" family's only).
+    A σ above the family's limit (``regnp.data.deform.sigma_limit``) is refused here, with the
+    largest σ it draws, before any pair is made.
     """
 
     def __init__(self, bases, sigma, n_pairs, seed=0, name="synthetic", split="train",
                  labels=None, eval_labels=(1,), report_labels=None, base_ids=None,
-                 n_components=DEFAULT_COMPONENTS, widths=DEFAULT_WIDTHS, min_det=DEFAULT_MIN_DET):
+                 n_components=DEFAULT_COMPONENTS, widths=DEFAULT_WIDTHS, min_det=DEFAULT_MIN_DET,
+                 field="gmm"):
         self.bases = bases
         self.n_pairs = check_positive_int("n_pairs", n_pairs)
         if not np.isfinite(sigma) or sigma < 0:
             raise ValueError(f"sigma must be a finite number ≥ 0, got {sigma!r}")
+        if field not in FIELDS:
+            raise ValueError(f"field must be one of {', '.join(map(repr, FIELDS))}, got {field!r}")
+        limit = sigma_limit(field, widths)
+        if sigma > limit:
+            more = (f"; the invertible velocity-field family (a set name ending in '-svf', e.g. "
+                    f"chaos-svf) draws up to {sigma_limit('svf', widths):g}") if field == "gmm" else ""
+            raise ValueError(f"sigma {sigma:g} is more than the {field!r} deformations draw with "
+                             f"bumps {widths[0]:g}–{widths[1]:g} px wide (px at 256×256): the "
+                             f"largest is {limit:g}{more}")
+        self.field_family = field
         self.sigma, self.seed, self.name, self.split = float(sigma), int(seed), name, split
         self.labels = labels or {}
         self.eval_labels, self.report_labels = tuple(eval_labels), tuple(report_labels or eval_labels)
@@ -145,8 +162,10 @@ class SyntheticPairs(PairDataset):
         self.shape = img0.shape[-2:]
         scale = min(self.shape) / REFERENCE_SIZE
         self.sigma_px = self.sigma * scale
-        self.field_kwargs = dict(n_components=tuple(n_components), min_det=min_det,
+        self.field_kwargs = dict(n_components=tuple(n_components),
                                  widths=(widths[0] * scale, widths[1] * scale))
+        if field == "gmm":
+            self.field_kwargs["min_det"] = min_det
         self.base_ids = list(base_ids) if base_ids is not None else [f"base{k}" for k in
                                                                      range(len(bases))]
         self.pair_ids = [f"{self._plan(i)[1]}|s{self.seed}-{i}" for i in range(self.n_pairs)]
@@ -161,11 +180,16 @@ class SyntheticPairs(PairDataset):
         k = int(rng.integers(len(self.bases)))
         return rng, self.base_ids[k], k
 
-    def _item(self, i):
+    def field(self, i, return_info=False):
+        """The generating field of pair i, (2, H, W) (with ``return_info``: and the family's
+        draw record, e.g. how many draws were rejected before it; see ``regnp.data.deform``)."""
         rng, _, k = self._plan(i)
-        img, mask, body = self.bases.get(k)                                     # (1,H,W),(1,H,W),(H,W)
-        u = gaussian_mixture_field(self.shape, self.sigma_px, seed=rng, region=body,
-                                   **self.field_kwargs)[None]                  # (1, 2, H, W)
+        return random_field(self.shape, self.sigma_px, seed=rng, region=self.bases.get(k)[2],
+                            field=self.field_family, return_info=return_info, **self.field_kwargs)
+
+    def _item(self, i):
+        img, mask, _ = self.bases.get(self._plan(i)[2])                         # (1,H,W),(1,H,W)
+        u = self.field(i)[None]                                                 # (1, 2, H, W)
         moving, moving_mask = deform(img[None], mask[None], u)                  # (1, 1, H, W) each
         return dict(fixed=img[None], moving=moving, fixed_mask=mask[None], moving_mask=moving_mask,
                     u=u, ids=[self.pair_ids[i]])
@@ -304,7 +328,8 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
       mask may hold; None = not checked) and the labels to score.
     - normalize: "scale" | "minmax" | "percentile" | "none" (see ``normalize_intensity``).
     - size: optional (H, W) (or int) to resize to: images bilinear, masks nearest.
-    - sigma, field_kwargs: synthetic mode only (see :class:`SyntheticPairs`).
+    - sigma, field_kwargs: synthetic mode only (``field``, ``n_components``, ``widths``,
+      ``min_det``: see :class:`SyntheticPairs`).
     - n_pairs: synthetic/inter: number of pairs (default 1000 train, 80 synthetic test,
       60 inter test); pairs mode: all pairs of the split.
     - seed: pair-sampling seed; default 0 for train, ``VAL_SEED`` for val and ``TEST_SEED`` for
@@ -356,17 +381,41 @@ def load_folder(folder, mode, split="train", name=None, index=None, file_col="fi
                                       **common, **field_kwargs)
 
 
+SYNTHETIC_SETS = ("phantom", "chaos")
+
+
+def split_set_name(name):
+    """``"chaos-svf"`` → ``("chaos", "svf")``; a plain name → ``(name, None)``.
+
+    A synthetic set's name may end in ``-FIELD`` (FIELD one of ``regnp.data.deform.FIELDS``) to
+    choose the deformation family: this is how a command line (``--dataset chaos-svf``) and a
+    grid job's test list choose it without another option, and a checkpoint's data config
+    then records it."""
+    if isinstance(name, str) and "-" in name:
+        base, _, field = name.rpartition("-")
+        if field in FIELDS:
+            if base not in SYNTHETIC_SETS:
+                raise ValueError(f"dataset {name!r}: a deformation family (-{field}) applies to "
+                                 f"the synthetic sets only ({', '.join(SYNTHETIC_SETS)}), e.g. "
+                                 f"chaos-{field}")
+            return base, field
+    return name, None
+
+
 def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_pairs=None,
-                 seed=None, **kwargs):
+                 seed=None, field=None, **kwargs):
     """The named set as a :class:`PairDataset`.
 
     Inputs:
-    - name: "phantom", "chaos", "acdc" or "jsrt".
+    - name: "phantom", "chaos", "acdc" or "jsrt"; a synthetic set may carry its deformation
+      family as a suffix: "chaos-svf", "phantom-svf" (same as ``field="svf"``); "chaos-gmm" is
+      "chaos".
     - split: "train", "val" (held-out training subjects, for choosing steps and λ) or "test".
     - data_root: folder holding the real sets (default: see ``find_data_root``); unused for
       "phantom".
     - size: optional int or (H, W) working size (default: the files' size; phantom 256×256).
     - sigma: synthetic sets (phantom, chaos): RMS displacement over the body, pixels at 256×256.
+    - field: synthetic sets: "gmm" (default) or "svf", see :class:`SyntheticPairs`.
     - n_pairs, seed: see :func:`load_folder`. Phantom extra kwargs: ``n_subjects`` (default 40
       train / 10 val / 10 test, disjoint seeds).
     Example::
@@ -376,8 +425,20 @@ def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_p
         ((2, 1, 256, 256), (2, 2, 256, 256))
     """
     _check_split(split)
+    full_name = name
+    name, suffix = split_set_name(name)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} (a "
+                         f"synthetic one may end in -svf: chaos-svf, phantom-svf)")
+    if suffix and field and suffix != field:
+        raise ValueError(f"dataset {full_name!r} names the field family {suffix!r}, but "
+                         f"field={field!r} was given; give one of them")
+    field = suffix or field
+    if field is not None:
+        if name not in SYNTHETIC_SETS:
+            raise ValueError(f"field={field!r}: deformation families apply to the synthetic sets "
+                             f"only ({', '.join(SYNTHETIC_SETS)}), not {name!r}")
+        kwargs["field"] = field
     spec = dict(DATASETS[name])
     if name == "phantom":
         shape = _size(size) or (256, 256)
@@ -386,7 +447,8 @@ def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_p
         seeds = range(first, first + check_positive_int("n_subjects", n_sub))
         seed = _default_seed(split) if seed is None else int(seed)
         n_pairs = n_pairs or (1000 if split == "train" else 80)
-        return SyntheticPairs(_PhantomBases(seeds, shape), sigma, n_pairs, seed=seed, name=name,
+        return SyntheticPairs(_PhantomBases(seeds, shape), sigma, n_pairs, seed=seed,
+                              name=full_name if suffix else name,
                               split=split, labels=spec["labels"], eval_labels=spec["eval_labels"],
                               report_labels=spec["report_labels"],
                               base_ids=[f"phantom{s}" for s in seeds], **kwargs)
@@ -396,7 +458,8 @@ def load_dataset(name, split="train", data_root=None, size=None, sigma=10.0, n_p
         folder = root                                      # data_root points at the set itself
     mode = {"chaos": "synthetic", "acdc": "pairs", "jsrt": "inter"}[name]
     spec.update(kwargs)
-    return load_folder(folder, mode, split=split, name=name, size=size, sigma=sigma,
+    return load_folder(folder, mode, split=split, name=full_name if suffix else name, size=size,
+                       sigma=sigma,
                        n_pairs=n_pairs, seed=seed, **spec)
 
 
