@@ -16,19 +16,26 @@ Batches are drawn from a permutation of the training pairs seeded by (seed, epoc
 run sees exactly the batches the uninterrupted run would have seen, and ends with the same
 parameters.
 
+From Python, the first run above is ``train(make_config(model="vm2", dataset="chaos", sigma=16,
+size=256, lam=0.04, lr=1e-4), 3000, "runs/vm2_chaos16")`` (the options and their checks are in
+:mod:`regnp.config`).
+
 Safety: an ``--out`` that already holds a run is refused unless ``--resume`` (continue it) or
 ``--overwrite`` (replace it) is given; ``--resume`` refuses options that contradict the
 checkpoint (only the options in ``SAFE_ON_RESUME`` may change); a NaN/Inf loss, gradient,
 parameter or optimizer state, or a loss that stays far above its starting value (divergence),
 stops training with a message naming the step and the last good checkpoint, which is never
 overwritten by a bad one. Validation uses held-out *training* subjects (the ``val`` split),
-never the test subjects.
+never the test subjects. A new run that fails or is interrupted before its first checkpoint
+leaves nothing behind, so the corrected command simply runs; Ctrl-C prints one line naming the
+step the checkpoint holds and exits with status 130.
 """
 import argparse
 import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -139,18 +146,30 @@ def _plateau_reached(history, window, min_gain, smooth=3):
     return True
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train` (a ``KeyboardInterrupt``, so code that stops on Ctrl-C still
+    does). ``saved_step`` is the step stored in ``checkpoint``; None when this run has no
+    checkpoint yet (its folder is then as it was before the call)."""
+
+    def __init__(self, checkpoint, saved_step):
+        super().__init__(f"training interrupted; checkpoint {checkpoint} at step {saved_step}")
+        self.checkpoint, self.saved_step = checkpoint, saved_step
+
+
 def train(config, steps, out, resume=False, data_root=None, save_every=100, val_every=250,
           val_pairs=8, log_every=10, progress=True, overwrite=False, divergence_patience=50,
           plateau=None, on_save=None):
     """Run (or continue) training; returns a dict with the history and validation results.
 
     Inputs:
-    - config: run description from :func:`config_from_args` (model, objective, data, ...).
+    - config: run description from :func:`make_config` or :func:`config_from_args` (model,
+      objective, data, ...).
     - steps: total training steps (a resumed run continues up to this step).
     - out: run folder. A folder that already holds a run is refused unless ``resume`` or
       ``overwrite``.
-    - resume: continue from ``out/checkpoint.npz``; ``config`` must agree with the checkpoint
-      on every entry of ``RUN_KEYS``.
+    - resume: continue from ``out/checkpoint.npz`` (or, when that file is damaged, from
+      ``checkpoint.prev.npz``, with a warning: see :func:`regnp.checkpoint.load_checkpoint`);
+      ``config`` must agree with the checkpoint on every entry of ``RUN_KEYS``.
     - save_every, log_every: intervals in steps; val_every: validation interval (0 = none) on
       ``val_pairs`` pairs of the ``val`` split (held-out training subjects).
     - divergence_patience: stop after this many consecutive steps with the loss above
@@ -159,183 +178,295 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
       gains less than ``min_gain`` per ``window`` steps for a whole window (see
       :func:`_plateau_reached`); used to choose the training length, not in normal runs.
     - on_save: optional callable ``on_save(step)`` after each checkpoint (tests use it).
-    Returns: dict model, history, seconds (this call's wall time), steps_done, val_ds, val_idx,
-    checkpoint, stopped ("steps" | "plateau").
+    Returns: dict model, history, seconds (this call's wall time), steps_done, steps_run, val_ds,
+    val_idx, checkpoint, stopped ("steps" | "plateau").
+    Raises: TrainingError / CheckpointError (one-line messages) on a refused or failed run,
+    :class:`TrainingInterrupted` on Ctrl-C. A new run that fails or is interrupted before its
+    first checkpoint removes the files it created, so the same call can simply be made again.
     """
     from tqdm import tqdm
-
-    from .data import load_dataset
-    out = Path(out)
-    _check_out_folder(out)
-    ck_path = out / "checkpoint.npz"
-    existing = run_files(out)
-    if resume:
-        if not ck_path.is_file():
-            raise CheckpointError(f"--resume: checkpoint file {ck_path} not found (start a new run "
-                                  f"without --resume)")
-    elif existing and not overwrite:
-        raise TrainingError(f"--out {out} already holds a run ({', '.join(p.name for p in existing)}); "
-                            f"continue it with --resume, replace it with --overwrite, or choose "
-                            f"another --out")
-    history, start, loss_ref, last_saved = [], 0, None, None
-    if resume:
-        arrays, saved = load_checkpoint(ck_path)
-        bad = config_conflicts(config, saved)
-        if bad:
-            raise TrainingError("--resume: these options differ from the checkpoint's run; leave "
-                                "them out or give the checkpoint's values: " + "; ".join(bad))
-        start, history = int(saved["step"]), list(saved.get("history", []))
-        loss_ref, last_saved = saved.get("loss_ref"), start
-        _rewrite_log(out / "log.jsonl", start)
-    d = config["data"]
-    train_ds = load_dataset(d["dataset"], "train", data_root=data_root, size=d["size"],
-                            sigma=d["sigma"], n_pairs=d.get("pairs"))
-    val_ds, val_idx = None, []
-    if val_every and val_pairs:
-        val_ds = load_dataset(d["dataset"], "val", data_root=data_root, size=d["size"],
-                              sigma=d["sigma"])
-        val_idx = list(range(min(val_pairs, len(val_ds))))
-    model = build_model(config["model"], **config["model_options"])
-    if model.levels and any(s % 2 ** model.levels for s in train_ds.shape):
-        f = 2 ** model.levels
-        lo = max(f, train_ds.shape[0] // f * f)
-        raise TrainingError(f"--size {train_ds.shape[0]} is not divisible by 2^{model.levels} = "
-                            f"{f} ({config['model']} halves the image {model.levels} times); use "
-                            f"a multiple of {f}, e.g. {lo} or {lo + f}")
-    obj = Objective(**config["objective"])
-    opt = Adam(model, lr=config["lr"])
-    # only now, with everything checked: a refused run leaves no empty folder, and --overwrite
-    # deletes the old run only when the new one is about to start
-    if existing and overwrite and not resume:
-        for p in existing + [out / "loss_curve.png"]:
-            if p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        try:
-            model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-            opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-        except ValueError as e:
-            raise CheckpointError(f"{ck_path}: {e}") from None
-        if not _state_finite(model, opt):
-            raise CheckpointError(f"{ck_path} holds NaN/Inf weights or optimizer state (written "
-                                  f"by an older version); retrain or use {backup_path(ck_path)}")
-    if start >= steps:
-        print(f"checkpoint is already at step {start} >= --steps {steps}; nothing to do")
-
-    def last_good():
-        if last_saved is None:
-            return "no checkpoint was written yet (nothing to resume; start again)"
-        return f"the last good checkpoint is {ck_path} (step {last_saved}); continue with --resume"
-
-    def save(step):
-        nonlocal last_saved
-        save_checkpoint(ck_path, _state_arrays(model, opt),
-                        dict(config, step=step, history=history, loss_ref=loss_ref,
-                             rng={"kind": "stateless", "seed": config["seed"], "step": step}))
-        last_saved = step
-        if on_save is not None:
-            on_save(step)
-
-    log = open(out / "log.jsonl", "a")
-    bs, n = config["batch_size"], len(train_ds)
-    t_start = time.perf_counter()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=config["model"],
-               disable=not progress, dynamic_ncols=True)
-    completed, updating, diag = start, False, model.diagnostics()
-    first_losses, above, save_pending, stopped = [], 0, False, "steps"
+    run = _Run(config, out, resume, overwrite, data_root, val_every, val_pairs, on_save,
+               divergence_patience)
+    model, opt, obj, data = run.model, run.opt, run.obj, run.train_ds
+    stopped, bar = "steps", None
     try:
+        run.begin(steps)
+        t_start = time.perf_counter()
+        bar = tqdm(range(run.start, steps), initial=run.start, total=steps, desc=config["model"],
+                   disable=not progress, dynamic_ncols=True)
         for step in bar:
             s = step + 1
-            b = train_ds.batch(_batch_indices(step, n, bs, config["seed"]))
+            batch = data.batch(_batch_indices(step, len(data), config["batch_size"], config["seed"]))
             model.zero_grad()
-            try:
-                masks = (b["fixed_mask"], b["moving_mask"]) if obj.seg_weight > 0 else ()
-                terms, _, _ = obj(model, b["fixed"], b["moving"], *masks)
-            except ValueError as e:       # an op met NaN/Inf inside the network
-                raise TrainingError(f"step {s}: the forward/backward pass failed ({e}); "
-                                    f"parameters were not updated; {last_good()}. Try a lower "
-                                    f"--lr or --lambda") from None
-            if not _finite(terms, model):
-                raise TrainingError(
-                    f"the loss or a gradient became NaN/Inf at step {s} "
-                    f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); parameters were "
-                    f"not updated; {last_good()}. Try a lower --lr or --lambda, or "
-                    f"--filter-normalize unit_sum.")
-            updating = True                 # parameters are half-updated until opt.step returns
+            try:                                # forward and backward: gradients land in model
+                terms, _, _ = obj(model, batch["fixed"], batch["moving"], *run.masks(batch))
+            except ValueError as e:             # an op met NaN/Inf inside the network
+                raise run.failed_pass(s, e) from None
+            run.check_gradients(s, terms)
+            run.updating = True                 # parameters are half-updated until opt.step returns
             with np.errstate(over="ignore", invalid="ignore"):   # checked just below, in words
                 opt.step()
-            updating = False
-            if not _state_finite(model, opt):
-                raise TrainingError(
-                    f"the parameters or Adam's moment estimates overflowed to NaN/Inf in the "
-                    f"update of step {s} (the loss was finite: {terms['loss']:.4g}); nothing was "
-                    f"saved from this step; {last_good()}. Lower --lr (now {config['lr']:g}).")
-            completed = s
-            loss = float(terms["loss"])
-            if loss_ref is None:            # the starting loss: mean of the first 10 steps
-                first_losses.append(loss)
-                if len(first_losses) == 10 or s == steps:
-                    loss_ref = float(np.mean(first_losses))
-            elif divergence_patience:
-                above = above + 1 if loss > DIVERGENCE_FACTOR * abs(loss_ref) else 0
-                if above >= divergence_patience:
-                    raise TrainingError(
-                        f"training diverged: the loss has stayed above {DIVERGENCE_FACTOR:g}× its "
-                        f"starting value ({loss_ref:.4g}) for {above} steps (step {s}: loss "
-                        f"{loss:.4g}); {last_good()}. Lower --lr (now {config['lr']:g}) or "
-                        f"--lambda.")
-            logging = s % log_every == 0 or s == steps
-            validating = bool(val_idx) and (s % val_every == 0 or s == steps)
-            if logging:                     # filter diagnostics (eigenvalues, FFT): log steps only
-                diag = model.diagnostics()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in
-                             [("loss", terms["loss"]), ("sim", terms["sim"]), ("reg", terms["reg"]),
-                              ("meta", terms["meta"])] + [(k, diag[k]) for k in ("k_sum",) if k in diag]})
-            if logging or validating:
-                rec = {"step": s, **{k: float(v) for k, v in terms.items()},
-                       **{k: float(v) for k, v in diag.items()}}
-                if validating:
-                    recs = evaluate_pairs(model, val_ds, val_idx)
-                    rec["val_dice"] = float(np.mean([r["dice_after"] for r in recs]))
-                    rec["val_pct_positive_jacobian"] = float(
-                        np.mean([r["pct_positive_jacobian"] for r in recs]))
-                    tqdm.write(f"step {s}: validation Dice {100 * rec['val_dice']:.2f} % "
-                               f"({len(val_idx)} pairs of held-out training subjects)")
-                history.append(rec)
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            # never checkpoint a loss that is far above its start: the last good one stays
-            if s % save_every == 0 or s == steps or save_pending:
-                if above == 0 or s == steps:
-                    save(s)
-                    save_pending = False
-                else:
-                    save_pending = True
-            if plateau and validating and _plateau_reached(history, *plateau):
-                tqdm.write(f"step {s}: validation Dice has gained less than "
-                           f"{100 * plateau[1]:.2g} points per {plateau[0]} steps for "
-                           f"{plateau[0]} steps; stopping")
-                if last_saved != s:
-                    save(s)
+            run.updating = False
+            run.check_update(s, terms)
+            run.completed = s
+            run.check_divergence(s, float(terms["loss"]), steps)
+            validating = bool(run.val_idx) and (s % val_every == 0 or s == steps)
+            run.report(s, terms, bar, logging=s % log_every == 0 or s == steps,
+                       validating=validating)
+            if s % save_every == 0 or s == steps or run.save_pending:
+                run.save_unless_diverging(s, last=s == steps)
+            if plateau and validating and run.stop_on_plateau(s, *plateau):
                 stopped = "plateau"
                 break
     except KeyboardInterrupt:
-        # Ctrl-C: keep the work done so far, unless it landed inside an Adam update (then the
-        # parameters are a mix of two steps and the previous checkpoint is the consistent one)
         interrupt_handled()         # no second KeyboardInterrupt inside the save below
-        if not updating and completed > start and completed != last_saved and above == 0:
-            save(completed)
-            print(f"\ninterrupted: saved step {completed} to {ck_path}; continue with --resume",
-                  file=sys.stderr)
+        raise run.interrupted() from None
+    except BaseException:
+        run.forget_if_unsaved()
         raise
     finally:
-        log.close()
-        bar.close()
-    seconds = time.perf_counter() - t_start
-    return {"model": model, "history": history, "seconds": seconds, "steps_done": completed,
-            "steps_run": completed - start, "val_ds": val_ds, "val_idx": val_idx,
-            "checkpoint": ck_path, "stopped": stopped}
+        run.close(bar)
+    return {"model": model, "history": run.history, "seconds": time.perf_counter() - t_start,
+            "steps_done": run.completed, "steps_run": run.completed - run.start,
+            "val_ds": run.val_ds, "val_idx": run.val_idx, "checkpoint": run.ck_path,
+            "stopped": stopped}
+
+
+class _Run:
+    """One sitting of a training run in its folder: set-up (checks, data, model, optimizer,
+    resumed state), the checks after each step, logging and validation, checkpointing, and what
+    to do when the sitting ends early. :func:`train` holds the loop itself."""
+
+    def __init__(self, config, out, resume, overwrite, data_root, val_every, val_pairs,
+                 on_save, divergence_patience):
+        """Check everything and build the model without writing anything: a refused run
+        leaves no file and no empty folder, and --overwrite deletes the old run only in
+        :meth:`begin`, when the new one is about to start."""
+        self.config, self.out, self.on_save = config, Path(out), on_save
+        self.ck_path = self.out / "checkpoint.npz"
+        self.resume, self.patience = resume, divergence_patience
+        self.made_folder = not self.out.exists()
+        self.existing = self._check_folder(overwrite)
+        self.history, self.start, self.loss_ref, self.last_saved = [], 0, None, None
+        self.arrays = self._read_checkpoint() if resume else None
+        self._build(data_root, val_every, val_pairs)
+        self.log, self.completed, self.updating = None, self.start, False
+        self.first_losses, self.above, self.save_pending = [], 0, False
+        self.diag = self.model.diagnostics()
+
+    def _check_folder(self, overwrite):
+        """The run files already in ``out`` (refused unless resuming or overwriting)."""
+        _check_out_folder(self.out)
+        existing = run_files(self.out)
+        if self.resume and not self.ck_path.is_file():
+            raise CheckpointError(f"--resume: checkpoint file {self.ck_path} not found (start a "
+                                  f"new run without --resume)")
+        if existing and not (self.resume or overwrite):
+            raise TrainingError(f"--out {self.out} already holds a run "
+                                f"({', '.join(p.name for p in existing)}); continue it with "
+                                f"--resume, replace it with --overwrite, or choose another --out")
+        return existing
+
+    def _read_checkpoint(self):
+        """The arrays to resume from (checkpoint.npz, or its backup with a warning when it is
+        damaged), after checking that the checkpoint's run is the one described by config."""
+        arrays, saved = load_checkpoint(self.ck_path)
+        bad = config_conflicts(self.config, saved)
+        if bad:
+            raise TrainingError("--resume: these options differ from the checkpoint's run; leave "
+                                "them out or give the checkpoint's values: " + "; ".join(bad))
+        self.start, self.history = int(saved["step"]), list(saved.get("history", []))
+        self.loss_ref, self.last_saved = saved.get("loss_ref"), self.start
+        return arrays
+
+    def _build(self, data_root, val_every, val_pairs):
+        """Model, objective, optimizer and data; the memory they will need is checked first
+        (a --size or --kernel-size too large for the machine is one line, not a kill)."""
+        from ._checks import (check_memory, estimate_forward_bytes, estimate_pair_bytes,
+                              estimate_param_bytes)
+        from .data import load_dataset
+        cfg, d = self.config, self.config["data"]
+        check_memory(estimate_param_bytes(cfg["model_options"]), f"the {cfg['model']} model",
+                     "use a smaller --kernel-size or narrower --enc/--dec")
+        self.model = build_model(cfg["model"], **cfg["model_options"])
+        shape, bs = (d["size"], d["size"]), cfg["batch_size"]
+        check_memory(estimate_forward_bytes(self.model, shape, batch=bs, training=True)
+                     + estimate_pair_bytes(shape, bs),
+                     f"a training step at {d['size']}×{d['size']} with --batch-size {bs}",
+                     "use a smaller --size or --batch-size")
+        self.train_ds = load_dataset(d["dataset"], "train", data_root=data_root, size=d["size"],
+                                     sigma=d["sigma"], n_pairs=d.get("pairs"))
+        self.val_ds, self.val_idx = None, []
+        if val_every and val_pairs:
+            self.val_ds = load_dataset(d["dataset"], "val", data_root=data_root, size=d["size"],
+                                       sigma=d["sigma"])
+            self.val_idx = list(range(min(val_pairs, len(self.val_ds))))
+        levels = self.model.levels
+        if levels and any(s % 2 ** levels for s in self.train_ds.shape):
+            f = 2 ** levels
+            lo = max(f, self.train_ds.shape[0] // f * f)
+            raise TrainingError(f"--size {self.train_ds.shape[0]} is not divisible by 2^{levels} "
+                                f"= {f} ({cfg['model']} halves the image {levels} times); use a "
+                                f"multiple of {f}, e.g. {lo} or {lo + f}")
+        self.obj = Objective(**cfg["objective"])
+        self.opt = Adam(self.model, lr=cfg["lr"])
+
+    # ------------------------------------------------------------------ start, end, Ctrl-C
+    def begin(self, steps):
+        """Set-up has succeeded: replace an old run (--overwrite), load the resumed state, open
+        the log."""
+        if self.existing and not self.resume:              # --overwrite
+            for p in self.existing + [self.out / "loss_curve.png"]:
+                if p.exists():
+                    p.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            try:
+                self.model.load_state_dict(_prefixed(self.arrays, "model."))
+                self.opt.load_state_dict(_prefixed(self.arrays, "optim."))
+            except ValueError as e:
+                raise CheckpointError(f"{self.ck_path}: {e}") from None
+            if not _state_finite(self.model, self.opt):
+                raise CheckpointError(f"{self.ck_path} holds NaN/Inf weights or optimizer state "
+                                      f"(written by an older version); retrain or use "
+                                      f"{backup_path(self.ck_path)}")
+            _rewrite_log(self.out / "log.jsonl", self.start)
+        if self.start >= steps:
+            print(f"checkpoint is already at step {self.start} >= --steps {steps}; nothing to do")
+        self.log = open(self.out / "log.jsonl", "a")
+
+    def close(self, bar=None):
+        if self.log is not None:
+            self.log.close()
+        if bar is not None:
+            bar.close()
+
+    def forget_if_unsaved(self):
+        """A new run that ends before its first checkpoint (a bad σ met in the first batch, a
+        full disk, NaN at step 3, Ctrl-C) removes the files it created, so that the corrected
+        command is not refused as "already holds a run"."""
+        if self.resume or self.last_saved is not None:
+            return
+        self.close()
+        if self.log is not None:        # begin() has run: the run files here are this sitting's
+            for p in run_files(self.out):
+                p.unlink()
+        if self.made_folder and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+    def interrupted(self):
+        """Ctrl-C: keep the work done so far, unless it landed inside an Adam update (then the
+        parameters are a mix of two steps and the previous checkpoint is the consistent one)
+        or while the loss is diverging. Returns the exception to raise."""
+        if (not self.updating and self.completed > self.start
+                and self.completed != self.last_saved and self.above == 0):
+            self.save(self.completed)
+        self.forget_if_unsaved()
+        return TrainingInterrupted(self.ck_path, self.last_saved)
+
+    # ---------------------------------------------------------------------- step checks
+    def masks(self, batch):
+        """The label maps the objective needs (only with --seg-weight)."""
+        return (batch["fixed_mask"], batch["moving_mask"]) if self.obj.seg_weight > 0 else ()
+
+    def last_good(self):
+        if self.last_saved is None:
+            return "no checkpoint was written yet (nothing to resume; start again)"
+        return (f"the last good checkpoint is {self.ck_path} (step {self.last_saved}); continue "
+                f"with --resume")
+
+    def failed_pass(self, s, e):
+        return TrainingError(f"step {s}: the forward/backward pass failed ({e}); parameters "
+                             f"were not updated; {self.last_good()}. Try a lower --lr or "
+                             f"--lambda")
+
+    def check_gradients(self, s, terms):
+        if not _finite(terms, self.model):
+            raise TrainingError(
+                f"the loss or a gradient became NaN/Inf at step {s} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); parameters were not "
+                f"updated; {self.last_good()}. Try a lower --lr or --lambda, or "
+                f"--filter-normalize unit_sum.")
+
+    def check_update(self, s, terms):
+        if not _state_finite(self.model, self.opt):
+            raise TrainingError(
+                f"the parameters or Adam's moment estimates overflowed to NaN/Inf in the update "
+                f"of step {s} (the loss was finite: {terms['loss']:.4g}); nothing was saved from "
+                f"this step; {self.last_good()}. Lower --lr (now {self.config['lr']:g}).")
+
+    def check_divergence(self, s, loss, steps):
+        """The starting loss is the mean of the first 10 steps; after that, count the steps in
+        a row with the loss above ``DIVERGENCE_FACTOR`` times it."""
+        if self.loss_ref is None:
+            self.first_losses.append(loss)
+            if len(self.first_losses) == 10 or s == steps:
+                self.loss_ref = float(np.mean(self.first_losses))
+        elif self.patience:
+            self.above = self.above + 1 if loss > DIVERGENCE_FACTOR * abs(self.loss_ref) else 0
+            if self.above >= self.patience:
+                raise TrainingError(
+                    f"training diverged: the loss has stayed above {DIVERGENCE_FACTOR:g}× its "
+                    f"starting value ({self.loss_ref:.4g}) for {self.above} steps (step {s}: "
+                    f"loss {loss:.4g}); {self.last_good()}. Lower --lr (now "
+                    f"{self.config['lr']:g}) or --lambda.")
+
+    # -------------------------------------------------------------- logging, validation
+    def report(self, s, terms, bar, logging, validating):
+        """The progress bar every step; a log.jsonl line (with validation Dice) when due."""
+        from tqdm import tqdm
+        if logging:                     # filter diagnostics (eigenvalues, FFT): log steps only
+            self.diag = self.model.diagnostics()
+        shown = [(k, terms[k]) for k in ("loss", "sim", "reg", "meta")]
+        bar.set_postfix({k: f"{v:.4g}" for k, v in
+                         shown + [(k, self.diag[k]) for k in ("k_sum",) if k in self.diag]})
+        if not (logging or validating):
+            return
+        rec = {"step": s, **{k: float(v) for k, v in terms.items()},
+               **{k: float(v) for k, v in self.diag.items()}}
+        if validating:
+            recs = evaluate_pairs(self.model, self.val_ds, self.val_idx)
+            rec["val_dice"] = float(np.mean([r["dice_after"] for r in recs]))
+            rec["val_pct_positive_jacobian"] = float(
+                np.mean([r["pct_positive_jacobian"] for r in recs]))
+            tqdm.write(f"step {s}: validation Dice {100 * rec['val_dice']:.2f} % "
+                       f"({len(self.val_idx)} pairs of held-out training subjects)")
+        self.history.append(rec)
+        self.log.write(json.dumps(rec) + "\n")
+        self.log.flush()
+
+    def stop_on_plateau(self, s, window, min_gain):
+        """True (after saving step ``s``) when validation Dice has stopped rising."""
+        from tqdm import tqdm
+        if not _plateau_reached(self.history, window, min_gain):
+            return False
+        tqdm.write(f"step {s}: validation Dice has gained less than {100 * min_gain:.2g} points "
+                   f"per {window} steps for {window} steps; stopping")
+        if self.last_saved != s:
+            self.save(s)
+        return True
+
+    # --------------------------------------------------------------------- checkpointing
+    def save_unless_diverging(self, s, last):
+        """Never checkpoint a loss that is far above its start: the last good one stays, and
+        the save waits for the loss to come back (or for the last step)."""
+        self.save_pending = self.above > 0 and not last
+        if not self.save_pending:
+            self.save(s)
+
+    def save(self, step):
+        save_checkpoint(self.ck_path, _state_arrays(self.model, self.opt),
+                        dict(self.config, step=step, history=self.history,
+                             loss_ref=self.loss_ref,
+                             rng={"kind": "stateless", "seed": self.config["seed"],
+                                  "step": step}))
+        self.last_saved = step
+        if self.on_save is not None:
+            self.on_save(step)
+
+
+def _prefixed(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def plot_history(history, path, title=""):
@@ -461,41 +592,64 @@ def _config_for_resume(a):
 
 
 def main(argv=None):
-    """The command line; a Ctrl-C during it is never lost (``_cli.ctrl_c_delivered``)."""
-    from ._cli import ctrl_c_delivered
-    with ctrl_c_delivered():
-        return _main(argv)
-
-
-def _main(argv=None):
+    """The command line. Bad input prints one ``error:`` line (exit 1), a warning one
+    ``warning:`` line, and Ctrl-C one line saying what was kept (exit 130); a Ctrl-C is never
+    lost (``_cli.ctrl_c_delivered``)."""
+    from ._cli import INTERRUPTED_EXIT, _one_line_warning, ctrl_c_delivered
     a = parse_args(argv)
+    finished = []                       # the result of train(), once it has returned
+    previous, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
-        check_options(a)
-        _check_out_folder(a.out)
-        if a.resume and a.overwrite:
-            raise TrainingError("--resume continues the run in --out and --overwrite replaces it; "
-                                "give one of them")
-        config = _config_for_resume(a) if a.resume else dict(config_from_args(a),
-                                                              args=_args_record(a))
-        steps = a.steps
-        if steps is None and a.epochs is not None:
-            from .data import load_dataset
-            d = config["data"]
-            n = len(load_dataset(d["dataset"], "train", data_root=a.data_root, size=d["size"],
-                                 sigma=d["sigma"], n_pairs=d["pairs"]))
-            steps = int(np.ceil(a.epochs * n / config["batch_size"]))
-        steps = 1000 if steps is None else steps
-        res = train(config, steps, a.out, resume=a.resume, data_root=a.data_root,
-                    save_every=a.save_every, val_every=a.val_every, val_pairs=a.val_pairs,
-                    log_every=a.log_every, progress=not a.no_progress, overwrite=a.overwrite,
-                    divergence_patience=a.divergence_patience)
-    except KeyboardInterrupt:
+        with ctrl_c_delivered():
+            return _main(a, finished)
+    except KeyboardInterrupt as e:
         interrupt_handled()
-        sys.exit("interrupted (Ctrl-C); continue with the same command and --resume")
+        print(_interrupted_line(e, finished), file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:
         sys.exit(f"error: cannot write the run in --out {a.out}: {e.strerror or e}")
+    finally:
+        warnings.showwarning = previous
+
+
+def _interrupted_line(e, finished):
+    """The one line a Ctrl-C prints: where the run can be continued from, if anywhere."""
+    if finished:
+        res = finished[0]
+        return (f"interrupted (Ctrl-C) after training: {res['checkpoint']} holds step "
+                f"{res['steps_done']}; the loss curve or the example picture may be missing")
+    if getattr(e, "saved_step", None) is not None:
+        return (f"interrupted (Ctrl-C); {e.checkpoint} holds step {e.saved_step}; continue with "
+                f"the same command and --resume")
+    if isinstance(e, TrainingInterrupted):
+        return ("interrupted (Ctrl-C) before the first checkpoint; nothing was kept: run the "
+                "same command again")
+    return "interrupted (Ctrl-C); nothing was written"
+
+
+def _main(a, finished):
+    check_options(a)
+    _check_out_folder(a.out)
+    if a.resume and a.overwrite:
+        raise TrainingError("--resume continues the run in --out and --overwrite replaces it; "
+                            "give one of them")
+    config = _config_for_resume(a) if a.resume else dict(config_from_args(a),
+                                                          args=_args_record(a))
+    steps = a.steps
+    if steps is None and a.epochs is not None:
+        from .data import load_dataset
+        d = config["data"]
+        n = len(load_dataset(d["dataset"], "train", data_root=a.data_root, size=d["size"],
+                             sigma=d["sigma"], n_pairs=d["pairs"]))
+        steps = int(np.ceil(a.epochs * n / config["batch_size"]))
+    steps = 1000 if steps is None else steps
+    res = train(config, steps, a.out, resume=a.resume, data_root=a.data_root,
+                save_every=a.save_every, val_every=a.val_every, val_pairs=a.val_pairs,
+                log_every=a.log_every, progress=not a.no_progress, overwrite=a.overwrite,
+                divergence_patience=a.divergence_patience)
+    finished.append(res)
     out = Path(a.out)
     plot_history(res["history"], out / "loss_curve.png",
                  f"{config['model']} on {config['data']['dataset']}, σ={config['data']['sigma']}")

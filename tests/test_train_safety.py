@@ -261,3 +261,135 @@ def test_a_resumed_run_can_be_resumed_again_with_its_own_options(tmp_path):
                 "--no-progress", cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-1500:]
     assert load_checkpoint(tmp_path / "run")[1]["step"] == 4
+
+
+# ------------------------------------------------- a failed start, Ctrl-C, a damaged checkpoint
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
+    """A bad σ (met when the first batch is drawn), a full disk at the first save or NaN at step
+    2 must not leave a log.jsonl that makes the corrected command be refused until --overwrite."""
+    import errno
+
+    import regnp.train
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def nan(terms, model):
+        terms["sim"] = float("nan")
+
+    failures = [("bad sigma", lambda: tiny_config("--sigma", "80"), ValueError),
+                ("disk full", lambda: monkeypatch.setattr(regnp.train, "save_checkpoint",
+                                                          disk_full) or tiny_config(), OSError),
+                ("nan", lambda: _poison(monkeypatch, 2, nan) or tiny_config(), TrainingError)]
+    for name, make, error in failures:
+        out = tmp_path / name.replace(" ", "_")
+        with pytest.raises(error):
+            train(make(), 4, out, save_every=2, log_every=1, val_every=0, progress=False)
+        monkeypatch.undo()
+        assert not out.exists(), (name, sorted(p.name for p in out.iterdir()))
+        res = train(tiny_config(), 2, out, save_every=2, val_every=0, progress=False)
+        assert res["steps_done"] == 2, name          # the corrected call is not refused
+    # a folder that existed before keeps existing (only the run's files go)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    monkeypatch.setattr(regnp.train, "save_checkpoint", disk_full)
+    with pytest.raises(OSError):
+        train(tiny_config(), 2, tmp_path / "mine", save_every=1, val_every=0, progress=False)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_a_failure_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypatch):
+    def nan(terms, model):
+        terms["sim"] = float("nan")
+    _poison(monkeypatch, 4, nan)
+    with pytest.raises(TrainingError, match=r"step 4.*\(step 2\)"):
+        train(tiny_config(), 6, tmp_path, save_every=2, log_every=1, val_every=0,
+              progress=False)
+    monkeypatch.undo()
+    assert {"checkpoint.npz", "log.jsonl"} <= {p.name for p in tmp_path.iterdir()}
+    assert train(tiny_config(), 6, tmp_path, resume=True, val_every=0,
+                 progress=False)["steps_done"] == 6
+
+
+def test_cli_bad_sigma_leaves_no_run_behind(tmp_path):
+    r = cli(*TINY, "--sigma", "80", "--steps", "3", "--val-every", "0", "--out", "run",
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert last_line(r).startswith("error:") and "sigma" in last_line(r)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_the_cli_prints_one_line_exits_130_and_resumes(tmp_path):
+    """The README's promise for ``python -m regnp.train``: one line, exit status 130, and the
+    step it names is the one in the checkpoint."""
+    import re
+
+    from process_helpers import ctrl_c_as_in_a_terminal
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "regnp.train", *TINY, "--steps", "100000",
+                             "--save-every", "100000", "--log-every", "1", "--val-every", "0",
+                             "--out", "run", "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
+    log = tmp_path / "run" / "log.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < 240 and proc.poll() is None and (
+            not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err[-2000:]
+    m = re.fullmatch(r"interrupted \(Ctrl-C\); (\S+) holds step (\d+); continue with the same "
+                     r"command and --resume", lines[0])
+    assert m, lines[0]
+    assert load_checkpoint(tmp_path / "run", fallback=False)[1]["step"] == int(m[2]) >= 3
+
+
+def _corrupt(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_resume_from_the_backup_keeps_a_good_backup_and_ends_as_an_uninterrupted_run(tmp_path):
+    """checkpoint.npz damaged, resume falls back to checkpoint.prev.npz (with a warning). The
+    next save must not rotate the damaged file into the backup's place: at every save a good
+    backup remains, and the run ends bit-identical to one never damaged (it redid the step the
+    damaged file held)."""
+    ref = train(tiny_config(), 6, tmp_path / "ref", save_every=1, val_every=0, progress=False)
+    out = tmp_path / "run"
+    train(tiny_config(), 3, out, save_every=1, val_every=0, progress=False)
+    _corrupt(out / "checkpoint.npz")
+    backups = []
+
+    def on_save(step):
+        backups.append(load_checkpoint(out / "checkpoint.prev.npz", fallback=False)[1]["step"])
+    with pytest.warns(RuntimeWarning, match=r"previous checkpoint .*\(step 2\)"):
+        res = train(tiny_config(), 6, out, resume=True, save_every=1, val_every=0,
+                    progress=False, on_save=on_save)
+    assert backups == [2, 3, 4, 5]                 # never the damaged file
+    for k, v in ref["model"].state_dict().items():
+        np.testing.assert_array_equal(v, res["model"].state_dict()[k], err_msg=k)
+
+
+def test_cli_resume_from_the_backup_warns_once_in_one_line(tmp_path):
+    r = cli(*TINY, "--steps", "2", "--save-every", "1", "--val-every", "0", "--out", "run",
+            "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    _corrupt(tmp_path / "run" / "checkpoint.npz")
+    r = cli("--out", "run", "--resume", "--steps", "3", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    said = [line for line in r.stderr.splitlines() if "previous checkpoint" in line]
+    assert len(said) == 1 and said[0].startswith("warning: "), r.stderr[-1500:]
+    assert load_checkpoint(tmp_path / "run", fallback=False)[1]["step"] == 3
+
+
+@pytest.mark.parametrize("extra,match", [(["--size", "32768"], "training step at 32768×32768"),
+                                         (["--kernel-size", "999999"], "model needs about")])
+def test_a_run_too_large_for_the_memory_is_refused_before_anything_is_allocated(tmp_path, extra,
+                                                                               match):
+    with pytest.raises(ValueError, match=match):
+        train(tiny_config(*extra), 2, tmp_path / "big", val_every=0, progress=False)
+    assert not (tmp_path / "big").exists()
