@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from process_helpers import ctrl_c_as_in_a_terminal
+from process_helpers import ctrl_c_as_in_a_terminal, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "ERRORS.md"
@@ -158,7 +158,7 @@ CASES = [
     Case("evaluate", f"{EV} --sigma nan", "error: --sigma must be a finite number ≥ 0, got nan",
          "a NaN σ"),
     Case("evaluate", f"{EV} --dataset mnist",
-         "error: unknown dataset 'mnist'; choose one of ['acdc', 'chaos', 'jsrt', 'phantom']",
+         "error: unknown dataset 'mnist'; choose one of ['acdc', 'chaos', 'jsrt', 'phantom']…",
          "an unknown data set"),
     Case("evaluate", f"{EV} --compare nothing.json",
          "error: --compare nothing.json: file not found", "a --compare file that does not exist"),
@@ -622,50 +622,13 @@ MAINS = {"train": "regnp.train", "evaluate": "regnp.evaluate", "register": "regn
          "bench": "regnp.bench.bench"}
 
 
-def _exit_status(code):
-    """The exit status a ``SystemExit(code)`` gives a fresh interpreter, and the text it prints
-    on stderr (``sys.exit("error: ...")`` prints the string and exits with status 1)."""
-    if code is None:
-        return 0, ""
-    if isinstance(code, int):
-        return code, ""
-    return 1, f"{code}\n"
-
-
 def run_in_process(case, cwd, data=None):
-    """Run a case through its tool's ``main(argv)`` in this process, in ``cwd``, as
-    ``python -m regnp.<tool>`` would run it: returns (exit status, stdout, stderr).
-
-    What a fresh interpreter would not carry over is reset here: the warning filters and their
-    once-per-location registries (``PYTHONWARNINGS=default``), the SIGINT/SIGALRM handlers, the
-    working directory and ``REGNP_DATA_ROOT``; the caller's ``monkeypatch`` restores the last
-    two."""
-    import contextlib
+    """Run a case through its tool's ``main(argv)`` in this process, in ``cwd``
+    (``process_helpers.run_main``): returns (exit status, stdout, stderr). The caller's
+    ``monkeypatch`` sets the environment a fresh interpreter would see."""
     import importlib
-    import io
-    import warnings
     argv = shlex.split(case.args.replace("{data}", str(data)) if data is not None else case.args)
-    main = importlib.import_module(MAINS[case.tool]).main
-    out, err = io.StringIO(), io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGALRM)}
-    here = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err):
-            warnings.resetwarnings()
-            warnings.simplefilter("default")
-            try:
-                status = main(argv)
-                code, said = (status if isinstance(status, int) else 0), ""
-            except SystemExit as e:
-                code, said = _exit_status(e.code)
-            err.write(said)
-    finally:
-        os.chdir(here)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(importlib.import_module(MAINS[case.tool]).main, argv, cwd)
 
 
 def check_case(case, code, out, err, before, after, shown):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import ctrl_c_as_in_a_terminal
+from process_helpers import ctrl_c_as_in_a_terminal, run_main
 from regnp.study import grid
 from regnp.study.experiments import main as study_main
 from regnp.study.grid import (BadJobFile, GridError, claim_folder, finished_metrics, job_status,
@@ -185,25 +185,15 @@ def test_a_job_json_of_the_wrong_shape_stops_the_grid_in_one_line(tmp_path):
     assert (tmp_path / c["name"] / "job.json").read_text() == '"hello"'
 
 
-def _study(argv, capsys):
-    try:
-        status = study_main(argv)
-    except SystemExit as e:
-        status = e.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def test_list_shows_an_unreadable_job_instead_of_a_traceback(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_list_shows_an_unreadable_job_instead_of_a_traceback(tmp_path):
     jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True)
     (tmp_path / "g" / jobs[0]["name"]).mkdir(parents=True)
     (tmp_path / "g" / jobs[0]["name"] / "metrics.json").write_text("[]")
     (tmp_path / "g" / jobs[1]["name"]).mkdir(parents=True)
     (tmp_path / "g" / jobs[1]["name"] / "job.json").write_text('"hello"')
-    status, out, err = _study(["steps", "--quick", "--phantom", "--seeds", "0", "--list",
-                               "--out", "g"], capsys)
-    assert status in (None, 0) and "Traceback" not in err, err
+    status, out, err = run_main(study_main, ["steps", "--quick", "--phantom", "--seeds", "0",
+                                             "--list", "--out", "g"], tmp_path)
+    assert status == 0 and "Traceback" not in err, err
     assert re.search(rf"unreadable .*{jobs[0]['name']}", out) and \
         re.search(rf"unreadable .*{jobs[1]['name']}", out), out
     assert "2 job(s) have a job.json or metrics.json the grid did not write" in out

@@ -122,20 +122,15 @@ def test_register_rkhs_method_needs_no_checkpoint(tmp_path):
     assert np.mean((w - F) ** 2) < 0.5 * np.mean((M - F) ** 2)      # it registered
 
 
-def _register_in_process(args, cwd, monkeypatch, capsys):
+def _register_in_process(args, cwd):
+    from process_helpers import run_main
     from regnp.register import main
-    monkeypatch.chdir(cwd)
-    said = ""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:                  # sys.exit("error: ...") prints it, status 1
-        code, said = (1, f"{e.code}\n") if isinstance(e.code, str) else (e.code, "")
-    return code, capsys.readouterr().err + said
+    code, _, err = run_main(main, args, cwd)
+    return code, err
 
 
 def test_a_pair_too_large_for_the_memory_is_refused_before_the_network_runs(
-        tmp_path, checkpoint, monkeypatch, capsys):
+        tmp_path, checkpoint, monkeypatch):
     """The guard compares the forward pass's estimate with the memory available (here pretended
     to be 1 MB): one line, nothing written."""
     import regnp._checks as checks
@@ -144,8 +139,7 @@ def test_a_pair_too_large_for_the_memory_is_refused_before_the_network_runs(
     np.save(tmp_path / "M.npy", M)
     monkeypatch.setattr(checks, "available_memory", lambda: (1_000_000, "pretended"))
     code, err = _register_in_process(["--fixed", "F.npy", "--moving", "M.npy", "--checkpoint",
-                                      str(checkpoint), "--out", "res"], tmp_path, monkeypatch,
-                                     capsys)
+                                      str(checkpoint), "--out", "res"], tmp_path)
     assert code and "Traceback" not in err
     assert err.strip().startswith("error: registering a 96×80 pair with this network needs "
                                   "about "), err
@@ -154,7 +148,7 @@ def test_a_pair_too_large_for_the_memory_is_refused_before_the_network_runs(
     assert not (tmp_path / "res").exists()
 
 
-def test_register_never_replaces_its_own_input(tmp_path, checkpoint, monkeypatch, capsys):
+def test_register_never_replaces_its_own_input(tmp_path, checkpoint):
     """--moving it/warped.npy --out it once overwrote the moving image with its warped self;
     a path spelled differently (./it/../it) is the same file."""
     F, M = blob_pair(32, 32)
@@ -164,7 +158,7 @@ def test_register_never_replaces_its_own_input(tmp_path, checkpoint, monkeypatch
     before = (tmp_path / "it" / "warped.npy").read_bytes()
     code, err = _register_in_process(["--fixed", "F.npy", "--moving", "./it/../it/warped.npy",
                                       "--checkpoint", str(checkpoint), "--out", "it"],
-                                     tmp_path, monkeypatch, capsys)
+                                     tmp_path)
     assert code and err.strip() == ("error: --out it would replace the input "
                                     "./it/../it/warped.npy (this command writes warped.npy "
                                     "there); choose another --out or move the input"), err
