@@ -1,10 +1,11 @@
 """Training: a tiny run learns, resume is exact, NaN stops cleanly, and the CLIs fail clearly."""
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from process_helpers import run_main
 
 from regnp.checkpoint import load_checkpoint
 from regnp.train import TrainingError, config_from_args, parse_args, train
@@ -74,9 +75,13 @@ def test_nan_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
         np.testing.assert_array_equal(before[k], after[k])
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+def run_cli(module, *args, cwd):
+    """``python -m <module> <args>`` in ``cwd``, run in this process through the tool's
+    ``main(argv)`` (``process_helpers.run_main``: what these checks need of a fresh interpreter
+    — exit status, stdout, stderr, warning filters — without its start-up)."""
+    import importlib
+    code, out, err = run_main(importlib.import_module(module).main, list(args), cwd)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def test_cli_train_evaluate_and_errors(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from process_helpers import ctrl_c_as_in_a_terminal, run_main
+
 from regnp.checkpoint import load_checkpoint
 from regnp.train import TrainingError, config_from_args, parse_args, train
 
@@ -26,9 +28,11 @@ def tiny_config(*extra):
 
 
 def cli(*args, cwd):
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "regnp.train", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, env=env)
+    """``python -m regnp.train <args>`` in ``cwd``, run in this process through ``main(argv)``
+    (``process_helpers.run_main``); the kills and the Ctrl-C below use real processes."""
+    import regnp.train
+    code, out, err = run_main(regnp.train.main, list(args), cwd)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def last_line(r):
@@ -324,7 +328,6 @@ def test_ctrl_c_in_the_cli_prints_one_line_exits_130_and_resumes(tmp_path):
     step it names is the one in the checkpoint."""
     import re
 
-    from process_helpers import ctrl_c_as_in_a_terminal
     env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "regnp.train", *TINY, "--steps", "100000",
                              "--save-every", "100000", "--log-every", "1", "--val-every", "0",
