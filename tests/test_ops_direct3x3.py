@@ -315,3 +315,25 @@ def test_depthwise13_every_padding_matches_reference(pad, cw):
     rdx, rdw = depthwise_conv2d_backward_reference(d, x, w, pad)
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, rdw, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("shape, stride", [((2, 3, 4, 9, 7), 1), ((2, 3, 5, 6, 130), 1),
+                                           ((2, 3, 2, 5, 130), 1), ((2, 3, 4, 9, 7), 2)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_float32_conv2d_finds_nan_inf_in_x_and_dout(shape, stride, bad):
+    """The stride-1 tiled path checks x (forward) and dout (backward) for NaN/Inf while it copies
+    them into its tiles, the other paths with a separate scan: every path raises check_array's
+    message for a single bad value at the last pixel (the last row block's last row)."""
+    N, Ci, Co, H, W = shape
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, Ci, H, W)).astype(np.float32)
+    w = rng.standard_normal((Co, Ci, 3, 3)).astype(np.float32)
+    x[-1, -1, -1, -1] = bad
+    with pytest.raises(ValueError, match="x contains 1 NaN/Inf"):
+        conv2d_forward(x, w, None, stride, 1, act=0.2)
+    x[-1, -1, -1, -1] = 0.0
+    out, cache = conv2d_forward(x, w, None, stride, 1, act=0.2)
+    dout = np.ones_like(out)
+    dout[-1, -1, -1, -1] = bad
+    with pytest.raises(ValueError, match="dout contains 1 NaN/Inf"):
+        conv2d_backward(dout, cache)

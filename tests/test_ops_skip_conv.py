@@ -151,3 +151,23 @@ def test_bad_inputs_are_explained():
         skip_conv3x3_forward(a, s, w, b, up=3)
     with pytest.raises(TypeError, match="dtype"):
         skip_conv3x3_forward(a, s.astype(np.float64), w, b)
+
+
+@pytest.mark.parametrize("where", ["a", "s"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2]])
+def test_nan_inf_found_by_the_tile_copy(case, bad, where):
+    """float32 reads a, s and dout only in the kernels' tile copy: that pass must find a single
+    NaN/±Inf anywhere (here the last pixel, in the last row block) and raise check_array's
+    message, forward and backward."""
+    a, s, w, b, rng = _inputs(case, np.float32)
+    x = a if where == "a" else s
+    x[-1, -1, -1, -1] = bad
+    with pytest.raises(ValueError, match=rf"{where} contains 1 NaN/Inf"):
+        skip_conv3x3_forward(a, s, w, b, up=case[-1], act=0.2)
+    x[-1, -1, -1, -1] = 0.0
+    out, cache = skip_conv3x3_forward(a, s, w, b, up=case[-1], act=0.2)
+    dout = np.ones_like(out)
+    dout[-1, -1, -1, -1] = bad
+    with pytest.raises(ValueError, match="dout contains 1 NaN/Inf"):
+        skip_conv3x3_backward(dout, cache)

@@ -14,8 +14,9 @@ faster only by moving fewer bytes.
 
 How the bytes are counted
 -------------------------
-From what regnp's float32 code actually reads and writes for each layer (``regnp/ops/conv.py``
-and the kernels it calls, ``regnp/ops/pool.py``, ``regnp/ops/activation.py``), pass by pass:
+From what regnp's float32 code actually reads and writes for each layer (``regnp/ops/conv.py``,
+``regnp/ops/skip_conv.py`` and the kernels they call, ``regnp/ops/pool.py``,
+``regnp/ops/activation.py``), pass by pass (a NaN/Inf scan of an input is a pass of its own):
 every array a pass reads counts its full size once, every array it writes counts its full size
 once. What stays inside one parallel job's L1/L2 (a job's tile while it is being multiplied,
 the accumulator rows) is not counted; buffers written in one pass and read in a later one (the
@@ -90,7 +91,8 @@ def conv3x3_cost(N, C, Co, H, W, stride=1, act=True, isz=4):
       backward lays dz out as zero-bordered planes (N, Co, (Ho + 2)·(Wo + 2)), which the dw
       pass (with the tiles) and the dx pass read.
 
-    Both passes start with ``check_array``'s NaN/Inf scan of their input (x, then dout).
+    The NaN/Inf check of the input (x, then dout) is a separate scan (``check_array``) except
+    on the stride-1 tiled path, where the tile copy does it while reading.
     """
     s = stride
     Ho, Wo = (H + 2 - 3) // s + 1, (W + 2 - 3) // s + 1
@@ -98,8 +100,9 @@ def conv3x3_cost(N, C, Co, H, W, stride=1, act=True, isz=4):
     wts = Co * C * 9 * isz
     mb = direct3x3.MB
     f = 2.0 * N * Co * C * Ho * Wo * 9
-    fwd = [("finite check x", X), ("x", X)]
-    bwd = [("finite check dout", Y), ("dout", Y)]
+    tiled = s == 1 and not (Co <= 2 and W >= 128)             # NaN check fused in the copy
+    fwd = ([] if tiled else [("finite check x", X)]) + [("x", X)]
+    bwd = ([] if tiled else [("finite check dout", Y)]) + [("dout", Y)]
     if act:
         bwd.append(("mask (from y)", Y))
     if s == 1 and Co <= 2 and W >= 128:
@@ -163,9 +166,10 @@ def concat_cost(N, Cs, H, W, isz=4):
 
 def skip_conv3x3_cost(N, Ca, Cs, Co, H, W, up=2, act=True, isz=4):
     """Cost of the conv after a skip join read in place (``regnp.ops.skip_conv``, float32):
-    a (N, Ca, H/up, W/up) and s (N, Cs, H, W) are scanned and read straight into the tiles (no
-    upsampled copy, no concatenation); the backward is the stride-1 conv's, except that dx is
-    written as da (the 2×2 block sums when up = 2) and ds instead of one joined array."""
+    a (N, Ca, H/up, W/up) and s (N, Cs, H, W) are read straight into the tiles, checked for
+    NaN/Inf on the way (no upsampled copy, no concatenation, no separate scan); the backward is
+    the stride-1 conv's, except that dx is written as da (the 2×2 block sums when up = 2) and
+    ds instead of one joined array."""
     A, S = N * Ca * (H // up) * (W // up) * isz, N * Cs * H * W * isz
     plain = conv3x3_cost(N, Ca + Cs, Co, H, W, stride=1, act=act, isz=isz)
     R = direct3x3.rows_per_job(N, H, W, Ca + Cs)
@@ -175,9 +179,8 @@ def skip_conv3x3_cost(N, Ca, Cs, Co, H, W, up=2, act=True, isz=4):
     gt = J * Co * (R + 2) * (W + 2) * isz
     Y = N * Co * H * W * isz
     wts = Co * (Ca + Cs) * 9 * isz
-    fwd = [("finite check a, s", A + S), ("a, s", A + S), ("x tiles (write)", xt),
-           ("weights", wts), ("out", Y)]
-    bwd = [("finite check dout", Y), ("dout", Y)] + ([("mask (from y)", Y)] if act else [])
+    fwd = [("a, s", A + S), ("x tiles (write)", xt), ("weights", wts), ("out", Y)]
+    bwd = [("dout", Y)] + ([("mask (from y)", Y)] if act else [])
     bwd += [("dz tiles (write)", gt), ("weights", wts), ("da, ds", A + S), ("x tiles (read)", xt),
             ("dz tiles (read)", gt),
             ("dw partials", J * -(-Co // direct3x3.MB) * direct3x3.MB * (Ca + Cs) * 9 * isz)]

@@ -347,8 +347,8 @@ def _taps_major(w):
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, A, B)
 
 
-def _check_common(x, w, b, stride, pad, w_in_axis, what):
-    check_array("x", x, ndim=4)
+def _check_common(x, w, b, stride, pad, w_in_axis, what, finite_x=True):
+    check_array("x", x, ndim=4, finite=finite_x)
     check_array("w", w, ndim=4, dtype=x.dtype)
     if b is not None:
         check_array("b", b, ndim=1, dtype=x.dtype)
@@ -455,7 +455,9 @@ def conv2d_forward(x, w, b=None, stride=1, pad=None, act=None, work=None):
     """
     if pad is None and isinstance(w, np.ndarray) and w.ndim == 4:
         pad = (w.shape[2] - 1) // 2
-    stride, pad = _check_common(x, w, b, stride, 0 if pad is None else pad, 1, "conv2d")
+    # x's NaN/Inf check: on the direct paths (``_direct3x3_forward``), else below
+    stride, pad = _check_common(x, w, b, stride, 0 if pad is None else pad, 1, "conv2d",
+                                finite_x=False)
     if b is not None and b.shape[0] != w.shape[0]:
         raise ValueError(f"b has shape {b.shape} but w has {w.shape[0]} output channels")
     if act is not None and not (act >= 0):
@@ -468,6 +470,7 @@ def conv2d_forward(x, w, b=None, stride=1, pad=None, act=None, work=None):
     dt = x.dtype
     if (kh, kw, pad) == (3, 3, 1) and stride in (1, 2) and dt == np.float32:
         return _direct3x3_forward(x, w, b, stride=stride, act=act, work=work)
+    check_array("x", x)                                        # NaN/Inf
 
     src = work.get("src", (N, g.n_phases, C, g.phase_len), dt)   # padded phases of x
     to_phases(x, src, stride=stride, pad=pad, phase_h=g.phase_h, wide_w=g.wide_w)
@@ -533,6 +536,8 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
     N, C, H, W = x.shape
     Co = w.shape[0]
     dt = x.dtype
+    if not (stride == 1 and (Co > 2 or W < 128)):
+        check_array("x", x)          # NaN/Inf (the stride-1 tile copy checks while it reads)
     if stride == 1 and Co <= 2 and W >= 128:
         # the flow head: too few multiply-adds per input value for tiles to pay (see
         # ``_fast/direct3x3.py``, "Layers with 1 or 2 output channels")
@@ -545,7 +550,8 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
         rows = direct3x3.rows_per_job(N, H, W, C)
         tiles = work.get("xtiles", (N * (-(-H // rows)), C, (rows + 2) * (W + 2)), dt)
         out = np.empty((N, Co, H, W), dtype=dt)                 # (N, Co, H, W)
-        direct3x3.conv3x3(x, w, out, rows=rows, tiles=tiles, bias=b, act=act)
+        if not direct3x3.conv3x3(x, w, out, rows=rows, tiles=tiles, bias=b, act=act):
+            check_array("x", x)                                 # raise the usual NaN message
         cache_type = _Direct3x3Cache
     else:
         Ho, Wo = (H + 1) // 2, (W + 1) // 2
@@ -562,7 +568,8 @@ def _direct3x3_forward(x, w, b, *, stride, act, work):
 def _direct3x3_backward(dout, c):
     """``conv2d_backward`` for the direct 3×3 stride-1 pad-1 path (``c``: ``_Direct3x3Cache``)."""
     N, C, H, W = c.x_shape
-    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W))
+    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W),
+                finite=False)                                  # NaN/Inf: in the tile copy
     dx = np.empty(c.x_shape, c.w.dtype)                        # (N, C, H, W)
     dw, db = direct3x3_dx_dw(dout, c, dx)
     return dx, dw, db
@@ -572,7 +579,8 @@ def direct3x3_dx_dw(dout, c, dx, dx2=None, dx_up=1):
     """dx (written into ``dx``) and (dw, db) of a stride-1 direct 3×3 forward whose cache ``c``
     holds x_tiles, w, y, act, has_bias, rows and work (``_Direct3x3Cache``, or the skip-join
     conv's cache, which passes ``dx2``/``dx_up`` to split dx as ``direct3x3.conv3x3``'s
-    ``out2``/``out_up`` do). dout: (N, Co, H, W), already checked."""
+    ``out2``/``out_up`` do). dout: (N, Co, H, W), checked for shape and dtype; its NaN/Inf
+    check happens here, in the pass that copies it into the gradient tiles."""
     Co = c.w.shape[0]
     H, W = dout.shape[2:]
     dt = c.w.dtype
@@ -582,9 +590,11 @@ def direct3x3_dx_dw(dout, c, dx, dx2=None, dx_up=1):
     # dx: the same kernel on dz = dout · LeakyReLU'(y), flipped and transposed weights; it
     # leaves dz's zero-padded rows in dz_tiles for the dw kernel
     dz_tiles = c.work.get("gtiles", (jobs, Co, (c.rows + 2) * (W + 2)), dt)
-    direct3x3.conv3x3(dout, direct3x3.flip_transpose(c.w), dx, rows=c.rows, tiles=dz_tiles,
-                      in_mask_of=c.y, in_slope=0.0 if c.act is None else float(c.act),
-                      out2=dx2, out_up=dx_up)
+    if not direct3x3.conv3x3(dout, direct3x3.flip_transpose(c.w), dx, rows=c.rows,
+                             tiles=dz_tiles, in_mask_of=c.y,
+                             in_slope=0.0 if c.act is None else float(c.act), out2=dx2,
+                             out_up=dx_up):
+        check_array("dout", dout)                               # raise the usual NaN message
     n_blocks = -(-Co // direct3x3.MB)                          # output-channel register blocks
     dw_part = c.work.get("dw_partial3", (jobs, n_blocks * direct3x3.MB, C, 3, 3), dt)
     db_part = c.work.get("db_partial3", (jobs, Co), dt)

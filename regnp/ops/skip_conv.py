@@ -84,9 +84,9 @@ class _SkipConvPlainCache(NamedTuple):
     up: int
 
 
-def _check(a, s, w, b, up, act):
-    check_array("a", a, ndim=4)
-    check_array("s", s, ndim=4, dtype=a.dtype)
+def _check(a, s, w, b, up, act, finite):
+    check_array("a", a, ndim=4, finite=finite)
+    check_array("s", s, ndim=4, dtype=a.dtype, finite=finite)
     check_array("w", w, ndim=4, dtype=a.dtype)
     if b is not None:
         check_array("b", b, ndim=1, dtype=a.dtype, shape=(w.shape[0],))
@@ -121,7 +121,8 @@ def skip_conv3x3_forward(a, s, w, b=None, *, up=2, act=None, work=None):
     dtype materialises the join and calls ``conv2d_forward`` (in float64 that is the GEMM path,
     so gradient checks of a whole U-Net see the same numbers as the three separate ops).
     """
-    _check(a, s, w, b, up, act)
+    # float32: a's and s's NaN/Inf check happens in the kernel's tile copy
+    _check(a, s, w, b, up, act, finite=a.dtype != np.float32)
     work = Workspace() if work is None else work
     if a.dtype == np.float32:
         return _skip_conv_direct(a, s, w, b, up=up, act=act, work=work)
@@ -140,7 +141,10 @@ def _skip_conv_direct(a, s, w, b, *, up, act, work):
     rows += rows % 2 if up == 2 else 0         # the backward's 2×2 sums need row pairs per job
     tiles = work.get("xtiles", (N * (-(-H // rows)), C, (rows + 2) * (W + 2)), a.dtype)
     out = np.empty((N, w.shape[0], H, W), a.dtype)             # (N, Co, H, W)
-    direct3x3.conv3x3(a, w, out, rows=rows, tiles=tiles, bias=b, act=act, inp2=s, in_up=up)
+    if not direct3x3.conv3x3(a, w, out, rows=rows, tiles=tiles, bias=b, act=act, inp2=s,
+                             in_up=up):
+        check_array("a", a)                                     # raise the usual NaN message
+        check_array("s", s)
     return out, _SkipConvCache(x_tiles=tiles, w=w, has_bias=b is not None, act=act,
                                y=out if act is not None else None, rows=rows, a_shape=a.shape,
                                s_shape=s.shape, up=up, work=work)
@@ -168,7 +172,8 @@ def skip_conv3x3_backward(dout, cache, full_res=False):
     c = cache
     N, Cs, H, W = c.s_shape
     Ca = c.a_shape[1]
-    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W))
+    check_array("dout", dout, ndim=4, dtype=c.w.dtype, shape=(N, c.w.shape[0], H, W),
+                finite=False)                                  # NaN/Inf: in the tile copy
     # dx of the joined input, as in conv2d's direct backward, but written as two arrays: the
     # skip's channels, and the upsampled channels summed over 2×2 blocks (or kept full size)
     up = 1 if full_res else c.up

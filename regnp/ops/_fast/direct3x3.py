@@ -157,7 +157,7 @@ def flip_transpose(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t):
     """t (Ca + Cb, (R + 2) * (W + 2)) = zero-padded input rows r0 - 1 .. r0 + R of image n,
     flattened, of the channel concatenation [up(inp), inp2] — which is never built:
@@ -166,9 +166,14 @@ def _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t):
       ``in_up`` (1 or 2) while copying: row y reads inp row y // 2, column j reads j // 2;
     - channels Ca .. Ca + Cb - 1 come from inp2 (N, Cb, H, W) (Cb = 0: no second input);
     - with in_mask (in_up 1, no inp2) inp is multiplied by in_slope where ysrc <= 0 (the
-      LeakyReLU backward)."""
+      LeakyReLU backward).
+
+    Returns the sum of (v - v) over the input values read: 0 when all are finite, NaN when one
+    is NaN or ±Inf — the NaN/Inf check of the input, fused into the pass that reads it anyway
+    (``reassoc`` lets that sum vectorise; NaN and Inf keep their IEEE meaning)."""
     Ca = inp.shape[1]
     Wp = W + 2
+    chk = 0.0
     for c in range(t.shape[0]):
         for rr in range(R + 2):
             y = r0 - 1 + rr
@@ -182,23 +187,30 @@ def _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t):
             if c >= Ca:
                 src = inp2[n, c - Ca, y]                   # (W,)
                 for j in range(W):
-                    row[j + 1] = src[j]
+                    v = src[j]
+                    chk += v - v
+                    row[j + 1] = v
             elif in_up == 2:
                 src = inp[n, c, y // 2]                    # (W / 2,)
                 for jj in range(W // 2):
                     v = src[jj]
+                    chk += v - v
                     row[2 * jj + 1] = v
                     row[2 * jj + 2] = v
             elif in_mask:
                 for j in range(W):
                     v = inp[n, c, y, j]
+                    chk += v - v
                     if ysrc[n, c, y, j] <= 0:
                         v = v * in_slope
                     row[j + 1] = v
             else:
                 src = inp[n, c, y]
                 for j in range(W):
-                    row[j + 1] = src[j]
+                    v = src[j]
+                    chk += v - v
+                    row[j + 1] = v
+    return chk
 
 
 @numba.njit(cache=True, nogil=True)
@@ -262,12 +274,13 @@ def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
+    chk = 0.0                                                  # NaN iff an input is NaN/Inf
     for job in numba.prange(N * nrb):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
+        chk += _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         # 2. 4 output channels x one row at a time, accumulated in L1-resident rows
         acc = np.empty((MB, W), out.dtype)                     # (MB, W)
         a0 = acc[0]
@@ -320,6 +333,7 @@ def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
                     if o < Co:
                         bo = bias[o] if use_bias else 0.0
                         _store_row(acc[m], bo, slope, use_act, n, o, r0 + rr, out, out2, out_up)
+    return chk
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -334,12 +348,13 @@ def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
+    chk = 0.0                                                  # NaN iff an input is NaN/Inf
     for job in numba.prange(N * nrb):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
+        chk += _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         acc = np.empty((2, W), out.dtype)                      # (2, W)
         a0 = acc[0]
         a1 = acc[1]
@@ -374,6 +389,7 @@ def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias
                     if o < Co:
                         bo = bias[o] if use_bias else 0.0
                         _store_row(acc[m], bo, slope, use_act, n, o, r0 + rr, out, out2, out_up)
+    return chk
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -393,12 +409,13 @@ def conv3x3_flat(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
     Cb = wpk.shape[0]
     nrb = (H + R - 1) // R
     Wp = W + 2
+    chk = 0.0                                                  # NaN iff an input is NaN/Inf
     for job in numba.prange(N * nrb):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
         t = tiles[job]                                         # (Ci, (R + 2) * (W + 2))
-        _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
+        chk += _fill_tile(inp, inp2, in_up, ysrc, in_slope, in_mask, n, r0, R, H, W, t)
         L = nr * Wp - 2                                        # flat outputs (junk at j >= W)
         acc = np.empty((MB, R * Wp), out.dtype)
         a0 = acc[0]
@@ -450,6 +467,7 @@ def conv3x3_flat(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
                     for rr in range(nr):
                         _store_row(acc[m, rr * Wp:rr * Wp + W], bo, slope, use_act, n, o,
                                    r0 + rr, out, out2, out_up)
+    return chk
 
 
 def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, in_slope=0.0,
@@ -478,6 +496,9 @@ def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, i
 
     Picks ``conv3x3_rows2`` (W >= 128, Co <= 2), ``conv3x3_rows`` (W >= 128) or ``conv3x3_flat``
     (narrow images); they compute the same thing.
+
+    Returns True when every value read from inp and inp2 was finite (the NaN/Inf check, fused
+    into the tile copy; callers raise ``check_array``'s message when it is False).
     """
     N = inp.shape[0]
     H, W = inp.shape[2] * in_up, inp.shape[3] * in_up
@@ -496,9 +517,10 @@ def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, i
     args = (inp, inp2, in_up, ysrc, float(in_slope), in_mask_of is not None)
     tail = (bias, use_bias, slope, act is not None, rows, tiles, out, out2, out_up)
     if wide and Co <= 2:
-        conv3x3_rows2(*args, pack_weights(w, 2), *tail)
+        chk = conv3x3_rows2(*args, pack_weights(w, 2), *tail)
     else:
-        (conv3x3_rows if wide else conv3x3_flat)(*args, pack_weights(w), *tail)
+        chk = (conv3x3_rows if wide else conv3x3_flat)(*args, pack_weights(w), *tail)
+    return bool(chk == 0.0)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
