@@ -44,9 +44,12 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
             assert m["train"]["steps"] == m["config"]["steps"] and m["train"]["seconds"] > 0
     text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
     assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
-    assert {f.name for f in figs} == {"results_training_length.png", "results_lambda_dice.png",
-                                      "results_lambda_jacobian.png", "results_claims.png",
-                                      "results_sigma.png"}
+    names = {f.name for f in figs}
+    assert names >= {"results_training_length.png", "results_lambda_dice.png",
+                     "results_lambda_jacobian.png", "results_claims.png", "results_sigma.png"}
+    assert all(n.startswith("results_sigma_") for n in names - {
+        "results_training_length.png", "results_lambda_dice.png", "results_lambda_jacobian.png",
+        "results_claims.png", "results_sigma.png"})           # a σ sweep's own field family
     # a second run finds everything done and trains nothing
     t0 = time.perf_counter()
     again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
@@ -272,6 +275,22 @@ def test_advantage_against_sigma_by_hand(tmp_path):
     assert "| 16 | 60.0 ± 0.0 |" in text
 
 
+def test_by_difficulty_splits_the_same_pairs_on_both_sides():
+    """9 pairs, Dice before 0.9 … 0.1 (pair p8 hardest): thirds hardest first, each a paired
+    difference over its own 3 pairs; Meta-Reg gains 3 points on the hardest third only."""
+    from regnp.study.report import by_difficulty
+    ids = [f"p{i}" for i in range(9)]
+    before = {i: 100 * (0.9 - 0.1 * k) for k, i in enumerate(ids)}
+    vm2 = {i: 80.0 + k for k, i in enumerate(ids)}
+    meta = {i: v + (3.0 if k >= 6 else 0.0) for k, (i, v) in enumerate(vm2.items())}
+    m = {"seed_dice": [meta], "pair_before": before, "label": "m"}
+    groups = by_difficulty(m, {"vm2": {"seed_dice": [vm2], "label": "v"}, "none": None})
+    assert [(round(lo), round(hi), n) for lo, hi, n, _ in groups] == [(10, 30, 3), (40, 60, 3),
+                                                                       (70, 90, 3)]
+    assert [g[3]["vm2"]["delta"] for g in groups] == pytest.approx([3.0, 0.0, 0.0])
+    assert all(set(g[3]) == {"vm2"} and g[3]["vm2"]["n_pairs"] == 3 for g in groups)
+
+
 def test_rkhs_differences_table_by_hand(tmp_path):
     """Each cell is one paired difference of per-pair Dice with its bootstrap interval and p; a
     comparison with a side not run shows '–'."""
@@ -454,7 +473,10 @@ def test_report_writes_the_results_page_byte_for_byte_and_says_what_it_wrote(tmp
     assert "## The answer in short" in page and "[TABLES.md](TABLES.md)" in page
     assert "](figures/results_claims.png)" in page
     assert "**Meta-Reg − VoxelMorph-2**" in page and "| Ablated (free 13×13, no M) | chest" in page
-    assert "**Grid status: 4 of 68 grid jobs finished**" in page and "**Cost so far.**" in page
+    from regnp.study.report import _planned_jobs
+    planned = {n for p, names in _planned_jobs().items() if p != "steps" for n in names}
+    assert f"**Grid status: 4 of {len(planned)} grid jobs finished**" in page
+    assert "**Cost so far.**" in page
     first = {p: Path(p).read_bytes() for p in written}
     r2 = _report_cli("--out", runs, cwd=tmp_path)
     assert r2.returncode == 0 and r2.stdout == r.stdout

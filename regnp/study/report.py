@@ -155,6 +155,7 @@ def cell(results, setting, variant, test, lam=LAMBDA, calibration=False):
             "seeds": [m["config"].get("seed") for m in jobs],
             "per_seed": [float(np.mean(list(d.values()))) for d in per_seed["dice_after"]],
             "seed_dice": per_seed["dice_after"], "seed_jac": per_seed["pct_positive_jacobian"],
+            "pair_before": dict(zip(per_seed["dice_before"][0], avg["dice_before"].tolist())),
             "label": f"{VARIANTS.get(variant, (variant,))[0]} ({setting}, {test})",
             "steps": [m["train"]["steps"] for m in jobs if m.get("train")],
             "train_seconds": [m["train"]["seconds"] for m in jobs if m.get("train")]}
@@ -810,12 +811,19 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
         out += ["## Training seeds", "", "Two seeds of the core models: each seed's mean Dice and "
                 "the paired difference between them on the same test pairs. Comparisons of "
                 "single-seed models carry none of this variation.", "", seeds_md, ""]
-    # --- deformation size
-    spts = sigma_points(results)
-    if len(spts) >= 2:
-        out += ["## Meta-Reg's advantage against deformation size (liver, σ_train = σ_test)", "",
-                sigma_table(spts), ""]
-        figs.append(_plot_sigma(spts, Path(fig_dir) / "results_sigma.png"))
+    # --- deformation size, one section per field family
+    for family in sigma_families():
+        spts = sigma_points(results, family)
+        if len(spts) < 2:
+            continue
+        suffix = family.split("-", 1)[1] if "-" in family else ""
+        out += [f"## Meta-Reg's advantage against deformation size (liver, σ_train = σ_test"
+                + (f"; {suffix} fields)" if suffix else ")"), "",
+                sigma_table(spts), "", "Within each test set, by thirds of the pairs' Dice "
+                "before registration (hardest first; the same pairs on both sides):", "",
+                difficulty_table(spts), ""]
+        figs.append(_plot_sigma(spts, Path(fig_dir) / ("results_sigma" + (
+            f"_{suffix}" if suffix else "") + ".png")))
     # --- lambda
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
     if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
@@ -946,18 +954,19 @@ def answer_in_short(results, rows):
                                          f"{VARIANTS[rival][0]} better")
                                       for s, t, _, _, d in sig) + ")" if sig else "")
                    + ".")
-    spts = [(sg, c) for sg, c, _ in sigma_points(results) if c.get("vm2")]
+    spts = [(f"σ {sg:g}" + (f" ({f.split('-', 1)[1]} fields)" if "-" in f else ""), c)
+            for f in sigma_families() for sg, c, _ in sigma_points(results, f) if c.get("vm2")]
     if spts:
         paper_vm2 = PAPER[("liver16", "s16")]["vm2"][0]
         near = min(spts, key=lambda p: abs(p[1]["vm2"]["dice"][0] - paper_vm2))
         out.append(f"- **The paper's regime:** its VoxelMorph-2 scores {paper_vm2:.1f} Dice at σ 16/16; "
-                   + "ours " + " and ".join(f"{c['vm2']['dice'][0]:.1f} at σ {sg:g} (Dice before "
+                   + "ours " + " and ".join(f"{c['vm2']['dice'][0]:.1f} at {where} (Dice before "
                                             f"{c['metareg']['dice_before'][0]:.0f} %)"
-                                            for sg, c in spts)
+                                            for where, c in spts)
                    + (". Our pairs are easier than the paper's at the same nominal σ, so these "
                       "verdicts hold for our regime, not for the paper's large deformations"
                       if near[1]["vm2"]["dice"][0] - paper_vm2 > 3 else
-                      f". Our σ {near[0]:g} is nearest the paper's difficulty") + ".")
+                      f". Our {near[0]} is nearest the paper's difficulty") + ".")
     done = [r for r in rows if r.get("delta") is not None]
     claimed = [r for r in done if r["sig"]]
     repro = [r for r in claimed if r["p_holm"] < 0.05 and r["delta"] > 0]
@@ -1021,8 +1030,10 @@ def results_page(results, rows, root, readme_path, tables_path, figs):
     if figs:
         out += ["", "## Figures", ""]
         for f in figs:
-            out += [f"**{FIGURES.get(Path(f).stem, Path(f).stem)}**", "",
-                    f"![{FIGURES.get(Path(f).stem, Path(f).stem)}]({rel(f)})", ""]
+            cap = FIGURES.get(Path(f).stem, FIGURES["results_sigma"] + " (" + Path(f).stem[
+                len("results_sigma_"):] + " fields)" if Path(f).stem.startswith(
+                "results_sigma_") else Path(f).stem)
+            out += [f"**{cap}**", "", f"![{cap}]({rel(f)})", ""]
         out.pop()
     return "\n".join(out) + "\n"
 
@@ -1129,14 +1140,21 @@ def _test_at(results, setting, sigma):
     return None
 
 
-def sigma_points(results, rivals=SIGMA_RIVALS):
-    """Does Meta-Reg's advantage grow with the deformation size? Every liver setting (a
-    synthetic set with a training σ in ``SETTINGS``) scored at its own σ, in order of σ: a list
-    of (σ, {variant: cell}, {rival: :func:`diff` of Meta-Reg − rival}). Settings added to
-    ``SETTINGS`` (a σ sweep) join automatically."""
+def sigma_families():
+    """The field families of the synthetic settings, in ``SETTINGS`` order: the data set name
+    of each setting with a training σ ("chaos": the Gaussian-mixture fields of liver10/16; a σ
+    sweep with another field family has its own, e.g. "chaos-velocity")."""
+    return list(dict.fromkeys(d for d, sigma, _ in SETTINGS.values() if sigma is not None))
+
+
+def sigma_points(results, family="chaos", rivals=SIGMA_RIVALS):
+    """Does Meta-Reg's advantage grow with the deformation size? Every setting of one field
+    ``family`` (see :func:`sigma_families`) scored at its own σ, in order of σ: a list of
+    (σ, {variant: cell}, {rival: :func:`diff` of Meta-Reg − rival}). Settings added to
+    ``SETTINGS`` (a σ sweep) join their family's curve by themselves."""
     pts = []
-    for setting, (_, sigma, _) in SETTINGS.items():
-        test = None if sigma is None else _test_at(results, setting, sigma)
+    for setting, (dataset, sigma, _) in SETTINGS.items():
+        test = None if sigma is None or dataset != family else _test_at(results, setting, sigma)
         if test is None:
             continue
         cells = {v: cell(results, setting, v, test) for v in ("metareg",) + tuple(rivals)}
@@ -1157,6 +1175,39 @@ def sigma_table(pts):
         out.append(f"| {sigma:g} | {_pm(m['dice_before'], 1)} | {_pm(v and v['dice'])} "
                    f"| {_pm(m['dice'])} | {_diff_txt(m, v)} | {_pm(a and a['dice'])} "
                    f"| {_diff_txt(m, a)} | {_pm(v and v['jac'])} | {_pm(m['jac'])} |")
+    return "\n".join(out)
+
+
+def by_difficulty(m, others, parts=3):
+    """Meta-Reg − each cell of ``others`` within ``parts`` groups of the test pairs, hardest
+    first: the pairs sorted by Dice before registration (ties by id) and split into equal
+    parts. Returns [(lowest, highest Dice before, pairs, {variant: diff})]. The group is
+    chosen by the pair (the same for both sides), so each difference stays paired."""
+    before = m["pair_before"]
+    ids = sorted(before, key=lambda i: (before[i], i))
+    out = []
+    for group in np.array_split(np.array(ids, dtype=object), parts):
+        keep = set(group.tolist())
+
+        def sub(c):
+            return dict(c, seed_dice=[{i: v for i, v in d.items() if i in keep}
+                                      for d in c["seed_dice"]])
+        out.append((before[group[0]], before[group[-1]], len(group),
+                    {v: diff(sub(m), sub(c)) for v, c in others.items() if c}))
+    return out
+
+
+def difficulty_table(pts):
+    """:func:`by_difficulty` of every σ point: does Meta-Reg's edge grow with how hard the pair
+    is, within one test set?"""
+    out = ["| σ | Dice before (%) | pairs | Meta-Reg − VM-2: Δ Dice (CI; p) "
+           "| Meta-Reg − ablated (free): Δ Dice (CI; p) |", "|---|---|---|---|---|"]
+    for sigma, c, _ in pts:
+        others = {r: c.get(r) for r in SIGMA_RIVALS}
+        for lo, hi, n, d in by_difficulty(c["metareg"], others):
+            cells = [("–" if r not in d else f"{d[r]['delta']:+.2f} (CI {_ci_txt(d[r])}; p "
+                      f"{_p_eq(d[r]['p'], d[r]['n_boot'])})") for r in SIGMA_RIVALS]
+            out.append(f"| {sigma:g} | {lo:.1f} – {hi:.1f} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
