@@ -181,7 +181,8 @@ path = out_dir / "02_gradient_checking.png"
 fig.savefig(path, dpi=110)
 show_or_close(fig)
 print(f"saved {path}")
-numbers = {"best_h_float64": best_h64, "by_hand_vs_library": lib_vs_hand, "by_hand_du_error": rel_u,
+numbers = {"best_h_float64": best_h64, "by_hand_vs_library": lib_vs_hand,
+           "by_hand_du_error": rel_u,
            "warp_dmoving_error": warp_errs["moving"], "warp_du_error": warp_errs["u"],
            "warp_du_error_h1e-5": warp_by_h[1],
            "broken_error": err_bad,

@@ -209,7 +209,8 @@ path2 = out_dir / "04_gram_spectrum.png"
 fig.savefig(path2, dpi=100)
 show_or_close(fig)
 print(f"saved {path2}")
-numbers = {"fft_by_hand_vs_library": fft_by_hand, "dense_kron_fft_agreement": agree, "fft_vs_loop": vs_loop,
+numbers = {"fft_by_hand_vs_library": fft_by_hand, "dense_kron_fft_agreement": agree,
+           "fft_vs_loop": vs_loop,
            "kron_factorisation": np.abs(K - np.kron(Ky, Kx)).max(),
            "block_toeplitz": worst, "min_eigenvalue": min(e[0] for e in ev.values()),
            "dense_ms": t_dense, "kron_ms": t_kron, "fft_ms": t_fft}

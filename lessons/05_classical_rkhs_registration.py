@@ -13,8 +13,9 @@ with K per evaluation (besides the forward u = K α), because K is symmetric:
     ∂f/∂α = Kᵀ ∂f/∂u = K (dS/du + λ dR/du).
 
 Steps: (1) one phantom pair with a σ = 10 synthetic deformation; (2) the objective and its
-gradient written out by hand, then checked against central differences; (3) solve with the default settings and watch objective and Dice;
-(4) compare other regularisers, kernels and similarities; (5) look at the result.
+gradient written out by hand, then checked against central differences; (3) solve with the
+default settings and watch objective and Dice; (4) compare other regularisers, kernels and
+similarities; (5) look at the result.
 
 Run:  python lessons/05_classical_rkhs_registration.py [--quick] [--out DIR]
 (or open it as a notebook: every ``# %%`` line starts a cell).
@@ -227,7 +228,8 @@ path2 = out_dir / "05_rkhs_result.png"
 fig.savefig(path2, dpi=80)
 show_or_close(fig)
 print(f"saved {path2}")
-report_numbers(gradient_by_hand_vs_library=grad_by_hand, objective_by_hand_vs_library=abs(f_hand - f_lib),
+report_numbers(gradient_by_hand_vs_library=grad_by_hand,
+               objective_by_hand_vs_library=abs(f_hand - f_lib),
                gradcheck_rkhs=grad_errs["rkhs"], gradcheck_diffusion=grad_errs["diffusion"],
                dice_before=d_before, dice_after=d_after, seconds=res.seconds,
                pct_positive_jacobian=fold["pct_positive"][0])

@@ -211,7 +211,8 @@ path = out_dir / "06_convolution.png"
 fig.savefig(path, dpi=110)
 show_or_close(fig)
 print(f"saved {path}")
-report_numbers(im2col_vs_loop=im2col_diff, forward_vs_loop=max(fwd_diff, d2.max()), backward_vs_loop=bwd_diff,
+report_numbers(im2col_vs_loop=im2col_diff, forward_vs_loop=max(fwd_diff, d2.max()),
+               backward_vs_loop=bwd_diff,
                dx_as_conv=np.abs(dx - dx_conv).max(),
                dx_as_conv_transpose=np.abs(dx - dx_ct).max(),
                dw_as_correlation=np.abs(dw - dw_corr).max(),
