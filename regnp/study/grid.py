@@ -733,12 +733,13 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
                 if on_result:
                     on_result(m)
         else:
-            futures = {executor.submit(run_pool_job, c, str(root), data_root, threads,
-                                       deadline=deadline, estimate=estimates.get(c["name"])):
-                       c["name"] for c in todo}
+            futures = {}
             try:
-                done_futures = _as_completed(executor, list(futures))
-                for fut in done_futures:
+                for c in todo:
+                    futures[executor.submit(run_pool_job, c, str(root), data_root, threads,
+                                            deadline=deadline,
+                                            estimate=estimates.get(c["name"]))] = c["name"]
+                for fut in _as_completed(executor, list(futures)):
                     name = futures[fut]
                     try:
                         m = fut.result()
