@@ -246,7 +246,7 @@ def test_advantage_against_sigma_by_hand(tmp_path):
     """Each liver setting scored at its own σ is one point of the σ figure, in order of σ, with
     Meta-Reg − VM-2 and − the paper's ablation as paired differences; a setting where Meta-Reg
     has not run is left out."""
-    from regnp.study.report import load_results, sigma_points
+    from regnp.study.report import load_results, sigma_matrix, sigma_points
     rng = np.random.default_rng(12)
     d = {}
     for setting, test, gain in (("liver16", "s16", 0.02), ("liver10", "s10", 0.005)):
@@ -270,9 +270,15 @@ def test_advantage_against_sigma_by_hand(tmp_path):
         assert diffs["vm2"]["delta"] == pytest.approx(100 * (x["metareg"] - x["vm2"]).mean())
         assert diffs["ablated_free"]["delta"] == pytest.approx(
             100 * (x["metareg"] - x["ablated_free"]).mean())
+    mat = sigma_matrix(load_results(tmp_path)[0], rival="vm2")
+    assert set(mat) == {(10.0, 10.0), (10.0, 16.0), (16.0, 10.0), (16.0, 16.0)}
+    x = d["liver16"]
+    assert mat[16.0, 16.0]["delta"] == pytest.approx(100 * (x["metareg"] - x["vm2"]).mean())
+    assert mat[10.0, 16.0]["delta"] == 0.0                    # every job 0.5 off its own σ
     text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     assert (tmp_path / "f" / "results_sigma.png") in figs
     assert "| 16 | 60.0 ± 0.0 |" in text
+    assert "| σ_train \\ σ_test (Meta-Reg − VoxelMorph-2) | 10 | 16 |" in text
 
 
 def test_by_difficulty_splits_the_same_pairs_on_both_sides():

@@ -822,6 +822,13 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
                 sigma_table(spts), "", "Within each test set, by thirds of the pairs' Dice "
                 "before registration (hardest first; the same pairs on both sides):", "",
                 difficulty_table(spts), ""]
+        mats = [(r, sigma_matrix(results, family, r)) for r in SIGMA_RIVALS]
+        mats = [(r, m) for r, m in mats if len({a for a, _ in m}) >= 2 and len({b for _, b in m}) >= 2]
+        if mats:
+            out += ["Every trained network on every σ test set (Δ Dice [hierarchical 95 % "
+                    "interval]; off the diagonal: the paper's generalisation scenarios):", ""]
+            for r, m in mats:
+                out += [sigma_matrix_table(m, r), ""]
         figs.append(_plot_sigma(spts, Path(fig_dir) / ("results_sigma" + (
             f"_{suffix}" if suffix else "") + ".png")))
     # --- lambda
@@ -1208,6 +1215,37 @@ def difficulty_table(pts):
             cells = [("–" if r not in d else f"{d[r]['delta']:+.2f} (CI {_ci_txt(d[r])}; p "
                       f"{_p_eq(d[r]['p'], d[r]['n_boot'])})") for r in SIGMA_RIVALS]
             out.append(f"| {sigma:g} | {lo:.1f} – {hi:.1f} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def sigma_matrix(results, family="chaos", rival="vm2"):
+    """Meta-Reg − ``rival`` for every training σ × test σ of one field family (the paper's
+    Tables 1–2 scenarios at every size): {(σ_train, σ_test): diff}, from every test set with a
+    σ that both networks were scored on."""
+    out = {}
+    for setting, (dataset, sigma, _) in SETTINGS.items():
+        if dataset != family or sigma is None:
+            continue
+        tests = {t["name"]: t["sigma"] for m in results.values()
+                 if m["config"].get("setting") == setting
+                 for t in m["config"].get("tests", []) if t.get("sigma") is not None}
+        for test, s_test in tests.items():
+            d = diff(cell(results, setting, "metareg", test), cell(results, setting, rival, test))
+            if d is not None:
+                out[(sigma, s_test)] = d
+    return out
+
+
+def sigma_matrix_table(mat, rival="vm2"):
+    """Rows σ_train, columns σ_test; each cell "Δ [lo, hi]" (hierarchical 95 % interval)."""
+    trains = sorted({a for a, _ in mat})
+    tests = sorted({b for _, b in mat})
+    out = [f"| σ_train \\ σ_test (Meta-Reg − {VARIANTS[rival][0]}) | "
+           + " | ".join(f"{t:g}" for t in tests) + " |", "|---|" + "---|" * len(tests)]
+    for a in trains:
+        out.append(f"| {a:g} | " + " | ".join(
+            "–" if (a, b) not in mat else f"{mat[a, b]['delta']:+.2f} [{_ci_txt(mat[a, b])}]"
+            for b in tests) + " |")
     return "\n".join(out)
 
 
