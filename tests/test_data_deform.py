@@ -131,3 +131,135 @@ def test_sigma_statistics_on_chaos(data_root):
         assert out[sig]["field"]["pct_folded"][1] == 0.0
     assert 0.70 < out[10]["dice_before"][0] < 0.85
     assert 0.55 < out[16]["dice_before"][0] < 0.72
+
+
+# ---- the velocity-field family ("svf") and the σ limits (issue 17; issue 20 item 3) ----------
+from regnp.data.deform import (_bumps_on_grid, _draw_bumps, fold_limit, random_field,  # noqa: E402
+                               sigma_limit, velocity_field)
+
+
+def _flow_endpoint(bumps, norm, s, p, t_end=1.0):
+    """Where the ODE dp/dt = s·m(p)/norm carries the pixel p in unit time (scipy RK45, tight
+    tolerances): the obviously-correct reference of exp(v)."""
+    from scipy.integrate import solve_ivp
+
+    def rhs(_, q):
+        m = _bumps_on_grid(bumps, np.array([q[0]]), np.array([q[1]]))[:, 0, 0]
+        return s * m / norm
+    sol = solve_ivp(rhs, (0.0, t_end), np.asarray(p, float), rtol=1e-9, atol=1e-9)
+    return sol.y[:, -1]
+
+
+@pytest.mark.parametrize("shape, sigma, widths", [((96, 80), 9.0, (14.0, 30.0)),
+                                                  ((64, 64), 12.0, (7.0, 15.0))])
+def test_velocity_field_is_the_flow_of_the_mixture(subject, shape, sigma, widths):
+    """u(p) = φ(p) − p with φ the time-1 flow of v = s·m: checked pixel by pixel against an ODE
+    solver on odd/non-square grids; RMS over the region is σ; no folds; reproducible."""
+    H, W = shape
+    region = np.zeros(shape, bool)
+    region[H // 5:-H // 6, W // 4:-W // 7] = True
+    u, info = velocity_field(shape, sigma, seed=[4, 2], region=region, widths=widths,
+                             dtype=np.float64, return_info=True)
+    assert u.shape == (2, H, W) and u.dtype == np.float64 and info["rejected"] == 0
+    assert np.sqrt((u ** 2).sum(0)[region].mean()) == pytest.approx(sigma, rel=2e-4)
+    assert jacobian_determinant(u).min() > 0
+    # the same random stream gives the same bumps: rebuild m and follow pixels along the flow
+    bumps = _draw_bumps(np.random.default_rng([4, 2]), H, W, region, (4, 8), widths)
+    m = _bumps_on_grid(bumps, np.arange(H, dtype=float), np.arange(W, dtype=float))
+    norm = np.sqrt((m ** 2).sum(0)[region].mean())
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(12):
+        p = (int(rng.integers(H)), int(rng.integers(W)))
+        end = _flow_endpoint(bumps, norm, info["scale"], p)
+        worst = max(worst, float(np.abs(end - np.array(p) - u[:, p[0], p[1]]).max()))
+    assert worst < 0.02 * sigma                     # bilinear steps on a coarse grid: < 2 % of σ
+    again = velocity_field(shape, sigma, seed=[4, 2], region=region, widths=widths,
+                           dtype=np.float64)
+    assert np.array_equal(u, again)
+
+
+def test_velocity_field_near_the_border_follows_the_flow_out():
+    """Bumps at the right border pushing outward: the flow is integrated on a padded grid, so
+    border pixels move as the ODE says (integrating on the image grid alone, with the warp's
+    zero padding, stopped them at the border: det J → 0 along it even at σ = 10)."""
+    H = W = 128
+    edge = np.zeros((H, W), bool)
+    edge[50:78, 118:] = True                         # centres next to the right border
+    for seed in (0, 1):
+        u, info = velocity_field((H, W), 10.0, seed=seed, region=edge, widths=(14, 30),
+                                 dtype=np.float64, return_info=True)
+        bumps = _draw_bumps(np.random.default_rng(seed), H, W, edge, (4, 8), (14.0, 30.0))
+        m = _bumps_on_grid(bumps, np.arange(H, dtype=float), np.arange(W, dtype=float))
+        norm = np.sqrt((m ** 2).sum(0)[edge].mean())
+        for p in ((52, W - 1), (64, W - 1), (76, W - 1), (64, W - 3)):
+            end = _flow_endpoint(bumps, norm, info["scale"], p)
+            assert np.abs(end - np.array(p) - u[:, p[0], p[1]]).max() < 0.03 * 10.0
+
+
+def test_small_sigma_velocity_field_is_the_mixture_itself(subject):
+    """exp(v) = id + v + O(|v|²): at σ = 0.05 px the two families give the same field."""
+    _, _, body = subject
+    kw = dict(seed=[7, 3], region=body, widths=(14, 30), dtype=np.float64)
+    a = gaussian_mixture_field((128, 128), 0.05, **kw)
+    b = velocity_field((128, 128), 0.05, **kw)
+    # what is left is the coarse grid's bilinear interpolation, (stride / width)² / 8 ≈ 0.26 %
+    # here (stride 2, narrowest width 14 px), plus the O(σ²) term
+    assert np.abs(a - b).max() < 5e-3 * np.abs(a).max()
+    # and a wrong scale or direction would be off by far more
+    assert np.abs(a - 1.1 * b).max() > 2e-2 * np.abs(a).max()
+
+
+def test_sigma_limits_are_one_line_value_errors():
+    assert sigma_limit("gmm") == 42.0 and sigma_limit("svf") == 56.0
+    with pytest.raises(ValueError, match=r"^sigma=43 px is more than the Gaussian-mixture field "
+                                         r".*the largest is 42 px; .*field='svf'$"):
+        gaussian_mixture_field((256, 256), 43.0)
+    with pytest.raises(ValueError, match=r"^sigma=60 px is more than the velocity-field "
+                                         r"deformation .*the largest is 56 px"):
+        velocity_field((256, 256), 60.0)
+    with pytest.raises(ValueError, match="field must be one of 'gmm', 'svf'"):
+        random_field((16, 16), 1.0, field="bspline")
+    with pytest.raises(ValueError, match="field must be one of"):
+        sigma_limit("bspline")
+
+
+@pytest.mark.parametrize("name, sigma, frag", [
+    ("phantom", 60.0, r"sigma 60 is more than the 'gmm' deformations .* largest is 42; the "
+                      r"invertible velocity-field family .*chaos-svf\) draws up to 56"),
+    ("phantom-svf", 80.0, r"sigma 80 is more than the 'svf' deformations .* largest is 56$"),
+])
+def test_datasets_refuse_a_sigma_beyond_the_limit_at_once(name, sigma, frag):
+    """Issue 20 item 3: `--sigma 60` ended in a RuntimeError traceback at the first batch; the
+    set now refuses it when it is made, at any working size, in 256-pixel units."""
+    for size in (64, 256):
+        with pytest.raises(ValueError, match=frag):
+            load_dataset(name, "test", size=size, sigma=sigma, n_pairs=2, n_subjects=1)
+
+
+def test_dataset_names_choose_the_field_family():
+    a = load_dataset("phantom", "test", size=64, sigma=16, n_pairs=3, n_subjects=2)
+    b = load_dataset("phantom-svf", "test", size=64, sigma=16, n_pairs=3, n_subjects=2)
+    c = load_dataset("phantom", "test", size=64, sigma=16, n_pairs=3, n_subjects=2, field="svf")
+    g = load_dataset("phantom-gmm", "test", size=64, sigma=16, n_pairs=3, n_subjects=2)
+    assert a.field_family == g.field_family == "gmm" and b.field_family == c.field_family == "svf"
+    assert a.pair_ids == b.pair_ids                # the same base slices: comparable pair by pair
+    assert np.array_equal(b[2]["u"], c[2]["u"]) and np.array_equal(a[2]["u"], g[2]["u"])
+    assert not np.array_equal(a[2]["u"], b[2]["u"])
+    assert b.field(2, return_info=True)[1]["rejected"] == 0
+    for bad, frag in (("acdc-svf", "applies to the synthetic sets only"),
+                      ("liver-svf", r"synthetic sets only \(phantom, chaos\), e.g. chaos-svf"),
+                      ("chaos-bspline", "unknown dataset 'chaos-bspline'.*end in -svf")):
+        with pytest.raises(ValueError, match=frag):
+            load_dataset(bad, "test")
+    with pytest.raises(ValueError, match="names the field family 'svf', but field='gmm'"):
+        load_dataset("phantom-svf", "test", field="gmm")
+
+
+def test_fold_limit_is_where_the_draw_starts_to_fold(subject):
+    _, _, body = subject
+    u = gaussian_mixture_field((128, 128), 1.0, seed=3, region=body, widths=(14, 30),
+                               dtype=np.float64)
+    lim = fold_limit(u, 0.1, body)                  # σ at which min det J reaches 0.1
+    assert jacobian_determinant(u * lim * 0.999).min() > 0.1
+    assert jacobian_determinant(u * lim * 1.001).min() < 0.1

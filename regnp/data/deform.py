@@ -24,12 +24,13 @@ Family "gmm" (the default; every committed job uses it): the mixture *is* the di
 u = s·m, with the scale s chosen so that the RMS over the region is exactly σ
 (:func:`gaussian_mixture_field`). It is not invertible by construction, so a draw with
 ``det J_φ(p) ≤ min_det`` (default 0.1) anywhere is **rejected** and redrawn from the same
-random stream (σ keeps its exact meaning; the result stays reproducible). Measured on the CHAOS
-test bodies at 256×256 (``results/calibration.json``, ``docs/deformations.md``), the share of
-draws rejected grows fast with σ: 0 % at σ = 10, 8 % at 16, 34 % at 22, 62 % at 28, 81 % at 34,
-and every draw folds from about σ = 60. Beyond 20–30 px the accepted fields are therefore a
-selected minority (fewer, wider bumps), not the family's distribution. When no draw in
-``max_tries`` passes, a ValueError says the largest σ the tried draws could reach. (A first
+random stream (σ keeps its exact meaning; the result stays reproducible). Measured on the 80
+CHAOS test pairs at 256×256 (``results/calibration.json``, ``docs/deformations.md``), the share
+of draws rejected grows fast with σ: 0 % at σ = 10, 5 % at 16, 33 % at 22, 58 % at 28, 79 % at
+34, 91 % at 40, and every draw folds from about σ = 60. Beyond 20–30 px the accepted fields are
+therefore a selected minority (fewer, wider bumps), not the family's distribution. Above
+``GMM_MAX_SIGMA_PER_WIDTH`` × the narrowest width (42 px at 256×256) it refuses at once; when
+no draw in ``max_tries`` passes below that, a ValueError says the largest σ the draws reached. (A first
 try that scaled the *peak* |u| to σ left σ = 16 CHAOS pairs at 88 % Dice before registration;
 the RMS over the body makes every pair move by about σ.)
 
@@ -40,10 +41,13 @@ at half resolution as VoxelMorph's ``int_downsize=2``; the squarings are chosen 
 first step moves at most 0.5 px), and s is solved (secant iterations, to 1e-4 relative) so that
 the RMS of the resulting **displacement u** over the region is σ — the same σ as the "gmm"
 family, so a σ means the same motion of the anatomy in both, and the two families can be
-compared at equal σ (``docs/deformations.md``). The flow of a smooth velocity cannot fold, so
-nothing is rejected at any σ; the price is that |u| saturates: a point carried by a bump stops
-where the bump ends, so each draw has a largest reachable RMS. A draw that cannot reach σ is
-redrawn; when none of ``max_tries`` can, a ValueError says the largest σ they reached.
+compared at equal σ (``docs/deformations.md``: at σ ≤ 40 they give the same Dice before
+registration within 3 points). The flow of a smooth velocity cannot fold, so no draw is
+rejected up to σ = 40 at 256×256 (measured). Beyond about two bump widths the flows wind
+around their bumps faster than the pixel grid resolves and |u| saturates (a point carried by a
+bump stops where the bump ends): ``SVF_MAX_SIGMA_PER_WIDTH`` × the narrowest width (56 px at
+256×256) is the family's limit, refused at once above it, and a draw whose resolved field
+folds anyway is redrawn (about 1 in 10 at σ = 56).
 :func:`random_field` picks the family by name (``field="gmm"`` or ``"svf"``).
 
 Reproducibility: a field is a pure function of (seed, index, shape, region, family,
@@ -66,16 +70,17 @@ FIELDS = ("gmm", "svf")
 SVF_FIRST_STEP_PX = 0.5   # scaling and squaring: the first (smallest) step moves at most this
 SVF_RTOL = 1e-4           # the svf scale is solved until |RMS − σ| ≤ SVF_RTOL·σ
 # Beyond about 2 bump widths of RMS displacement, a velocity-field draw winds points around its
-# bumps faster than the pixel grid resolves (measured on CHAOS bodies at 256×256, widths
-# 28–60 px: folds in the pixel grid from σ ≈ 60, in ~1 draw of 10; none up to σ = 45), and its
-# displacement saturates (a point stops where its bump ends). So velocity_field draws
-# σ ≤ SVF_MAX_SIGMA_PER_WIDTH × the narrowest width and says so, in one line, above it.
+# bumps faster than the pixel grid resolves, and its displacement saturates (a point stops where
+# its bump ends). Measured on CHAOS bodies at 256×256, widths 28–60 px: no draw of 480 rejected
+# up to σ = 40, 1 of 31 at σ = 45, 3 of 33 at 56, and 7 of 10 folded in the pixel grid at 90.
+# So velocity_field draws σ ≤ SVF_MAX_SIGMA_PER_WIDTH × the narrowest width, and says so, in
+# one line, above it.
 SVF_MAX_SIGMA_PER_WIDTH = 2.0
 # The Gaussian-mixture family's fold limit grows with the bump width (|∇u| ~ σ / w). With the
-# default widths, measured on CHAOS bodies at 256×256, the median draw folds beyond σ ≈ 25 and
-# about 9 draws in 10 fold at σ ≈ 42 = 1.5 × 28 px; above GMM_MAX_SIGMA_PER_WIDTH × the
-# narrowest width gaussian_mixture_field refuses at once (rather than after max_tries draws)
-# and names the invertible "svf" family.
+# default widths, measured on the CHAOS test pairs at 256×256, the median draw folds beyond
+# σ ≈ 25 and 91 % of the draws fold at σ = 40. Above GMM_MAX_SIGMA_PER_WIDTH × the narrowest
+# width (42 px) gaussian_mixture_field refuses at once (rather than after max_tries draws) and
+# names the invertible "svf" family.
 GMM_MAX_SIGMA_PER_WIDTH = 1.5
 
 __all__ = ["gaussian_mixture_field", "velocity_field", "random_field", "random_fields", "deform",

@@ -20,7 +20,19 @@ rkhs       eq. 7 exact K·α and 13×13, Meta-Reg, VM-2 and the classical     (b
            eq. 6 solver on liver σ 10 and 16
 diffeo     VM-2 and Meta-Reg with and without ``--integrate 7`` (velocity   (beyond the paper)
            field, scaling and squaring) on liver σ 16/16
+sweep      VM-2, Meta-Reg, eq. 12 as printed and the paper's ablation      (issue 17: the
+           (free 13×13, no M) on liver with velocity-field deformations,   paper's regime)
+           σ_train ∈ {10, 16, 22, 28, 34}, each scored at every σ_test
+sigmastar  at σ* (set SIGMA_STAR after the sweep): λ chosen on the         Tables 1, 2, 5 at
+           validation split, then Tables 1, 2, 5 at each method's best λ   paper difficulty
+           with 3 seeds, and one full-length run per core model
 =========  =============================================================  ===================
+
+The sweep and σ* use the "svf" deformation family (``regnp.data.deform``: the Gaussian mixture
+as a velocity, u = exp(v) − id, σ = RMS of u over the body), through the set name
+``chaos-svf``; every other protocol keeps the "gmm" family its committed jobs were run with.
+``docs/deformations.md`` has the calibration (Dice before, draws rejected, |J| > 0 per σ) and
+the sweep's cost.
 
 Every protocol runs at 256×256, batch 2, Adam (lr 1e-3), MSE + λ·diffusion (FCN-SS: TV, as its
 paper), λ = 0.04 (the paper's best for Meta-Reg) unless swept, with the same number of steps for
@@ -78,35 +90,93 @@ SETTINGS = {
 TESTS = {"chaos": [("s10", 10.0, 80), ("s16", 16.0, 80)], "acdc": [("test", None, 10_000)],
          "jsrt": [("test", None, 60)], "phantom": [("s10", 10.0, 80), ("s16", 16.0, 80)]}
 
-PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs", "diffeo")
+# ---- the deformation-size sweep (issue 17, Deliver 2) and σ* (Deliver 3) --------------------
+# σ_train = σ_test ∈ SWEEP_SIGMAS (px RMS over the body at 256×256), chosen from the calibration
+# (results/calibration.json): Dice before registration falls from ~78 % at 10 to ~45 % at 34,
+# past the difficulty where our VoxelMorph-2 was extrapolated to score the paper's 80.5
+# (σ ≈ 25–30). The velocity-field family draws σ ≤ 56; the Gaussian mixture ≤ 42 (and rejects
+# most draws beyond ~28), which is why the sweep uses "svf", at every σ, 10 and 16 included.
+SWEEP_FIELD = "svf"
+SWEEP_SIGMAS = (10.0, 16.0, 22.0, 28.0, 34.0)
+# the order a partial sweep fills: the paper-like σ first, then the paper's own 16, then the
+# ends — all seeds of one σ before the next σ ("seeds before σ points", docs/deformations.md)
+SWEEP_ORDER = (28.0, 16.0, 34.0, 22.0, 10.0)
+SWEEP_SEEDS = (0, 1, 2)
+SWEEP_CORE = ("vm2", "metareg", "ablated_free")      # every seed
+SWEEP_VARIANTS = SWEEP_CORE + ("metareg_paper",)     # metareg_paper: the first seed (cost)
+QUICK_SWEEP_SIGMAS = (10.0, 34.0)
+
+# σ*: the σ of the sweep where VoxelMorph-2 is nearest the paper's 80.5 Dice. Set it (one
+# constant) once the sweep has run; until then the `sigmastar` protocol has no jobs (its quick
+# form uses the largest quick σ so that its wiring is tested).
+SIGMA_STAR = None
+SIGMASTAR_LAMBDAS = (0.01, 0.02, 0.04, 0.08)     # the validation grid of each method's λ
+SIGMASTAR_LAMBDA_VARIANTS = SWEEP_VARIANTS       # the methods whose λ is chosen on validation
+# λ chosen on the validation split at σ* (variant -> λ); set from the `sigmastar` λ jobs'
+# validation Dice. A method without an entry gets no Table 1/2/5 jobs yet.
+SIGMASTAR_BEST_LAMBDA = {}
+SIGMASTAR_MODELS = TABLE_MODELS + ("ablated_free", "ablated")   # Tables 1, 2 and 5
+
+
+def sweep_setting(sigma):
+    """The setting name of the sweep at training σ (``sweep28``)."""
+    return f"sweep{sigma:g}"
+
+
+def _sweep_tests(sigmas):
+    return [(f"s{x:g}", float(x), 80) for x in sigmas]
+
+
+for _sig in sorted(set(SWEEP_SIGMAS) | set(QUICK_SWEEP_SIGMAS)
+                   | ({float(SIGMA_STAR)} if SIGMA_STAR else set())):
+    SETTINGS[sweep_setting(_sig)] = (f"chaos-{SWEEP_FIELD}", _sig,
+                                     f"liver, velocity-field σ_train = {_sig:g}")
+TESTS[f"chaos-{SWEEP_FIELD}"] = TESTS[f"phantom-{SWEEP_FIELD}"] = _sweep_tests(
+    sorted(set(SWEEP_SIGMAS) | ({float(SIGMA_STAR)} if SIGMA_STAR else set())))
+
+PROTOCOLS = ("steps", "liver", "cardiac", "chest", "ablation", "lambda", "rkhs", "diffeo",
+             "sweep", "sigmastar")
 
 
 def _scale(quick):
     if quick:
         return dict(size=64, steps=20, test_pairs=4, train_pairs=16, val_pairs=4, val_every=10,
-                    calib_steps=40, plateau=None)
+                    calib_steps=40, plateau=None, sweep_sigmas=QUICK_SWEEP_SIGMAS)
     return dict(size=256, steps=TRAIN_STEPS, test_pairs=None, train_pairs=None, val_pairs=40,
-                val_every=500, calib_steps=20_000, plateau=[2000, 0.003])
+                val_every=500, calib_steps=20_000, plateau=[2000, 0.003],
+                sweep_sigmas=SWEEP_SIGMAS)
 
 
 def _tests(setting, dataset, sc):
     """The test sets a job is scored on. With the phantom standing in for a real set, the
     real set's test names are kept (cardiac/chest: one test set, σ 10) so tables still fill."""
     spec = TESTS[dataset]
-    if dataset == "phantom" and SETTINGS[setting][0] != "chaos":
+    if dataset.startswith("phantom") and not SETTINGS[setting][0].startswith("chaos"):
         spec = [("test", 10.0, 80)]
+    elif dataset.endswith(f"-{SWEEP_FIELD}"):        # the sweep's σ set (thinner when quick)
+        spec = _sweep_tests(sorted(set(sc["sweep_sigmas"]) | {SETTINGS[setting][1]}))
     return [{"name": n, "dataset": dataset, "sigma": s, "pairs": sc["test_pairs"] or p}
             for n, s, p in spec]
 
 
+def _phantom_for(dataset):
+    """The phantom stand-in of a set, keeping its deformation family (chaos-svf → phantom-svf)."""
+    _, _, field = dataset.partition("-")
+    return "phantom" + (f"-{field}" if field else "")
+
+
 def job_config(setting, variant, lam=LAMBDA, seed=0, quick=False, steps=None, phantom=False,
-               calibrate=False, extra=()):
-    """One training job: ``variant`` trained on ``setting`` with ``lam`` and ``seed``."""
+               calibrate=False, extra=(), validate=False):
+    """One training job: ``variant`` trained on ``setting`` with ``lam`` and ``seed``.
+
+    ``calibrate``: a training-length run (validation every ``val_every`` steps, the plateau
+    rule, up to ``calib_steps``); ``validate``: an ordinary-length run that also scores the
+    validation split once, at its last step (for choosing λ; folder name ``val_…``)."""
     if variant not in VARIANTS:
         raise GridError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     dataset, sigma, _ = SETTINGS[setting]
     if phantom:                              # no real data: the embedded phantom stands in
-        dataset, sigma = "phantom", sigma or 10.0
+        dataset, sigma = _phantom_for(dataset), sigma or 10.0
     sc = _scale(quick)
     steps = steps or (sc["calib_steps"] if calibrate else sc["steps"])
     args = list(VARIANTS[variant][1]) + ["--dataset", dataset, "--size", str(sc["size"]),
@@ -119,14 +189,17 @@ def job_config(setting, variant, lam=LAMBDA, seed=0, quick=False, steps=None, ph
     name = f"{setting}_{variant}_lam{lam:g}_seed{seed}"
     if calibrate:
         name = f"steps_{name}"
+    elif validate:
+        name = f"val_{name}"
     if quick:
         name = f"quick_{name}"
     if phantom:
         name = f"phantom_{name}"
     return {"name": name, "kind": "train", "setting": setting, "variant": variant,
             "lam": lam, "seed": seed, "steps": steps, "size": sc["size"], "train_args": args,
-            "tests": tests, "val_every": sc["val_every"] if calibrate else 0,
-            "val_pairs": sc["val_pairs"] if calibrate else 0,
+            "tests": tests,
+            "val_every": sc["val_every"] if calibrate else (steps if validate else 0),
+            "val_pairs": sc["val_pairs"] if (calibrate or validate) else 0,
             "plateau": sc["plateau"] if calibrate else None, "save_every": 250 if not quick else 20,
             "log_every": 50 if not quick else 10}
 
@@ -189,6 +262,79 @@ def protocol_jobs(protocol, seeds=SEEDS, quick=False, steps=None, phantom=False,
             for v in ("rkhs_exact", "rkhs_conv13", "metareg", "vm2"):
                 jobs.append(job_config(setting, v, seed=seeds[0], **kw))
             jobs.append(solver_config(setting, quick=quick, phantom=phantom))
+    elif protocol == "sweep":
+        jobs = sweep_jobs(seeds, **kw)
+    elif protocol == "sigmastar":
+        jobs = sigmastar_jobs(seeds, **kw)
+    return jobs
+
+
+def _sweep_seeds(seeds):
+    """The sweep's seeds: the given ones, topped up to SWEEP_SEEDS' count (≥ 3 for the core
+    models, as issue 17 asks) with the next integers."""
+    seeds = list(dict.fromkeys(seeds))
+    k = max(seeds) + 1
+    while len(seeds) < len(SWEEP_SEEDS):
+        seeds.append(k)
+        k += 1
+    return seeds
+
+
+def sweep_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
+    """The deformation-size sweep: for each training σ (in ``SWEEP_ORDER``, the paper-like σ
+    first), the first seed of every sweep variant, then the other seeds of the core ones; each
+    job is scored on every σ of the sweep (a train-σ × test-σ matrix). ``quick``: σ 10 and 34
+    only, and the given seeds as they are (no top-up), for tests."""
+    sc = _scale(quick)
+    order = [x for x in SWEEP_ORDER if x in sc["sweep_sigmas"]] + \
+        [x for x in sc["sweep_sigmas"] if x not in SWEEP_ORDER]
+    seeds = list(seeds) if quick else _sweep_seeds(seeds)
+    jobs = []
+    for sigma in order:
+        for i, seed in enumerate(seeds):
+            for v in SWEEP_VARIANTS:
+                if i == 0 or v in SWEEP_CORE:
+                    jobs.append(job_config(sweep_setting(sigma), v, seed=seed, quick=quick,
+                                           steps=steps, phantom=phantom))
+    return jobs
+
+
+def sigmastar_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
+    """Tables 1, 2 and 5 at σ* (issue 17, Deliver 3), in three parts:
+
+    1. λ on validation: each of ``SIGMASTAR_LAMBDA_VARIANTS`` at every λ of
+       ``SIGMASTAR_LAMBDAS``, first seed, with the validation split scored at the last step
+       (``val_…`` folders). The best λ per method goes into ``SIGMASTAR_BEST_LAMBDA``.
+    2. Tables 1, 2, 5: every model of ``SIGMASTAR_MODELS`` that has a chosen λ, at that λ, with
+       every seed for the core models (VM-2, Meta-Reg, the paper's ablation) and the first
+       seed for the others; each scored on every σ of the sweep (Table 2's scenarios).
+    3. Training length: one plateau-rule run (as the ``steps`` protocol) per core model.
+
+    With ``SIGMA_STAR`` unset there are no jobs (run the sweep first); ``quick`` stands in the
+    largest quick σ, λ = 0.04 as every method's choice, two λ for VM-2 and Meta-Reg, the core
+    models only and one plateau run, so the wiring is tested in seconds."""
+    if SIGMA_STAR is None and not quick:
+        return []
+    sc = _scale(quick)
+    setting = sweep_setting(float(SIGMA_STAR) if not quick else max(sc["sweep_sigmas"]))
+    if quick:
+        lams, lam_variants, models, long_runs = (0.01, LAMBDA), ("vm2", "metareg"), SWEEP_CORE, \
+            SWEEP_CORE[1:2]
+        best = {v: LAMBDA for v in models}
+    else:
+        lams, lam_variants, models, long_runs = (SIGMASTAR_LAMBDAS, SIGMASTAR_LAMBDA_VARIANTS,
+                                                 SIGMASTAR_MODELS, SWEEP_CORE)
+        best = SIGMASTAR_BEST_LAMBDA
+    seeds = list(seeds) if quick else _sweep_seeds(seeds)
+    kw = dict(quick=quick, steps=steps, phantom=phantom)
+    jobs = [job_config(setting, v, lam=lam, seed=seeds[0], validate=True, **kw)
+            for v in lam_variants for lam in lams]
+    for i, seed in enumerate(seeds):
+        for v in models:
+            if v in best and (i == 0 or v in SWEEP_CORE):
+                jobs.append(job_config(setting, v, lam=best[v], seed=seed, **kw))
+    jobs += [job_config(setting, v, lam=best.get(v, LAMBDA), seed=seeds[0], calibrate=True, **kw)
+             for v in long_runs]
     return jobs
 
 
@@ -196,10 +342,13 @@ def priority(config):
     """Sort key for running many protocols together: the central question first (Meta-Reg vs
     VM-2 vs the ablated network at liver σ 16), then the second seeds of those core runs, with
     the two diffeomorphic runs (``_int7``, seed 0) ahead of them in their setting, then the other
-    table models, the ablation variants, the λ sweep and the RKHS comparison."""
+    table models, the ablation variants, the λ sweep and the RKHS comparison; the
+    deformation-size sweep and σ* last (run alone, they keep their own order)."""
     setting_rank = {"liver16": 0, "liver10": 1, "cardiac": 2, "chest": 3}
     v, lam = config["variant"], config.get("lam", LAMBDA)
-    if config.get("val_every"):                       # training-length runs come first of all
+    if config["setting"].startswith("sweep"):         # the sweep and σ*: after the paper grid
+        group = 6
+    elif config.get("val_every"):                     # training-length runs come first of all
         group = -1
     elif abs(lam - LAMBDA) > 1e-12:
         group = 4                                     # λ sweep
