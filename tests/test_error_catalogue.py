@@ -378,6 +378,10 @@ CASES = [
          "error: mask chaos_t2_sub…_z1.png contains label value(s) [9] not among the documented "
          "labels [0, 1, 2, 3, 4]",
          "a mask with an undocumented label"),
+    Case("data", "show chaos --data-root fakeset --out fakeset/chaos_mr_t2_abdomen/fig.png",
+         "error: --out fakeset/chaos_mr_t2_abdomen/fig.png lies inside the data folder …/fakeset; "
+         "the image sets are inputs and are never written: choose another --out",
+         "a figure path inside the data folder"),
     Case("data", "show chaos --data-root {data}/chaos_mr_t2_abdomen/images",
          "error: image-set folder '…/chaos_mr_t2_abdomen/images/chaos_mr_t2_abdomen' does not "
          "exist; expected layout: …",

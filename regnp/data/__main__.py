@@ -90,6 +90,19 @@ def check_memory_for(a):
                  "use a smaller --size")
 
 
+def check_out_not_in_data(out, a):
+    """The image sets are this command's inputs (licensed files among them): refuse a figure
+    path inside the data folder, however it is spelled."""
+    if a.dataset == "phantom":
+        return                                    # drawn in memory: no input files
+    from .._cli import CLIError
+    from .folders import find_data_root
+    root = find_data_root(a.data_root).resolve()
+    if out.resolve().is_relative_to(root):
+        raise CLIError(f"--out {out} lies inside the data folder {root}; the image sets are "
+                       f"inputs and are never written: choose another --out")
+
+
 def run(a):
     """The work behind :func:`main` (``a``: parsed options)."""
     check_options(a)
@@ -97,6 +110,7 @@ def run(a):
     from .datasets import describe, load_dataset
     if a.cmd == "show":
         out = figure_path(a.out, a.dataset, a.split)
+        check_out_not_in_data(out, a)
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
