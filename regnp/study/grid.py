@@ -6,15 +6,22 @@ setting's test pairs. It is a pure function of its config: :func:`run_job` write
 
 ==================  ===================================================================
 ``job.json``        the config (written first; a different config in the same folder is
-                    refused, so two grids never mix)
+                    refused, so two grids never mix; one the grid cannot read stops it)
 ``checkpoint.npz``  training state (atomic, see ``regnp.checkpoint``); an interrupted job
                     resumes from it; deleted when the job finishes (never committed)
-``sittings.jsonl``  one line per sitting that trained it: steps run, seconds, machine
+``sittings.jsonl``  one line per sitting that trained it: steps run, seconds, machine (a
+                    sitting a Ctrl-C ended too, marked ``interrupted``: its time counts)
 ``metrics.json``    the result; its presence means *finished*, and a finished job is
-                    never run again
+                    never run again; one the grid cannot read (not JSON, the wrong shape,
+                    another config) is moved aside with a warning, never overwritten, and
+                    the job runs again
 ``running.lock``    held while a process runs the job, so two grids sharing a folder
                     never run the same job (a dead process's lock is taken over)
 ==================  ===================================================================
+
+Two grids may share a folder and start together: every file appears whole and atomically
+(a private temporary, then ``os.replace``, or ``os.link`` where only the first writer may win).
+A Ctrl-C stops the grid in seconds, with every pool worker: see "Ctrl-C and the pool" below.
 
 Running many jobs is the business of an executor with the ``concurrent.futures`` interface: a
 local process pool (``jobs`` worker processes, each limited to ``threads`` threads) or a
