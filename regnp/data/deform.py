@@ -118,8 +118,9 @@ def _check_region(region, H, W):
     return region
 
 
-def _check_field_args(shape, sigma, region, n_components, widths, max_tries, dtype):
-    """The checks both families share; returns (H, W, region, n_components, widths, max_tries)."""
+def _check_field_args(field, shape, sigma, region, n_components, widths, max_tries, dtype):
+    """The checks both families share, σ against the family's limit included; returns
+    (H, W, region, n_components, widths, max_tries)."""
     if not (isinstance(shape, (tuple, list)) and len(shape) == 2):
         raise ValueError(f"shape must be a pair (H, W), got {shape!r}")
     H, W = check_positive_int("H", shape[0]), check_positive_int("W", shape[1])
@@ -133,6 +134,7 @@ def _check_field_args(shape, sigma, region, n_components, widths, max_tries, dty
     max_tries = check_positive_int("max_tries", max_tries)
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    _check_limit(field, sigma, widths)
     return H, W, _check_region(region, H, W), n_components, widths, max_tries
 
 
@@ -223,8 +225,7 @@ def gaussian_mixture_field(shape, sigma, seed=0, region=None, n_components=DEFAU
     - u: (2, H, W) displacement, channel 0 = row (y), channel 1 = column (x), pixels.
     """
     H, W, region, n_components, widths, max_tries = _check_field_args(
-        shape, sigma, region, n_components, widths, max_tries, dtype)
-    _check_limit("gmm", sigma, widths)
+        "gmm", shape, sigma, region, n_components, widths, max_tries, dtype)
     rng = _as_rng(seed)
     if sigma == 0:
         u = np.zeros((2, H, W), dtype)
@@ -363,7 +364,8 @@ def velocity_field(shape, sigma, seed=0, region=None, n_components=DEFAULT_COMPO
     over ``region`` (the "svf" family of the module docstring).
 
     Inputs: as :func:`gaussian_mixture_field` (no ``min_det``: the flow does not fold); a draw is
-    redrawn only when its displacement saturates below σ.
+    redrawn only when its displacement saturates below σ or its field, resolved on the pixel
+    grid, folds somewhere (det J ≤ 0: none in 480 draws up to σ = 40 at 256×256).
     Returns:
     - u: (2, H, W) displacement of φ = exp(v) (channel 0 = rows), pixels, RMS over the region
       equal to σ within ``SVF_RTOL`` (relative).
@@ -371,8 +373,7 @@ def velocity_field(shape, sigma, seed=0, region=None, n_components=DEFAULT_COMPO
       (s with v = s·m, m the mixture normalised to RMS 1 over the region).
     """
     H, W, region, n_components, widths, max_tries = _check_field_args(
-        shape, sigma, region, n_components, widths, max_tries, dtype)
-    _check_limit("svf", sigma, widths)
+        "svf", shape, sigma, region, n_components, widths, max_tries, dtype)
     rng = _as_rng(seed)
     if sigma == 0:
         u = np.zeros((2, H, W), dtype)
