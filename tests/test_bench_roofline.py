@@ -177,8 +177,11 @@ def test_unfused_table_and_joins_ab_run(capsys):
     (["--roofline", "--quick", "--size", "30"], "not divisible by 2^4"),
     (["--roofline", "--quick", "--model", "dirnet"], "has no U-Net"),
     (["--roofline", "--quick", "--model", "nope"], "choose one of"),
+    (["--quick", "--size", "40"], "not divisible by 2^4"),
+    (["--roofline", "--size", "0"], "--size must be a positive integer"),
 ])
 def test_roofline_bad_options_are_one_line(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert msg in str(e.value) and "\n" not in str(e.value)
+    assert capsys.readouterr().out == ""                 # refused before measuring anything

@@ -482,6 +482,9 @@ def _run_main(args):
     from regnp.bench import machine as machine_mod
     positive_int("--repeats", args.repeats)
     positive_int("--size", args.size)
+    if args.roofline or not (args.machine or args.joins_ab or args.compare_torch
+                             or args.import_order or args.profile or args.memory or args.only):
+        _roofline_unet(args.model, args.size)       # bad --model / --size: say so before timing
     if args.machine or args.roofline:
         mach = machine_mod.measure(quick=args.quick)
         print(machine_mod.format_machine(mach))
@@ -567,19 +570,14 @@ def _run_main(args):
     return rows
 
 
-def roofline_report(model, S, mach, repeats, N=2, fuse_joins=True):
-    """Print the roofline table of ``model``'s U-Net at batch N, S×S on ``mach``, then the
-    sum of the layers' bounds beside a measured training step (``fuse_joins=False``: skip
-    joins as upsample + concatenate + conv). Returns the table's rows and the step's median ms."""
+def _roofline_unet(model, S):
+    """The U-Net of ``model`` (built with seed 0), after checking that the model has one and
+    that S suits it; a one-line CLIError otherwise."""
     from regnp._cli import CLIError
-    from regnp.bench import roofline
     from regnp.models import MODEL_NAMES, build_model
     if model not in MODEL_NAMES:
         raise CLIError(f"--model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
-    net = build_model(model, seed=0)
-    unet = getattr(net, "unet", None)
-    if unet is not None:
-        unet.fuse_joins = fuse_joins
+    unet = getattr(build_model(model, seed=0), "unet", None)
     if unet is None:
         raise CLIError(f"--model {model!r} has no U-Net; the roofline table follows a U-Net "
                        f"(metareg, vm2, vm1, ablated, rkhs)")
@@ -587,6 +585,16 @@ def roofline_report(model, S, mach, repeats, N=2, fuse_joins=True):
     if S % f:
         raise CLIError(f"--size {S} is not divisible by 2^{unet.levels} = {f}; use e.g. "
                        f"{-(-S // f) * f}")
+    return unet
+
+
+def roofline_report(model, S, mach, repeats, N=2, fuse_joins=True):
+    """Print the roofline table of ``model``'s U-Net at batch N, S×S on ``mach``, then the
+    sum of the layers' bounds beside a measured training step (``fuse_joins=False``: skip
+    joins as upsample + concatenate + conv). Returns the table's rows and the step's median ms."""
+    from regnp.bench import roofline
+    unet = _roofline_unet(model, S)
+    unet.fuse_joins = fuse_joins
     rows = roofline.roofline_rows(roofline.unet_layers(unet, N, S, S), mach, repeats)
     print(f"{model}: U-Net of one training step, batch {N}, {S}x{S}, float32, skip joins "
           f"{'read in place' if fuse_joins else 'as upsample + concatenate + conv'}; median of "
