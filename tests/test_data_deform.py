@@ -226,7 +226,7 @@ def test_sigma_limits_are_one_line_value_errors():
 
 @pytest.mark.parametrize("name, sigma, frag", [
     ("phantom", 60.0, r"sigma 60 is more than the 'gmm' deformations .* largest is 42; the "
-                      r"invertible velocity-field family .*chaos-svf\) draws up to 56"),
+                      r"invertible velocity-field deformations \(--dataset chaos-svf .*\) draw up to 56"),
     ("phantom-svf", 80.0, r"sigma 80 is more than the 'svf' deformations .* largest is 56$"),
 ])
 def test_datasets_refuse_a_sigma_beyond_the_limit_at_once(name, sigma, frag):

@@ -13,6 +13,12 @@ acdc       real ED→ES pairs per slice (fixed = ES, moving = ED, as the paper) 
 jsrt       inter-patient chest X-ray pairs, per-image percentile normalisation 1, 2 lungs
 =========  ==================================================================  =================
 
+The synthetic sets take their deformation family from a name suffix: ``chaos`` / ``phantom``
+use the Gaussian-mixture displacement ("gmm", every committed job), ``chaos-svf`` /
+``phantom-svf`` the same mixture as a velocity field integrated to an invertible map ("svf",
+the deformation-size sweep); ``field=`` does the same. See ``regnp.data.deform`` and
+``docs/deformations.md``.
+
 A dataset is a fixed, reproducible list of pairs. ``ds[i]`` and ``ds.batch(indices)`` return a
 dict of arrays with a leading batch axis::
 
@@ -149,8 +155,9 @@ class SyntheticPairs(PairDataset):
             raise ValueError(f"field must be one of {', '.join(map(repr, FIELDS))}, got {field!r}")
         limit = sigma_limit(field, widths)
         if sigma > limit:
-            more = (f"; the invertible velocity-field family (a set name ending in '-svf', e.g. "
-                    f"chaos-svf) draws up to {sigma_limit('svf', widths):g}") if field == "gmm" else ""
+            more = (f"; the invertible velocity-field deformations (--dataset chaos-svf or "
+                    f"phantom-svf, field='svf') draw up to {sigma_limit('svf', widths):g}"
+                    if field == "gmm" else "")
             raise ValueError(f"sigma {sigma:g} is more than the {field!r} deformations draw with "
                              f"bumps {widths[0]:g}–{widths[1]:g} px wide (px at 256×256): the "
                              f"largest is {limit:g}{more}")
