@@ -306,7 +306,7 @@ def _svf_solve(flow, sigma, region, max_iter=40):
     saturates below σ, or reaching it would need a flow longer than 8 image sizes — and
     ``reached`` is the largest RMS seen."""
     s_cap = 8 * max(flow.H, flow.W) / flow.vmax
-    lo, r_lo, hi, r_hi = 0.0, 0.0, None, None
+    lo, hi = 0.0, None                                # the bracket: RMS(lo) < σ < RMS(hi)
     s, best = float(sigma), 0.0
     pts = []                                          # (s, rms) of the last two evaluations
     for _ in range(max_iter):
@@ -316,9 +316,9 @@ def _svf_solve(flow, sigma, region, max_iter=40):
         if abs(r - sigma) <= SVF_RTOL * sigma:
             return u, s, r
         if r < sigma:
-            lo, r_lo = s, r
+            lo = s
         else:
-            hi, r_hi = s, r
+            hi = s
         pts = (pts + [(s, r)])[-2:]
         if len(pts) == 2 and pts[0][1] != pts[1][1]:
             (s0, r0), (s1, r1) = pts
@@ -326,7 +326,7 @@ def _svf_solve(flow, sigma, region, max_iter=40):
         else:
             s_new = s * sigma / max(r, 1e-12)         # first step: RMS ≈ proportional to s
         if hi is None:                                # no upper end yet: at most double
-            s_new = min(max(s_new, lo * 1.05), 2 * lo) if s_new <= lo else min(s_new, 2 * lo)
+            s_new = min(max(s_new, 1.05 * lo), 2 * lo)
             if s_new > s_cap:
                 return None, s, best
         elif not lo < s_new < hi:                     # a secant step outside: bisect
