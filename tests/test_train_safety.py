@@ -389,10 +389,16 @@ def test_cli_resume_from_the_backup_warns_once_in_one_line(tmp_path):
     assert load_checkpoint(tmp_path / "run", fallback=False)[1]["step"] == 3
 
 
-@pytest.mark.parametrize("extra,match", [(["--size", "32768"], "training step at 32768×32768"),
-                                         (["--kernel-size", "999999"], "model needs about")])
-def test_a_run_too_large_for_the_memory_is_refused_before_anything_is_allocated(tmp_path, extra,
-                                                                               match):
-    with pytest.raises(ValueError, match=match):
-        train(tiny_config(*extra), 2, tmp_path / "big", val_every=0, progress=False)
+def test_a_run_too_large_for_the_memory_is_refused_before_anything_is_allocated(tmp_path,
+                                                                               monkeypatch):
+    """The machine is made small (10 MB available) rather than the run huge: were the guard
+    missing, these runs would be merely slow or a quick MemoryError, not an OOM kill."""
+    import regnp._checks
+    monkeypatch.setattr(regnp._checks, "available_memory", lambda: (10_000_000, "a test"))
+    with pytest.raises(ValueError, match=r"training step at 256×256 .*needs about"):
+        train(tiny_config("--size", "256"), 2, tmp_path / "big", val_every=0, progress=False)
+    with pytest.raises(ValueError, match=r"metareg model needs about"):
+        train(tiny_config("--kernel-size", "999999"), 2, tmp_path / "big", val_every=0,
+              progress=False)
     assert not (tmp_path / "big").exists()
+    train(tiny_config(), 2, tmp_path / "small", val_every=0, progress=False)    # 32×32 fits
