@@ -73,10 +73,9 @@ def _sittings(folder):
 @pytest.mark.slow
 def test_ctrl_c_stops_a_two_worker_grid_and_the_rerun_resumes(tmp_path):
     """Ctrl-C (pressed twice) while two pool workers train: exit 130 within seconds, one line,
-    no traceback;
-    the queued jobs never start; the running ones keep their checkpoints and record their
-    sitting; running the job again resumes it (it once ran on, starting queued jobs, and a
-    second Ctrl-C ended it with three tracebacks)."""
+    no traceback; the queued jobs never start; the running ones keep their checkpoints and
+    record their sitting; running the job again resumes it (it once ran on, starting queued
+    jobs, and a second Ctrl-C ended it with three tracebacks)."""
     out = tmp_path / "g"
     cmd = [sys.executable, "-m", "regnp.study", "lambda", "--quick", "--phantom", "--seeds", "0",
            "--jobs", "2", "--steps", "100", "--out", str(out)]
