@@ -196,7 +196,8 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
                    disable=not progress, dynamic_ncols=True)
         for step in bar:
             s = step + 1
-            batch = data.batch(_batch_indices(step, len(data), config["batch_size"], config["seed"]))
+            pairs = _batch_indices(step, len(data), config["batch_size"], config["seed"])
+            batch = data.batch(pairs)
             model.zero_grad()
             try:                                # forward and backward: gradients land in model
                 terms, _, _ = obj(model, batch["fixed"], batch["moving"], *run.masks(batch))

@@ -1,5 +1,7 @@
-"""Shared fixtures: the real data folder (tests that need it skip when it is absent)."""
+"""Shared fixtures (the real data folder: tests that need it skip when it is absent) and the list
+of slow tests (``pytest -m "not slow"`` is the fast core; the full ``pytest`` runs everything)."""
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,81 @@ def data_root():
         pytest.skip("real image sets not found: set REGNP_DATA_ROOT or place them in ../shared/data "
                     "(see README, 'Data')")
     return root
+
+
+# ----------------------------------------------------------------------------------- slow tests
+# The tests that dominate the suite's time, marked ``slow`` here (by node id: a file, a test, or a
+# test with all its parameters) so that the list is in one place and test files need no edits.
+# The ranking came from one run of the whole suite with per-test durations; what makes each slow
+# is said beside it. A test may also carry ``@pytest.mark.slow`` itself. Each is slow because of
+# what it checks (a fresh interpreter, a real signal, a training run, the paper's image size),
+# not because it is inefficient; the fast core keeps a check of the same code at small sizes.
+SLOW = {
+    # fresh interpreters: each child pays Python's start-up and the Numba cache load
+    "tests/test_lessons.py::test_lesson_runs_quick":
+        "every lesson run as a script in a fresh interpreter (seconds to a minute each)",
+    "tests/test_ctrl_c.py": "real SIGINTs to child interpreters, timed around a slow __del__",
+    "tests/test_checkpoint.py::test_writer_killed_at_every_stage_leaves_a_good_checkpoint":
+        "a child writer SIGKILLed inside each stage of the checkpoint write",
+    "tests/test_train_safety.py::test_sigkill_at_random_moments_and_inside_the_write_resumes_"
+    "bit_identical": "eight SIGKILLed training processes and their resumes",
+    "tests/test_train_safety.py::test_ctrl_c_in_the_cli_prints_one_line_exits_130_and_resumes":
+        "a real Ctrl-C to a child training process",
+    "tests/test_grid_reliability.py::test_ctrl_c_stops_a_two_worker_grid_and_the_rerun_resumes":
+        "a real Ctrl-C to a grid with two worker processes, then the rerun",
+    "tests/test_grid_reliability.py::test_ctrl_c_with_one_job_at_a_time_is_one_line_and_130":
+        "a real Ctrl-C to a grid process",
+    "tests/test_grid_reliability.py::test_two_grids_claiming_jobs_at_once_do_not_collide":
+        "two real grid processes racing for jobs",
+    "tests/test_bad_inputs.py::test_register_accepts_a_run_folder_and_an_int_image":
+        "trains a run, then registers through a child `python -m regnp.register`",
+    "tests/test_bad_inputs.py::test_data_show_writes_into_the_current_directory":
+        "a child `python -m regnp.data show`",
+    "tests/test_bad_inputs.py::test_dice_is_per_label_of_the_fixed_mask":
+        "a child `python -m regnp.register` on a trained run",
+    "tests/test_bad_inputs.py::test_evaluate_run_folder_and_compare":
+        "child `python -m regnp.evaluate` runs on a trained run",
+    "tests/test_bad_inputs.py::test_evaluate_hand_edited_data_entry":
+        "child `python -m regnp.evaluate` runs on an edited checkpoint",
+    "tests/test_experiments.py::test_cli_errors_are_one_line":
+        "child `python -m regnp.study` runs",
+    # training runs and grids of them
+    "tests/test_experiments.py::test_local_and_dask_local_cluster_give_identical_metrics":
+        "the same grid trained twice, locally and on a dask cluster",
+    "tests/test_experiments.py::test_every_protocol_quick_on_the_phantom_and_report":
+        "trains every protocol's quick jobs, then reports",
+    "tests/test_experiments.py::test_kill_and_resume_a_grid": "a grid killed and resumed",
+    "tests/test_experiments.py::test_transfer_experiment_runs": "trains on a real set",
+    "tests/test_experiments.py::test_real_data_jobs_quick": "trains jobs on the real sets",
+    "tests/test_grid_time_limit.py::test_grid_defers_what_does_not_fit_and_runs_what_it_"
+    "cannot_estimate": "a grid that trains the jobs it cannot estimate",
+    # the paper's image size, or whole models through finite differences
+    "tests/test_float32_real_shapes.py":
+        "every layer at the paper's 256×256 shapes, float32 against float64",
+    "tests/test_models.py::test_model_gradients_through_objective":
+        "whole models through central differences (every layer's own check is in the core)",
+    # the real data sets (skipped where they are absent)
+    "tests/test_data_folders.py::test_real_sets_have_validation_subjects":
+        "reads every subject of the three real sets",
+}
+
+
+def _is_listed(nodeid, key):
+    return nodeid == key or nodeid.startswith(key + "::") or nodeid.startswith(key + "[")
+
+
+@pytest.hookimpl(tryfirst=True)        # before -m and -k deselect: they must see the marker
+def pytest_collection_modifyitems(config, items):
+    used = set()
+    for item in items:
+        for key in SLOW:
+            if _is_listed(item.nodeid, key):
+                item.add_marker(pytest.mark.slow)
+                used.add(key)
+    # an entry whose file was collected but that matched nothing was renamed or removed: say so,
+    # or the test it meant would silently join the fast core
+    files = {item.nodeid.split("::")[0] for item in items}
+    for key in sorted(set(SLOW) - used):
+        if key.split("::")[0] in files:
+            warnings.warn(f"tests/conftest.py SLOW lists {key!r}, which matches no test; update "
+                          f"the list", pytest.PytestConfigWarning)

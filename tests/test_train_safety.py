@@ -182,6 +182,10 @@ def _poison(monkeypatch, at_step, how):
     monkeypatch.setattr(objective.Objective, "__call__", wrapped)
 
 
+def _nan_similarity(terms, model):
+    terms["sim"] = float("nan")
+
+
 def test_adam_overflow_stops_before_saving_a_non_finite_checkpoint(tmp_path, monkeypatch):
     """A gradient of 1e30 in float32: g² overflows Adam's v to Inf while the loss is finite."""
     def huge_gradient(terms, model):
@@ -210,18 +214,14 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_message_names_the_last_saved_not_the_last_logged_step(tmp_path, monkeypatch):
-    def nan(terms, model):
-        terms["sim"] = float("nan")
-    _poison(monkeypatch, 8, nan)
+    _poison(monkeypatch, 8, _nan_similarity)
     with pytest.raises(TrainingError, match=r"NaN/Inf at step 8.*checkpoint.*\(step 5\)"):
         train(tiny_config(), 20, tmp_path, save_every=5, log_every=1, val_every=0,
               progress=False)
 
 
 def test_nan_before_any_save_says_so(tmp_path, monkeypatch):
-    def nan(terms, model):
-        terms["sim"] = float("nan")
-    _poison(monkeypatch, 2, nan)
+    _poison(monkeypatch, 2, _nan_similarity)
     with pytest.raises(TrainingError, match="no checkpoint was written yet"):
         train(tiny_config(), 20, tmp_path, save_every=5, val_every=0, progress=False)
 
@@ -278,13 +278,11 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def nan(terms, model):
-        terms["sim"] = float("nan")
-
     failures = [("bad sigma", lambda: tiny_config("--sigma", "80"), ValueError),
                 ("disk full", lambda: monkeypatch.setattr(regnp.train, "save_checkpoint",
                                                           disk_full) or tiny_config(), OSError),
-                ("nan", lambda: _poison(monkeypatch, 2, nan) or tiny_config(), TrainingError)]
+                ("nan", lambda: _poison(monkeypatch, 2, _nan_similarity) or tiny_config(),
+                 TrainingError)]
     for name, make, error in failures:
         out = tmp_path / name.replace(" ", "_")
         with pytest.raises(error):
@@ -303,9 +301,7 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
 
 
 def test_a_failure_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypatch):
-    def nan(terms, model):
-        terms["sim"] = float("nan")
-    _poison(monkeypatch, 4, nan)
+    _poison(monkeypatch, 4, _nan_similarity)
     with pytest.raises(TrainingError, match=r"step 4.*\(step 2\)"):
         train(tiny_config(), 6, tmp_path, save_every=2, log_every=1, val_every=0,
               progress=False)
