@@ -22,9 +22,10 @@ def test_sweep_plan_has_three_seeds_and_a_full_sigma_matrix():
         per.setdefault((c["variant"], c["setting"]), set()).add(c["seed"])
         assert "--dataset" in c["train_args"]
         assert c["train_args"][c["train_args"].index("--dataset") + 1] == "chaos-svf"
-        # every network is scored at every σ of the sweep, on the full 80-pair test lists
+        # every network is scored at every σ of the sweep and at σ 40 (a training point that
+        # may be added later), on the full 80-pair test lists
         assert [(t["name"], t["dataset"], t["sigma"], t["pairs"]) for t in c["tests"]] == \
-            [(f"s{s:g}", "chaos-svf", s, 80) for s in (10.0, 16.0, 22.0, 28.0, 34.0)]
+            [(f"s{s:g}", "chaos-svf", s, 80) for s in (10.0, 16.0, 22.0, 28.0, 34.0, 40.0)]
         assert c["steps"] == P.TRAIN_STEPS and c["size"] == 256 and c["lam"] == P.LAMBDA
     for s in P.SWEEP_SIGMAS:
         for v in ("vm2", "metareg", "ablated_free"):
