@@ -42,6 +42,17 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
         assert m["commit"] is None or len(m["commit"]) >= 40
         if m["train"]:
             assert m["train"]["steps"] == m["config"]["steps"] and m["train"]["seconds"] > 0
+            fw, curve = m["train"]["filter_weights"], m["train"]["filter_curve"]
+            if m["config"]["variant"] in ("metareg", "metareg_paper", "ablated", "ablated_free"):
+                K = np.asarray(fw)                        # the learned filter(s), (nf, k, k)
+                assert K.ndim == 3 and K.shape[1] == K.shape[2] and K.shape[1] % 2 == 1
+                last = m["train"]["filter"]               # the last logged diagnostics
+                assert K[0].sum() == pytest.approx(last["k_sum"], rel=1e-4, abs=1e-5)
+                assert np.trace(K[0]) == pytest.approx(last["k_trace"], rel=1e-4, abs=1e-5)
+                assert "k_anti_trace" in curve["keys"] and len(curve["rows"]) >= 2
+                assert curve["rows"][-1][1:] == [last[k] for k in curve["keys"]]
+            elif m["config"]["variant"] in ("vm1", "vm2", "dirnet", "fcnss"):
+                assert fw is None and curve == {}
     text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
     assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
     names = {f.name for f in figs}

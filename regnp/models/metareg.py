@@ -69,6 +69,7 @@ class MetaReg(RegistrationModel):
         if self.meta is None:
             return {}
         d = self.meta.diagnostics()[0]                     # the first (or shared) filter
-        return {"k_sum": d.sum, "k_trace": d.trace, "k_center": d.centre,
+        return {"k_sum": d.sum, "k_trace": d.trace, "k_anti_trace": d.anti_trace,
+                "k_center": d.centre,
                 "k_sym_err": d.transpose_asym, "k_rot_err": d.antidiag_asym,
                 "k_min_eig": d.eig_min, "k_min_fourier": d.symbol_min}

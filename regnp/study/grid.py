@@ -463,7 +463,12 @@ def _run_train_job(config, folder, data_root, progress):
                   "loss_curve": [[h["step"], h["loss"], h["sim"], h["reg"], h.get("meta", 0.0)]
                                  for h in history if "loss" in h],
                   "filter": {k: v for k, v in (history[-1] if history else {}).items()
-                             if k.startswith("k_")}},
+                             if k.startswith("k_")},
+                  # what M does during training (issue 17): every logged step's filter numbers
+                  # (sum, Tr K̃, Tr JK̃, symmetry errors, eigenvalue and symbol minima) and the
+                  # learned 13×13 filter itself, since the checkpoint is deleted below
+                  "filter_curve": _filter_curve(history),
+                  "filter_weights": _filter_weights(model)},
         "tests": tests, "eval_seconds": time.time() - t_eval,
         "machine": machine_info(), "commit": git_commit(),
         "wall_seconds_this_sitting": time.time() - t0,
@@ -513,6 +518,26 @@ def _keep_interrupted_sittings(folder):
     if path.exists():
         kept = [s for s in _read_sittings(folder) if s.get("interrupted")]
         path.write_text("".join(json.dumps(s) + "\n" for s in kept))
+
+
+def _filter_curve(history):
+    """``{"keys": [...], "rows": [[step, value per key], ...]}`` of the ``k_*`` filter
+    diagnostics at every logged step (empty for models without a 13×13 filter)."""
+    keys = sorted({k for h in history for k in h if k.startswith("k_")})
+    rows = [[h["step"]] + [h.get(k) for k in keys] for h in history
+            if "step" in h and any(k in h for k in keys)]
+    return {"keys": keys, "rows": rows} if keys else {}
+
+
+def _filter_weights(model):
+    """The learned filter(s) K̃ the model applies, ``(nf, k, k)`` as nested lists of floats
+    rounded to 6 significant digits (a few KB), or None for models without one."""
+    import numpy as np
+    meta = getattr(model, "meta", None)
+    if meta is None or not hasattr(meta, "effective_filter"):
+        return None
+    K = np.asarray(meta.effective_filter(), dtype=np.float64)
+    return [[[float(f"{v:.6g}") for v in row] for row in f] for f in K]
 
 
 def _test_record(recs):
