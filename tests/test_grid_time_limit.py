@@ -104,6 +104,35 @@ def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path
     assert job_status(tmp_path, vm2) == "done"
 
 
+def test_a_new_protocol_is_estimated_from_jobs_other_protocols_finished(tmp_path, capsys):
+    """The first sitting of a new protocol (the σ sweep): none of its own jobs has finished,
+    but a VM-2 job of another protocol under the same folder says VM-2 takes 10 s a step, so
+    the sweep's VM-2 job is deferred rather than started blind; ``--list`` estimates it too."""
+    from regnp.study.grid import all_finished
+    from regnp.study.protocols import protocol_jobs
+    finished = job_config("liver10", "vm2", quick=True, phantom=True)
+    (tmp_path / finished["name"]).mkdir()
+    (tmp_path / finished["name"] / "metrics.json").write_text(json.dumps(
+        {"config": finished, "wall_seconds_this_sitting": 11.0 * finished["steps"],
+         "train": {"seconds_per_step": 10.0, "seconds": 10.0 * finished["steps"],
+                   "sittings": 1}, "tests": {}}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("[]")       # skipped, not fatal
+    assert [m["config"]["name"] for m in all_finished(tmp_path)] == [finished["name"]]
+    sweep_vm2 = next(c for c in protocol_jobs("sweep", quick=True, phantom=True)
+                     if c["variant"] == "vm2")
+    res = run_grid([sweep_vm2], tmp_path, progress=False, deadline=time.time() + 30)
+    out = capsys.readouterr().out
+    assert res == {} and "1 job(s) not started" in out and "start regardless" not in out
+    assert job_status(tmp_path, sweep_vm2) == "todo"
+    r = subprocess.run([sys.executable, "-m", "regnp.study", "sweep", "--quick", "--phantom",
+                        "--list", "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.endswith(sweep_vm2["name"]))
+    assert "~" in line and "?" not in line
+
+
 def test_cli_refuses_a_duration_without_unit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "regnp.study", "liver", "--quick",
                         "--time-limit", "90"], cwd=tmp_path, capture_output=True, text=True,

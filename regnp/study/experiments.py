@@ -6,8 +6,9 @@
     python -m regnp.study report [--out results/runs] [--tables …] [--readme …] [--figures …]
     python -m regnp.study transfer [--steps 600] [--size 128] [--data-root DIR]
 
-PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs all`` (see
-``regnp.study.protocols``). Each job trains one model in its own folder under ``--out`` and writes
+PROTOCOL is one of ``steps liver cardiac chest ablation lambda rkhs diffeo sweep sigmastar all``
+(see ``regnp.study.protocols``; ``all`` is the paper's grid, without the long ``steps`` runs and
+the deformation-size study ``sweep``/``sigmastar``). Each job trains one model in its own folder under ``--out`` and writes
 ``metrics.json`` when it finishes; a finished job is skipped, an interrupted one resumes from
 its checkpoint, so the command can simply be run again after a crash or on another day. Jobs
 run in ``--jobs`` local worker processes (default: one per core, one thread each — faster on 2
@@ -213,7 +214,8 @@ def _main(argv=None):
     sub = p.add_subparsers(dest="experiment", required=True)
     for proto in PROTOCOLS + ("all",):
         g = sub.add_parser(proto, help=f"run the {proto} protocol" if proto != "all"
-                           else "every protocol, most important first")
+                           else "the paper's grid: every protocol but steps, sweep and "
+                                "sigmastar, most important first")
         g.add_argument("--quick", action="store_true",
                        help="64×64, a few steps and pairs: minutes (results go to runs/grid-quick)")
         g.add_argument("--jobs", type=_positive_int, default=None,
@@ -267,21 +269,24 @@ def _main(argv=None):
             for path in run_report(a.out, a.tables, a.figures, a.readme):
                 print(f"wrote {path}")
             return
-        protos = [x for x in PROTOCOLS if x != "steps"] if a.experiment == "all" else [a.experiment]
+        # `all` is the paper's grid; the long runs and the deformation-size study run by name
+        protos = ([x for x in PROTOCOLS if x not in ("steps", "sweep", "sigmastar")]
+                  if a.experiment == "all" else [a.experiment])
         out = Path(a.out or ("runs/grid-quick" if a.quick else "results/runs"))
         if out.exists() and not out.is_dir():
             raise GridError(f"--out {out} is a file; give a folder")
         if a.list:
-            from .grid import estimate_seconds, finished_metrics, job_status
+            from .grid import all_finished, estimate_seconds, finished_metrics, job_status
             from .protocols import protocol_jobs
             listed = [(proto, c, job_status(out, c)) for proto in protos
                       for c in protocol_jobs(proto, seeds=a.seeds, quick=a.quick, steps=a.steps,
                                              phantom=a.phantom, all_seeds=a.all_seeds)]
             finished = {c["name"]: finished_metrics(out, c)
                         for _, c, st in listed if st == "done"}
+            speeds = all_finished(out)          # every finished job, not only the listed ones
             left = {}                            # a job shared by two protocols counts once
             for proto, c, st in listed:
-                est = None if st == "done" else estimate_seconds(c, list(finished.values()), out)
+                est = None if st == "done" else estimate_seconds(c, speeds, out)
                 if st != "done":
                     left[c["name"]] = est or 0.0
                 when = "" if st == "done" else ("    ?" if est is None else f"~{est / 60:.0f} min")

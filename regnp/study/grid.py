@@ -255,6 +255,22 @@ def finished_metrics(root, config):
     return m
 
 
+def all_finished(root):
+    """The metrics of every finished job under ``root``, whatever protocol planned it (what
+    :func:`estimate_seconds` learns speeds from: the first jobs of a new protocol are estimated
+    from the variants' speed elsewhere). Files that cannot be read are skipped here; the grid
+    and the report name them where they matter."""
+    out = []
+    for path in sorted(Path(root).glob("*/metrics.json")):
+        try:
+            m = read_metrics(path)
+        except GridError:
+            continue
+        if m is not None:
+            out.append(m)
+    return out
+
+
 def set_aside(path):
     """Move an unreadable job file out of the way (``metrics.json`` →
     ``metrics.json.unreadable-<UTC time>``) and return the new path: it is kept, never
@@ -734,7 +750,7 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
             todo.append(c)
     estimates = {}
     if deadline is not None:
-        finished = list(results.values())
+        finished = all_finished(root)
         estimates = {c["name"]: estimate_seconds(c, finished, root) for c in todo}
         unknown = [n for n, e in estimates.items() if e is None]
         if unknown:
