@@ -59,8 +59,21 @@ SLOW = {
         "child `python -m regnp.evaluate` runs on a trained run",
     "tests/test_bad_inputs.py::test_evaluate_hand_edited_data_entry":
         "child `python -m regnp.evaluate` runs on an edited checkpoint",
+    "tests/test_bad_inputs.py::test_solver_pyramid_fits_small_images":
+        "a child `python -m regnp.register --method rkhs`",
+    "tests/test_register.py::test_register_odd_size_png_and_npy":
+        "child `python -m regnp.register` runs",
+    "tests/test_register.py::test_register_rkhs_method_needs_no_checkpoint":
+        "a child `python -m regnp.register --method rkhs`",
+    "tests/test_register.py::test_colour_png_warns": "a child `python -m regnp.register`",
     "tests/test_experiments.py::test_cli_errors_are_one_line":
         "child `python -m regnp.study` runs",
+    "tests/test_experiments.py::test_report_writes_the_results_page_byte_for_byte_and_says_what_"
+    "it_wrote": "child `python -m regnp.study report` runs",
+    "tests/test_experiments.py::test_report_refuses_to_replace_results_with_empty_tables_or_a_"
+    "foreign_file": "child `python -m regnp.study report` runs",
+    "tests/test_grid_time_limit.py::test_list_shows_each_job_left_with_its_estimate":
+        "a child `python -m regnp.study steps --list`",
     # training runs and grids of them
     "tests/test_experiments.py::test_local_and_dask_local_cluster_give_identical_metrics":
         "the same grid trained twice, locally and on a dask cluster",
@@ -76,9 +89,20 @@ SLOW = {
         "every layer at the paper's 256×256 shapes, float32 against float64",
     "tests/test_models.py::test_model_gradients_through_objective":
         "whole models through central differences (every layer's own check is in the core)",
+    "tests/test_models_baselines.py::test_model_gradients_through_objective":
+        "whole baseline models through central differences",
+    "tests/test_models_diffeo.py::test_diffeomorphic_model_gradients":
+        "whole models with scaling and squaring through central differences",
+    "tests/test_models_diffeo.py::test_bidirectional_gradients":
+        "whole models, both directions, through central differences",
+    "tests/test_models_diffeo.py::test_segmentation_supervised_gradients":
+        "whole models with the soft-Dice term through central differences",
     # the real data sets (skipped where they are absent)
     "tests/test_data_folders.py::test_real_sets_have_validation_subjects":
         "reads every subject of the three real sets",
+    "tests/test_data_folders.py::test_shared_sets": "loads each real set",
+    "tests/test_data_deform.py::test_sigma_statistics_on_chaos":
+        "deformation statistics over real CHAOS pairs",
 }
 
 
@@ -94,8 +118,10 @@ def pytest_collection_modifyitems(config, items):
             if _is_listed(item.nodeid, key):
                 item.add_marker(pytest.mark.slow)
                 used.add(key)
-    # an entry whose file was collected but that matched nothing was renamed or removed: say so,
-    # or the test it meant would silently join the fast core
+    # an entry whose file was collected whole but that matched nothing was renamed or removed:
+    # say so, or the test it meant would silently join the fast core
+    if any("::" in arg for arg in config.args):          # only some tests of a file were asked
+        return
     files = {item.nodeid.split("::")[0] for item in items}
     for key in sorted(set(SLOW) - used):
         if key.split("::")[0] in files:
