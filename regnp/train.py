@@ -246,7 +246,9 @@ class _Run:
         self.config, self.out, self.on_save = config, Path(out), on_save
         self.ck_path = self.out / "checkpoint.npz"
         self.resume, self.patience = resume, divergence_patience
-        self.made_folder = not self.out.exists()
+        # the outermost folder this sitting would create (None: ``out`` exists already)
+        self.made_folder = next((p for p in [*reversed(self.out.parents), self.out]
+                                 if not p.exists()), None)
         self.existing = self._check_folder(overwrite)
         self.history, self.start, self.loss_ref, self.last_saved = [], 0, None, None
         self.arrays = self._read_checkpoint() if resume else None
@@ -352,8 +354,12 @@ class _Run:
         if self.log is not None:        # begin() has run: the run files here are this sitting's
             for p in run_files(self.out):
                 p.unlink()
-        if self.made_folder and self.out.is_dir() and not any(self.out.iterdir()):
-            self.out.rmdir()
+        for folder in [self.out, *self.out.parents] if self.made_folder else []:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+            if folder == self.made_folder:
+                break
 
     def interrupted(self):
         """Ctrl-C: keep the work done so far, unless it landed inside an Adam update (then the

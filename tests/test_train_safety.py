@@ -284,11 +284,11 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
                 ("nan", lambda: _poison(monkeypatch, 2, _nan_similarity) or tiny_config(),
                  TrainingError)]
     for name, make, error in failures:
-        out = tmp_path / name.replace(" ", "_")
+        out = tmp_path / name.replace(" ", "_") / "run"         # two new folders
         with pytest.raises(error):
             train(make(), 4, out, save_every=2, log_every=1, val_every=0, progress=False)
         monkeypatch.undo()
-        assert not out.exists(), (name, sorted(p.name for p in out.iterdir()))
+        assert not out.parent.exists(), (name, sorted(p.name for p in out.parent.rglob("*")))
         res = train(tiny_config(), 2, out, save_every=2, val_every=0, progress=False)
         assert res["steps_done"] == 2, name          # the corrected call is not refused
     # a folder that existed before keeps existing (only the run's files go)
