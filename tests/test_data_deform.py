@@ -108,7 +108,7 @@ def test_field_stats_zero_field():
 
 
 def test_sigma_statistics_on_phantom_within_documented_bounds():
-    """Documented (README 'Data'): σ = 10 moderate, σ = 16 clearly harder, never folding."""
+    """Documented (docs/data.md, docs/deformations.md): σ = 10 moderate, σ = 16 clearly harder, never folding."""
     res = {}
     for sig in (10, 16):
         ds = load_dataset("phantom", "test", sigma=sig, n_pairs=24, n_subjects=3, size=128)
@@ -123,7 +123,7 @@ def test_sigma_statistics_on_phantom_within_documented_bounds():
 
 
 def test_sigma_statistics_on_chaos(data_root):
-    """The calibration the README reports (80 fixed test pairs); a subset keeps the test fast."""
+    """The calibration docs/deformations.md reports (80 fixed test pairs); a subset keeps the test fast."""
     out = {}
     for sig in (10, 16):
         ds = load_dataset("chaos", "test", data_root=data_root, sigma=sig, n_pairs=40)

@@ -26,7 +26,7 @@ def _env():
 
 
 def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
-    """All seven protocols (shared jobs once) at 64×64 with the phantom standing in for the real
+    """Every protocol (shared jobs once) at 64×64 with the phantom standing in for the real
     sets; then the report fills every table from the JSON alone."""
     res = run_protocols(PROTOCOLS, tmp_path / "grid", quick=True, phantom=True, seeds=[0],
                         jobs=2, threads=1, progress=False)        # 2 worker processes

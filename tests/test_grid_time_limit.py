@@ -176,7 +176,7 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert cells[1] == "3 / 16"
     assert cells[2] == f"{(1280 + 680 + 380) / 3600:.2f}"
     assert cells[3] == f"{10340 / 3600:.1f}" == "2.9"
-    # the README's generated block carries the same table and the throughput
+    # the generated results/README.md carries the same table and the throughput
     from regnp.study.report import readme_block
     block = readme_block(results)
     assert liver in block.splitlines()

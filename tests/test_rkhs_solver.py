@@ -104,7 +104,7 @@ def test_phantom_pair_sigma10_closes_the_dice_gap():
     """On a phantom pair with σ = 10 the solver closes ≥ 70 % of the Dice gap (the target the
     classical eq. 6 solver is held to).
 
-    Run at 128×128 (σ scales with the size) to keep the test fast; lesson 10 does 256×256.
+    Run at 128×128 (σ scales with the size) to keep the test fast; lesson 05 does 256×256.
     """
     from regnp.data.datasets import load_dataset
     ds = load_dataset("phantom", "test", size=128, sigma=10, n_pairs=1)

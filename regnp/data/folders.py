@@ -26,7 +26,7 @@ LAYOUT_HELP = (
     "expected layout: DATA_ROOT/<set>/images/*.png (grayscale), DATA_ROOT/<set>/masks/*.png "
     "(integer labels, same names and sizes) and an index CSV (index.csv, or pairs.csv for ACDC); "
     "the shared sets are chaos_mr_t2_abdomen/, acdc_cine_mri_ed_es/, jsrt_scr_cxr/ "
-    "(see README, 'Data')")
+    "(see docs/data.md)")
 
 
 def find_data_root(data_root=None):

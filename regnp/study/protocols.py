@@ -45,7 +45,7 @@ from .grid import GridError
 # after which validation Dice gains < 0.3 points per 2,000 steps): 15,000 for VoxelMorph-2 and
 # 15,500 for Meta-Reg (stopped at 19,000 and 19,500). At 15,500 steps the full grid (68 jobs) would
 # need about 50 CPU hours on 2 cores, four times the ~12-hour budget; at 6,000 it needs about 20.
-# The compromise (stated in the README): every grid job trains 6,000 steps — where validation
+# The compromise (stated in docs/training.md, "How long to train"): every grid job trains 6,000 steps — where validation
 # Dice was within ~1.5 (VM-2) and ~2 (Meta-Reg) points of its value at 15,000+ — and the
 # `steps` protocol's long runs of VM-2, Meta-Reg and the ablated network on liver σ 16 check
 # whether the central comparison changes with the full length.
