@@ -57,6 +57,11 @@ CASES = [
          "error: --out ck already holds a run (checkpoint.npz, log.jsonl); continue it with "
          "--resume, replace it with --overwrite, or choose another --out",
          "a new run in a folder that holds a run"),
+    Case("train", "--sigma 60 --size 64 --steps 1 --out big",
+         "error: sigma 60 is more than the 'gmm' deformations draw with bumps 28–60 px wide (px "
+         "at 256×256): the largest is 42; the invertible velocity-field deformations (--dataset "
+         "chaos-svf or phantom-svf, field='svf') draw up to 56",
+         "a σ larger than the field generator draws (once a RuntimeError traceback)"),
     Case("train", "--out ck --resume --lr 0.5",
          "error: --resume: these options contradict the checkpoint's run: --lr 0.5 (checkpoint: "
          "0.001). Leave them out (the checkpoint's values are used) or start a new run in "
@@ -429,6 +434,14 @@ CASES = [
          "negative repeats"),
     Case("bench", "--only nosuchcase", "error: --only 'nosuchcase' matches no case; the cases are: …",
          "--only matching no case"),
+    Case("bench", "--roofline --size 30",
+         "error: --size 30 is not divisible by 2^4 = 16; use e.g. 32",
+         "a roofline size the U-Net cannot take"),
+    Case("bench", "--roofline --model dirnet",
+         "error: --model 'dirnet' has no U-Net; the roofline table follows a U-Net (metareg, "
+         "vm2, vm1, ablated, rkhs)", "a roofline for a model without a U-Net"),
+    Case("bench", "--size 0", "error: --size must be a positive integer, got 0",
+         "a zero benchmark size"),
 ]
 
 
