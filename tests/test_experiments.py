@@ -56,11 +56,11 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     text, figs = write_report(tmp_path / "grid", tmp_path / "TABLES.md", tmp_path / "figs")
     assert "| Meta-Reg |" in text and "not run yet" not in text.split("claims")[1]
     names = {f.name for f in figs}
-    assert names >= {"results_training_length.png", "results_lambda_dice.png",
-                     "results_lambda_jacobian.png", "results_claims.png", "results_sigma.png"}
-    assert all(n.startswith("results_sigma_") for n in names - {
-        "results_training_length.png", "results_lambda_dice.png", "results_lambda_jacobian.png",
-        "results_claims.png", "results_sigma.png"})           # a σ sweep's own field family
+    main = {"results_training_length.png", "results_lambda_dice.png", "results_claims.png",
+            "results_lambda_jacobian.png", "results_sigma.png", "results_filters.png"}
+    assert names >= main
+    assert all(n.startswith("results_sigma_") for n in names - main)   # a σ sweep's own family
+    assert "## The filters the networks learn" in text and "Tr JK̃ at every logged step" in text
     # a second run finds everything done and trains nothing
     t0 = time.perf_counter()
     again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
@@ -290,6 +290,27 @@ def test_advantage_against_sigma_by_hand(tmp_path):
     assert (tmp_path / "f" / "results_sigma.png") in figs
     assert "| 16 | 60.0 ± 0.0 |" in text
     assert "| σ_train \\ σ_test (Meta-Reg − VoxelMorph-2) | 10 | 16 |" in text
+
+
+def test_learned_filters_against_eq9_and_the_hinge_by_hand():
+    from regnp.study.report import fit_gram_filter, gram_filter, hinge_activity
+    g = gram_filter(2.0, 13)                              # eq. 9's K̃ of a Gaussian, unit sum
+    assert g.shape == (13, 13) and g.sum() == pytest.approx(1.0)
+    assert g[6, 6] == g.max() and np.allclose(g, g.T) and np.allclose(g, g[::-1, ::-1])
+    width, fitted, dist = fit_gram_filter(3.0 * g)        # a scaled copy: the scale is ignored
+    assert width == pytest.approx(2.0, abs=0.03) and dist < 1e-2 and np.allclose(fitted.sum(), 1)
+    width_b, _, dist_b = fit_gram_filter(gram_filter(4.5, 13))
+    assert width_b == pytest.approx(4.5, abs=0.03) and dist_b < 1e-2
+    ring = np.zeros((13, 13))
+    ring[[0, 0, 12, 12], [0, 12, 0, 12]] = 0.25           # the corners: far from any Gaussian
+    assert fit_gram_filter(ring)[2] > 0.9
+    # two runs: traces negative at 1 of 3 logged steps in the first, never in the second
+    curve = lambda rows: {"train": {"filter_curve": {"keys": ["k_anti_trace", "k_sum",
+                                                              "k_trace"], "rows": rows}}}
+    jobs = [curve([[10, 0.2, 1.0, 0.3], [20, -0.1, 1.0, 0.3], [30, 0.1, 1.0, 0.2]]),
+            curve([[10, 0.2, 1.0, 0.3], [20, 0.3, 1.0, 0.4]]), {"train": {}}]
+    assert hinge_activity(jobs) == (2, 1, 1, 5)
+    assert hinge_activity([{"train": {}}]) is None
 
 
 def test_by_difficulty_splits_the_same_pairs_on_both_sides():

@@ -735,16 +735,139 @@ def m_summary(results):
                     + "; its centre tap "
                     f"{np.nanmin(centres):.3g} to {np.nanmax(centres):.3g}.")
             if v == "metareg":
+                curves = hinge_activity(jobs)
                 txt += (" So at the end of every run the hinge on Tr K̃ is inactive"
                         if neg == 0 else " The hinge on Tr K̃ is active at the end of "
                         f"{neg} runs") + (": M acts through its symmetry terms (ρ1) alone. "
-                                          "Earlier steps and Tr JK̃ are not recorded in the JSON."
-                                          if neg == 0 else ".")
+                                          if neg == 0 else ". ")
+                if curves is None:
+                    txt += "Earlier steps and Tr JK̃ are not recorded in the JSON."
+                else:
+                    n_runs, active_runs, active_steps, steps = curves
+                    txt += (f"Of the {n_runs} runs that recorded Tr K̃ and Tr JK̃ at every "
+                            f"logged step, the hinge (a negative trace) was active in "
+                            f"{active_runs}, at {active_steps} of {steps} logged steps.")
+                txt = txt.rstrip()
             else:
                 txt += (" Eq. 12 as printed rewards the trace without bound (−ρ2·Tr): a "
                         "negative M means the reward outweighs the symmetry terms.")
         out.append(txt)
     return out
+
+
+FILTER_VARIANTS = ("metareg", "metareg_paper", "ablated_free", "ablated")
+
+
+def gram_filter(width, k):
+    """The reduced K̃ of eq. 9 for a Gaussian kernel of ``width`` px, cut to k×k (the kernel's
+    stencil around the centre pixel, :meth:`regnp.rkhs.kernels.Kernel.stencil`), scaled to unit
+    sum as our Meta-Reg's filters are."""
+    from ..rkhs.kernels import make_kernel
+    h = k // 2
+    st = make_kernel("gaussian", width).stencil(h + 1, h + 1)      # (2h+1, 2h+1), centre [h, h]
+    return st / st.sum()
+
+
+def fit_gram_filter(w, widths=np.linspace(0.3, 8.0, 155)):
+    """The Gaussian width whose eq. 9 K̃ is nearest (least squares, both at unit sum) to the
+    k×k filter ``w``; returns (width, K̃, relative L2 distance ‖w/Σw − K̃‖ / ‖K̃‖)."""
+    w = np.asarray(w, float)
+    wn = w / w.sum() if abs(w.sum()) > 1e-12 else w
+    best = None
+    for s in widths:
+        g = gram_filter(float(s), w.shape[0])
+        e = float(np.linalg.norm(wn - g) / np.linalg.norm(g))
+        if best is None or e < best[2]:
+            best = (float(s), g, e)
+    return best
+
+
+def learned_filters(results):
+    """``{variant: [(setting, seed, (k, k) filter), ...]}``: the first learned filter of every
+    finished job that stored it (``train.filter_weights``; jobs finished before it was recorded
+    have none)."""
+    out = {}
+    for m in results.values():
+        c, fw = m["config"], (m.get("train") or {}).get("filter_weights")
+        if fw and c.get("variant") in FILTER_VARIANTS:
+            out.setdefault(c["variant"], []).append((c["setting"], c["seed"],
+                                                     np.asarray(fw[0], float)))
+    return {v: sorted(out[v], key=lambda t: (t[0], t[1])) for v in FILTER_VARIANTS if v in out}
+
+
+def filters_table(filt):
+    """Per variant: how many filters, their sum, trace, centre tap and smallest eigenvalue
+    (ranges), and the nearest eq. 9 Gaussian K̃ (width, relative distance)."""
+    from ..rkhs.reduced import filter_diagnostics
+    rows = ["| Model | filters | sum | Tr K̃ | centre tap | min eigenvalue (matrix PSD if ≥ 0) "
+            "| nearest eq. 9 Gaussian K̃: width (px) | its relative distance |",
+            "|---|---|---|---|---|---|---|---|"]
+    for v, items in filt.items():
+        d = [filter_diagnostics(w) for _, _, w in items]
+        fits = [fit_gram_filter(w) for _, _, w in items]
+
+        def rng(vals, nd=3):
+            return f"{min(vals):.{nd}g}" if max(vals) - min(vals) < 1e-9 else \
+                f"{min(vals):.{nd}g} to {max(vals):.{nd}g}"
+        rows.append(f"| {VARIANTS[v][0]} | {len(items)} | {rng([x.sum for x in d])} | "
+                    f"{rng([x.trace for x in d])} | {rng([x.centre for x in d])} | "
+                    f"{rng([x.eig_min for x in d])} | {rng([f[0] for f in fits], 2)} | "
+                    f"{rng([f[2] for f in fits], 2)} |")
+    return "\n".join(rows)
+
+
+def _plot_filters(filt, path):
+    """Top: one learned filter per model (its first job) beside the eq. 9 K̃ of the Gaussian
+    nearest to it. Bottom: the centre row of each, unit-sum."""
+    plt = _plt()
+    n = len(filt)
+    fig, ax = plt.subplots(2, n + 1, figsize=(2.8 * (n + 1), 5.4), squeeze=False)
+    first = next(iter(filt.values()))[0][2]
+    width, g, _ = fit_gram_filter(first)
+    panels = [(VARIANTS[v][0] + f"\n({items[0][0]}, seed {items[0][1]})", items[0][2])
+              for v, items in filt.items()] + [(f"eq. 9 K̃, Gaussian width {width:.2g} px\n"
+                                                 f"(nearest to the first)", g)]
+    h = first.shape[0] // 2
+    for j, (title, w) in enumerate(panels):
+        a = ax[0, j]
+        lim = float(np.abs(w).max()) or 1.0
+        a.imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        a.set_title(title, fontsize=7)
+        a.set_xticks([])
+        a.set_yticks([])
+        wn = w / w.sum() if abs(w.sum()) > 1e-12 else w
+        ax[1, 0].plot(np.arange(-h, h + 1), wn[h], "o-" if j < n else "k--", ms=3,
+                      label=title.split("\n")[0])
+    ax[1, 0].set_xlabel("offset from the centre (px)")
+    ax[1, 0].set_ylabel("tap / sum")
+    ax[1, 0].legend(fontsize=6)
+    ax[1, 0].set_title("centre row, unit sum", fontsize=8)
+    for j in range(1, n + 1):
+        ax[1, j].axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def hinge_activity(jobs):
+    """From the jobs that stored ``train.filter_curve`` with both traces: (runs, runs in which
+    the hinge was ever active, logged steps with Tr K̃ < 0 or Tr JK̃ < 0, logged steps), or
+    None when no job recorded them."""
+    runs = active_runs = active = total = 0
+    for m in jobs:
+        fc = (m.get("train") or {}).get("filter_curve") or {}
+        keys = fc.get("keys", [])
+        if "k_trace" not in keys or "k_anti_trace" not in keys:
+            continue
+        i, j = 1 + keys.index("k_trace"), 1 + keys.index("k_anti_trace")
+        neg = [r[i] < 0 or r[j] < 0 for r in fc["rows"] if r[i] is not None and r[j] is not None]
+        runs += 1
+        active_runs += any(neg)
+        active += sum(neg)
+        total += len(neg)
+    return None if runs == 0 else (runs, active_runs, active, total)
 
 
 def write_report(root, tables_path, fig_dir, readme_path=None):
@@ -890,6 +1013,13 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
     msum = m_summary(results)
     if msum:
         out += ["## What M does during training", "", "\n\n".join(msum), ""]
+    filt = learned_filters(results)
+    if filt:
+        out += ["## The filters the networks learn", "", "The 13×13 filter each job learned "
+                "(stored since the σ sweep), beside the reduced Gram matrix K̃ of eq. 9 of the "
+                "Gaussian kernel nearest to it (least squares at unit sum, widths 0.3–8 px):", "",
+                filters_table(filt), ""]
+        figs.append(_plot_filters(filt, Path(fig_dir) / "results_filters.png"))
     # --- cost
     by_proto = {}
     for m in grid:
@@ -1002,7 +1132,9 @@ FIGURES = {"results_sigma": "Meta-Reg − VoxelMorph-2 and − the paper's ablat
                                       "`steps` protocol)",
            "results_lambda_dice": "Dice against λ at liver σ 16/16 (Fig. 3)",
            "results_lambda_jacobian": "% of positive Jacobian determinants against λ (Fig. 4)",
-           "results_claims": "The paper's claims and ours, with hierarchical 95 % intervals"}
+           "results_claims": "The paper's claims and ours, with hierarchical 95 % intervals",
+           "results_filters": "The 13×13 filters the networks learn, beside eq. 9's K̃ of the "
+                              "nearest Gaussian kernel"}
 
 
 def _span(values):
