@@ -74,6 +74,8 @@ SLOW = {
     "foreign_file": "child `python -m regnp.study report` runs",
     "tests/test_grid_time_limit.py::test_list_shows_each_job_left_with_its_estimate":
         "a child `python -m regnp.study steps --list`",
+    "tests/test_sweep.py::test_quick_sweep_end_to_end_from_the_command_line":
+        "a quick sweep listed and trained by child `python -m regnp.study` runs",
     # training runs and grids of them
     "tests/test_experiments.py::test_local_and_dask_local_cluster_give_identical_metrics":
         "the same grid trained twice, locally and on a dask cluster",
