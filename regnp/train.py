@@ -180,9 +180,10 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
     - on_save: optional callable ``on_save(step)`` after each checkpoint (tests use it).
     Returns: dict model, history, seconds (this call's wall time), steps_done, steps_run, val_ds,
     val_idx, checkpoint, stopped ("steps" | "plateau").
-    Raises: TrainingError / CheckpointError (one-line messages) on a refused or failed run,
-    :class:`TrainingInterrupted` on Ctrl-C. A new run that fails or is interrupted before its
-    first checkpoint removes the files it created, so the same call can simply be made again.
+    Raises: TrainingError / CheckpointError (one-line messages) on a refused or failed run;
+    on Ctrl-C :class:`TrainingInterrupted` (a plain KeyboardInterrupt during the set-up, which
+    writes nothing). A new run that fails or is interrupted before its first checkpoint removes
+    the files it created, so the same call can simply be made again.
     """
     from tqdm import tqdm
     run = _Run(config, out, resume, overwrite, data_root, val_every, val_pairs, on_save,
