@@ -83,8 +83,15 @@ def test_a_folder_with_another_config_is_refused(tmp_path):
     c = job_config("liver16", "vm2", quick=True, phantom=True)
     run_grid([c], tmp_path, progress=False)
     other = dict(c, steps=c["steps"] + 1)
-    with pytest.raises(GridError, match="another config.*steps"):
-        run_grid([other], tmp_path, progress=False)
+    before = (tmp_path / c["name"] / "metrics.json").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # nothing is set aside on the way
+        with pytest.raises(GridError, match="another config.*steps"):
+            run_grid([other], tmp_path, progress=False)
+    # the finished job's result is untouched: still there, still finished
+    assert (tmp_path / c["name"] / "metrics.json").read_bytes() == before
+    assert not list((tmp_path / c["name"]).glob("metrics.json.unreadable*"))
+    assert job_status(tmp_path, c) == "done"
 
 
 def test_kill_and_resume_a_grid(tmp_path):

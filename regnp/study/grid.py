@@ -305,10 +305,11 @@ def job_status(root, config):
     return "todo"
 
 
-def claim_folder(root, config):
-    """Create the job's folder with its ``job.json``, or check that the folder belongs to it."""
+def check_owner(root, config):
+    """The ``job.json`` of ``config``'s folder (None when there is none yet); a folder that
+    belongs to another config is refused (:class:`GridError`) before anything in it is read
+    or moved, so a changed protocol never disturbs another job's finished result."""
     folder = Path(root) / config["name"]
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         have = read_job_file(folder / "job.json", "job")
     except BadJobFile as e:
@@ -319,6 +320,14 @@ def claim_folder(root, config):
                       if have.get("config", {}).get(k) != config.get(k))
         raise GridError(f"{folder} holds job {config['name']!r} with another config (differs in "
                         f"{', '.join(diff)}); use another --out, or delete the folder to redo it")
+    return have
+
+
+def claim_folder(root, config):
+    """Create the job's folder with its ``job.json``, or check that the folder belongs to it."""
+    folder = Path(root) / config["name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    have = check_owner(root, config)
     if have is None:
         try:                                  # two grids may claim it at once: one creates it
             _create_exclusive(folder / "job.json", {"format": JOB_FORMAT, "config": config,
@@ -742,6 +751,7 @@ def run_grid(configs, root, executor=None, data_root=None, threads=None, progres
     root = Path(root)
     results, todo = {}, []
     for c in configs:
+        check_owner(root, c)                      # another config's folder: refuse, touch nothing
         m = _finished_or_set_aside(root, c)
         if m is not None:
             results[c["name"]] = m
