@@ -33,6 +33,7 @@ step the checkpoint holds and exits with status 130.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -674,7 +675,7 @@ def _main(a, finished):
                      f"{config['data']['dataset']} pair (σ = {config['data']['sigma']:g})")
     print(f"checkpoint: {res['checkpoint']}; loss curve: {out / 'loss_curve.png'}"
           f"{'; an example pair: ' + str(out / 'example.png') if res['val_ds'] is not None else ''}"
-          f"; test-set scores: python -m regnp.evaluate --checkpoint {out}")
+          f"; test-set scores: python -m regnp.evaluate --checkpoint {shlex.quote(str(out))}")
 
 
 if __name__ == "__main__":

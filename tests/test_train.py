@@ -113,6 +113,18 @@ def test_cli_train_evaluate_and_errors(tmp_path):
         assert "Traceback" not in r.stderr
 
 
+def test_the_printed_evaluate_command_quotes_a_folder_with_spaces(tmp_path):
+    """The last line train prints ends in a command to score the run: copied into a shell, it
+    must name the run's folder as one argument even when the folder has spaces."""
+    import shlex
+    out = tmp_path / "my run"
+    r = run_cli("regnp.train", *TINY, "--steps", "3", "--val-every", "3", "--out", str(out),
+                "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cmd = r.stdout.strip().splitlines()[-1].split("test-set scores: ")[1]
+    assert shlex.split(cmd) == ["python", "-m", "regnp.evaluate", "--checkpoint", str(out)]
+
+
 def test_corrupt_checkpoint_is_one_clear_line(tmp_path):
     out = tmp_path / "run"
     r = run_cli("regnp.train", *TINY, "--steps", "2", "--val-every", "0", "--out", str(out),
