@@ -81,16 +81,22 @@ def test_a_job_that_would_overrun_is_not_started(tmp_path):
     assert job_status(tmp_path, c) == "todo"
 
 
+def _finished_vm2_at_10s_a_step(root):
+    """A finished quick VM-2 job under ``root`` whose record says 10 s a training step."""
+    finished = job_config("liver10", "vm2", quick=True, phantom=True)
+    (root / finished["name"]).mkdir()
+    (root / finished["name"] / "metrics.json").write_text(json.dumps(
+        {"config": finished, "wall_seconds_this_sitting": 11.0 * finished["steps"],
+         "train": {"seconds_per_step": 10.0, "seconds": 10.0 * finished["steps"],
+                   "sittings": 1}, "tests": {}}))
+    return finished
+
+
 def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path, capsys):
     """One finished job says VM-2 takes 10 s a step: a second VM-2 job (hundreds of seconds)
     does not fit into 30 s and is left for later; the solver job has no finished solver to be
     estimated from, so it runs (and finishes)."""
-    finished = job_config("liver10", "vm2", quick=True, phantom=True)
-    (tmp_path / finished["name"]).mkdir()
-    (tmp_path / finished["name"] / "metrics.json").write_text(json.dumps(
-        {"config": finished, "wall_seconds_this_sitting": 11.0 * finished["steps"],
-         "train": {"seconds_per_step": 10.0, "seconds": 10.0 * finished["steps"],
-                   "sittings": 1}, "tests": {}}))
+    finished = _finished_vm2_at_10s_a_step(tmp_path)
     vm2 = job_config("liver16", "vm2", quick=True, phantom=True)
     solver = solver_config("liver16", quick=True, phantom=True)
     res = run_grid([finished, vm2, solver], tmp_path, progress=False, deadline=time.time() + 30)
@@ -110,12 +116,7 @@ def test_a_new_protocol_is_estimated_from_jobs_other_protocols_finished(tmp_path
     the sweep's VM-2 job is deferred rather than started blind; ``--list`` estimates it too."""
     from regnp.study.grid import all_finished
     from regnp.study.protocols import protocol_jobs
-    finished = job_config("liver10", "vm2", quick=True, phantom=True)
-    (tmp_path / finished["name"]).mkdir()
-    (tmp_path / finished["name"] / "metrics.json").write_text(json.dumps(
-        {"config": finished, "wall_seconds_this_sitting": 11.0 * finished["steps"],
-         "train": {"seconds_per_step": 10.0, "seconds": 10.0 * finished["steps"],
-                   "sittings": 1}, "tests": {}}))
+    finished = _finished_vm2_at_10s_a_step(tmp_path)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("[]")       # skipped, not fatal
     assert [m["config"]["name"] for m in all_finished(tmp_path)] == [finished["name"]]
