@@ -744,9 +744,10 @@ def m_summary(results):
                     txt += "Earlier steps and Tr JK̃ are not recorded in the JSON."
                 else:
                     n_runs, active_runs, active_steps, steps = curves
-                    txt += (f"Of the {n_runs} runs that recorded Tr K̃ and Tr JK̃ at every "
-                            f"logged step, the hinge (a negative trace) was active in "
-                            f"{active_runs}, at {active_steps} of {steps} logged steps.")
+                    txt += (f"Of the {n_runs} run{'s' if n_runs != 1 else ''} that recorded "
+                            f"Tr K̃ and Tr JK̃ at every logged step, the hinge (a negative "
+                            f"trace) was active in {active_runs}, at {active_steps} of {steps} "
+                            f"logged steps.")
                 txt = txt.rstrip()
             else:
                 txt += (" Eq. 12 as printed rewards the trace without bound (−ρ2·Tr): a "
