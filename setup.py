@@ -21,6 +21,6 @@ setup(
     extras_require={
         # run the experiment grid on a Dask cluster: python -m regnp.study ... --scheduler
         "cluster": ["dask>=2023.1", "distributed>=2023.1"],
-        "test": ["pytest>=7", "dask>=2023.1", "distributed>=2023.1"],
+        "test": ["pytest>=7", "pytest-xdist>=3.2", "dask>=2023.1", "distributed>=2023.1"],
     },
 )

@@ -112,6 +112,42 @@ def _is_listed(nodeid, key):
     return nodeid == key or nodeid.startswith(key + "::") or nodeid.startswith(key + "[")
 
 
+# ------------------------------------------------------------------------- parallel workers
+# `pytest` runs the tests in one worker process per core (pytest-xdist, `-n auto` in
+# pytest.ini; `-n 0` runs them in this process). Two things make that fast on a small machine:
+#
+# * one thread per worker. Numba's parallel kernels (OpenMP threads) and OpenBLAS each start a
+#   thread per core; two workers on two cores would run four busy threads, and a parallel loop
+#   then waits at its barrier for a thread that is not scheduled (measured: a 256² float32
+#   test 25 s instead of 1 s with the machine busy). So the workers get 1 BLAS thread
+#   (environment, inherited) and 1 Numba thread (``set_num_threads``: the pool keeps its
+#   size, so tests/test_threads.py can still compare 1 against 2 threads).
+# * no kernel compiled twice. With a cold Numba cache the compiling is minutes of the suite's
+#   time; each worker first compiles its own share of the kernel families
+#   (``regnp.precompile.share``), so the workers compile in parallel and then load what the
+#   other compiled from the cache instead of compiling it again.
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):                       # a worker: see sessionstart
+        return
+    if (config.getoption("numprocesses", None) or 0) != 0:   # the controller, before it forks
+        for var in _BLAS_THREADS:
+            os.environ.setdefault(var, "1")
+
+
+def pytest_sessionstart(session):
+    wi = getattr(session.config, "workerinput", None)
+    if wi is None:
+        return
+    import numba
+
+    from regnp.precompile import precompile, share
+    numba.set_num_threads(1)
+    precompile(share(int(wi["workerid"].lstrip("gw")), int(wi["workercount"])), progress=False)
+
+
 @pytest.hookimpl(tryfirst=True)        # before -m and -k deselect: they must see the marker
 def pytest_collection_modifyitems(config, items):
     used = set()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from regnp.gradcheck import border_indices, check_vjp
+from regnp.gradcheck import border_indices, check_vjp, check_vjp_directions
 from regnp.nn.unet import UNet
 
 
@@ -25,12 +25,21 @@ def test_unet_gradients(full_size, upsample):
     dout = rng.standard_normal(y.shape)
     net.zero_grad()
     dx = net.backward(dout)
-    assert check_vjp(lambda: net.forward(x), x, dx, dout, max_entries=60, rng=rng) < 1e-6
-    # 12 entries per array, its corners first. h = 1e-5: at 1e-6 the round-off of the summed
-    # output alone is ~5e-9 absolute, 1.7e-6 relative for a corner entry of ups.0.w (-1e-3)
+    # the input: 12 entries (corners first) one at a time, and two random directions that move
+    # every entry at once (a wrong entry the sample misses still changes <dx, v>)
+    fwd = lambda: net.forward(x)                               # noqa: E731
+    assert check_vjp(fwd, x, dx, dout, idx=border_indices(x.shape, 12, rng)) < 1e-6
+    assert check_vjp_directions(fwd, x, dx, dout, n=2, rng=rng) < 1e-6
+    # every parameter array: its 4 corners (a conv weight's border taps, which meet the zero
+    # padding) one at a time, then 2 directions through all of its entries. Corners at
+    # h = 1e-5: at 1e-6 the round-off of the summed output alone is ~5e-9 absolute, 1.7e-6
+    # relative for a corner entry of ups.0.w (-1e-3). Directions at the default 1e-6: a
+    # direction moves every weight of a layer, so at 1e-5 a LeakyReLU input sometimes crosses
+    # 0 (enc.0.conv.w: 5e-3 at 1e-5 for one draw, 1e-10 at 1e-6), and the directional
+    # derivative is large enough that the round-off of 1e-6 stays near 1e-10
     for name, p, g in net.named_parameters():
-        err = check_vjp(lambda: net.forward(x), p, g, dout, h=1e-5,
-                        idx=border_indices(p.shape, 12, rng))
+        err = max(check_vjp(fwd, p, g, dout, h=1e-5, idx=border_indices(p.shape, 4, rng)),
+                  check_vjp_directions(fwd, p, g, dout, n=2, rng=rng))
         assert err < 1e-6, f"{name}: {err}"
 
 

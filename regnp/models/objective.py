@@ -112,8 +112,12 @@ class Objective:
         return d, du
 
     # -- the whole thing ----------------------------------------------------------------------
-    def __call__(self, model, fixed, moving, fixed_mask=None, moving_mask=None):
+    def __call__(self, model, fixed, moving, fixed_mask=None, moving_mask=None, backward=True):
         """Forward + backward of the full loss. Returns (terms, warped, u).
+
+        backward=False skips the network's backward pass: the same terms, for the finite
+        differences of a gradient check, at about a third of the cost. (The model's own
+        penalty still accumulates its small gradient; the gradients are not meant to be used.)
 
         fixed_mask, moving_mask: ``(N, 1, H, W)`` label maps, used only when ``seg_weight > 0``.
         terms: ``loss`` (total), ``sim``, ``reg`` (unweighted R), ``meta`` (model penalty) and
@@ -158,7 +162,8 @@ class Objective:
             terms.update(aux_terms)
             dextras.update(aux_dextras)
             aux_total = sum(aux_terms.values())
-        model.backward(dwarped, du, dextras)
+        if backward:
+            model.backward(dwarped, du, dextras)
         p, parts = model.penalty(self.rho1, self.rho2)
         terms["meta"] = p
         for k in ("sym", "antisym", "trace", "antitrace"):
