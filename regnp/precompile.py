@@ -122,6 +122,7 @@ def _pointwise(dt):
     u = rng.standard_normal((2, 2, 16, 18)).astype(dt)
     out, cache = warp_forward(m, u)
     warp_backward(np.ones_like(out), cache)
+    warp_backward(np.ones_like(out), cache, _n_tasks=2)   # per-task buffers, then their sum
     warp_nearest(np.zeros((2, 1, 16, 18), np.int64), u)
     warp_nearest(np.zeros((2, 1, 16, 18), np.uint8), u)
     for fwd, bwd in ((upsample_nearest2x_forward, upsample_nearest2x_backward),

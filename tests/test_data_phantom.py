@@ -76,3 +76,16 @@ def test_phantom_set_shapes():
 def test_bad_inputs(kwargs, err, frag):
     with pytest.raises(err, match=frag.replace("(", r"\(").replace(")", r"\)")):
         make_phantom(**kwargs)
+
+
+def test_a_subject_drawn_again_is_the_same_and_a_fresh_copy():
+    img, lab = make_phantom(11, (64, 48))
+    img[:] = 0                                         # the caller owns what it got
+    lab[:] = 0
+    img2, lab2 = make_phantom(11, (64, 48))
+    assert img2.max() > 0.5 and lab2.max() == 4
+    from regnp.data import phantom
+    phantom._DRAWN.clear()                             # drawn afresh: the same subject
+    img3, lab3 = make_phantom(11, (64, 48))
+    np.testing.assert_array_equal(img3, img2)
+    np.testing.assert_array_equal(lab3, lab2)

@@ -98,11 +98,12 @@ def test_kill_and_resume_a_grid(tmp_path):
     """SIGKILL the grid while its second job trains: rerunning does not rerun the finished job
     (its metrics file is untouched) and resumes the interrupted one from its checkpoint."""
     out = tmp_path / "g"
+    # 60 steps a job, a checkpoint every 20 (quick): the kill lands between steps 20 and 60
     cmd = [sys.executable, "-m", "regnp.study", "steps", "--quick", "--phantom",
-           "--seeds", "0", "--jobs", "1", "--steps", "150", "--out", str(out)]
+           "--seeds", "0", "--jobs", "1", "--steps", "60", "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
-    jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=150)
+    jobs = protocol_jobs("steps", seeds=[0], quick=True, phantom=True, steps=60)
     first, second = (out / c["name"] for c in jobs[:2])
     deadline = time.time() + 240
     try:
@@ -121,20 +122,21 @@ def test_kill_and_resume_a_grid(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (first / "metrics.json").read_bytes() == done_bytes
     sittings = [json.loads(x) for x in (second / "sittings.jsonl").read_text().splitlines()]
-    assert len(sittings) == 1 and sittings[0]["steps_run"] < 150      # resumed, not restarted
+    assert len(sittings) == 1 and sittings[0]["steps_run"] < 60       # resumed, not restarted
     m = json.loads((second / "metrics.json").read_text())
-    assert m["train"]["steps"] == 150
+    assert m["train"]["steps"] == 60
 
 
 def test_local_and_dask_local_cluster_give_identical_metrics(tmp_path):
     distributed = pytest.importorskip("distributed")
+    # 12 steps a job (quick: 40): the same code paths, a third of the training
     local = run_protocols(["steps"], tmp_path / "local", quick=True, phantom=True, seeds=[0],
-                          jobs=1, threads=1, progress=False)
+                          steps=12, jobs=1, threads=1, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         remote = run_protocols(["steps"], tmp_path / "dask", quick=True, phantom=True, seeds=[0],
-                               threads=1, executor=client, progress=False)
+                               steps=12, threads=1, executor=client, progress=False)
     assert local.keys() == remote.keys()
     for name in local:
         a, b = local[name], remote[name]

@@ -154,7 +154,23 @@ def make_phantom(seed=0, shape=(256, 256), noise=0.015, bias=0.15, texture=1.0):
     for name, v in (("noise", noise), ("bias", bias), ("texture", texture)):
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}")
+    # one subject is the same arrays every time: drawn once per process and copied out (a
+    # grid of phantom jobs, or a test, asks for the same few subjects hundreds of times)
+    key = (int(seed), H, W, float(noise), float(bias), float(texture))
+    if key not in _DRAWN:
+        if len(_DRAWN) >= _DRAWN_MAX:
+            _DRAWN.pop(next(iter(_DRAWN)))            # the oldest
+        _DRAWN[key] = _draw_phantom(*key)
+    img, lab = _DRAWN[key]
+    return img.copy(), lab.copy()
 
+
+_DRAWN = {}            # (seed, H, W, noise, bias, texture) -> (image, labels), insertion order
+_DRAWN_MAX = 64        # 64 subjects: 21 MB at 256×256
+
+
+def _draw_phantom(seed, H, W, noise, bias, texture):
+    """The drawing itself (arguments checked by ``make_phantom``)."""
     rng = np.random.default_rng([int(seed), 0x9A7])  # one independent stream per subject
     g = _Grid(H, W)
     px = min(H, W) / 256.0                            # pixel sizes below are for a 256² image
