@@ -28,10 +28,11 @@ def _env():
 def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     """Every protocol (shared jobs once) at 64×64 with the phantom standing in for the real
     sets; then the report fills every table from the JSON alone."""
+    # 12 steps a job (quick: 20): two logged steps and two validations, the wiring unchanged
     res = run_protocols(PROTOCOLS, tmp_path / "grid", quick=True, phantom=True, seeds=[0],
-                        jobs=2, threads=1, progress=False)        # 2 worker processes
+                        steps=12, jobs=2, threads=1, progress=False)   # 2 worker processes
     names = {c["name"] for p in PROTOCOLS for c in protocol_jobs(p, seeds=[0], quick=True,
-                                                                 phantom=True)}
+                                                                 phantom=True, steps=12)}
     assert set(res) == names
     for m in res.values():
         assert (tmp_path / "grid" / m["config"]["name"] / "metrics.json").is_file()
@@ -64,7 +65,7 @@ def test_every_protocol_quick_on_the_phantom_and_report(tmp_path):
     # a second run finds everything done and trains nothing
     t0 = time.perf_counter()
     again = run_protocols(["liver"], tmp_path / "grid", quick=True, phantom=True, seeds=[0],
-                          jobs=1, progress=False)
+                          steps=12, jobs=1, progress=False)
     assert time.perf_counter() - t0 < 5 and again.keys() <= res.keys()
 
 

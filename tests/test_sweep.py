@@ -66,7 +66,7 @@ def _env():
 def test_quick_sweep_end_to_end_from_the_command_line(tmp_path):
     out = tmp_path / "sweep"
     base = [sys.executable, "-m", "regnp.study", "sweep", "--quick", "--phantom", "--seeds", "0",
-            "--out", str(out)]
+            "--steps", "12", "--out", str(out)]
     r = subprocess.run(base + ["--list"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -74,13 +74,13 @@ def test_quick_sweep_end_to_end_from_the_command_line(tmp_path):
     r = subprocess.run(base + ["--jobs", "1"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    jobs = protocol_jobs("sweep", seeds=[0], quick=True, phantom=True)
+    jobs = protocol_jobs("sweep", seeds=[0], quick=True, phantom=True, steps=12)
     assert len(jobs) == 8                              # 4 models × σ_train ∈ {10, 34}
     matrix = {}
     for c in jobs:
         m = json.loads((out / c["name"] / "metrics.json").read_text())
         assert m["config"] == c and "phantom-svf" in c["train_args"]
-        assert m["train"]["steps"] == c["steps"] == 20
+        assert m["train"]["steps"] == c["steps"] == 12
         for name, t in m["tests"].items():
             assert len(t["pairs"]["dice_after"]) == 4
             matrix[(c["variant"], c["setting"], name)] = t["summary"]["dice_before"]["mean"]
