@@ -121,8 +121,9 @@ def _is_listed(nodeid, key):
 #   then waits at its barrier for a thread that is not scheduled (measured: a 256² float32
 #   test 25 s instead of 1 s with the machine busy). So the workers get 1 BLAS thread
 #   (environment, inherited) and 1 Numba thread (``set_num_threads``: the pool keeps its
-#   size, so tests/test_threads.py can still compare 1 against 2 threads); the interpreters
-#   the tests start (lessons, the command-line tools) get NUMBA_NUM_THREADS=1.
+#   size, so tests/test_threads.py can still compare 1 against 2 threads). (Not
+#   NUMBA_NUM_THREADS=1 in the environment: Numba re-reads it when it compiles and refuses a
+#   value that differs from its running pool's.)
 # * no kernel compiled twice. With a cold Numba cache the compiling is minutes of the suite's
 #   time; each worker first compiles its own share of the kernel families
 #   (``regnp.precompile.share``), so the workers compile in parallel and then load what the
@@ -142,11 +143,10 @@ def pytest_sessionstart(session):
     wi = getattr(session.config, "workerinput", None)
     if wi is None:
         return
-    import numba                       # reads NUMBA_NUM_THREADS now: the pool keeps 2 threads
+    import numba
 
     from regnp.precompile import precompile, share
     numba.set_num_threads(1)
-    os.environ["NUMBA_NUM_THREADS"] = "1"      # and the interpreters the tests start get one
     precompile(share(int(wi["workerid"].lstrip("gw")), int(wi["workercount"])), progress=False)
 
 
