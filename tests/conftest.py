@@ -119,23 +119,22 @@ def _is_listed(nodeid, key):
 # * one thread per worker. Numba's parallel kernels (OpenMP threads) and OpenBLAS each start a
 #   thread per core; two workers on two cores would run four busy threads, and a parallel loop
 #   then waits at its barrier for a thread that is not scheduled (measured: a 256² float32
-#   test 25 s instead of 1 s with the machine busy). So the workers get 1 BLAS thread
-#   (environment, inherited) and 1 Numba thread (``set_num_threads``: the pool keeps its
-#   size, so tests/test_threads.py can still compare 1 against 2 threads). (Not
-#   NUMBA_NUM_THREADS=1 in the environment: Numba re-reads it when it compiles and refuses a
-#   value that differs from its running pool's.)
+#   test 25 s instead of 1 s with the machine busy). So the controller sets one Numba and one
+#   BLAS thread in the environment before it starts the workers, and the workers and every
+#   interpreter a test starts inherit it (tests/test_threads.py compares 1 against 2 threads
+#   in an interpreter of its own).
 # * no kernel compiled twice. With a cold Numba cache the compiling is minutes of the suite's
 #   time; each worker first compiles its own share of the kernel families
 #   (``regnp.precompile.share``), so the workers compile in parallel and then load what the
 #   other compiled from the cache instead of compiling it again.
-_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_ONE_THREAD = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def pytest_configure(config):
     if hasattr(config, "workerinput"):                       # a worker: see sessionstart
         return
     if (config.getoption("numprocesses", None) or 0) != 0:   # the controller, before it forks
-        for var in _BLAS_THREADS:
+        for var in _ONE_THREAD:
             os.environ.setdefault(var, "1")
 
 
@@ -143,10 +142,7 @@ def pytest_sessionstart(session):
     wi = getattr(session.config, "workerinput", None)
     if wi is None:
         return
-    import numba
-
     from regnp.precompile import precompile, share
-    numba.set_num_threads(1)
     precompile(share(int(wi["workerid"].lstrip("gw")), int(wi["workercount"])), progress=False)
 
 

@@ -1,26 +1,28 @@
 """The parallel kernels give the same answer on one thread as on two.
 
-The suite's workers run Numba with one thread each (tests/conftest.py), and every other test
-then sees a single thread; this one switches to two for the ops of a training step, so a race
-between threads (two jobs writing one row, a partial sum shared by jobs) still shows up."""
-import numba
+The suite's workers run Numba with one thread each (tests/conftest.py), so every other test
+sees a single thread; this one runs the ops of a training step in an interpreter of its own
+with two threads, switching between 1 and 2, so that a race between threads (two jobs writing
+one row, a partial sum shared by jobs) still shows up. Run as a script it is that comparison."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
-import pytest
 
-from regnp.losses import ncc_backward, ncc_forward
-from regnp.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-                            conv_transpose2d_forward)
-from regnp.ops.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
-from regnp.ops.skip_conv import skip_conv3x3_backward, skip_conv3x3_forward
-from regnp.ops.warp import warp_backward, warp_forward
-
-pytestmark = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
-                                reason="Numba has a single thread here (NUMBA_NUM_THREADS=1)")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _step(seed=0):
     """Every output and gradient of one pass through the parallel ops (float32, the U-Net's
     shapes at 130 columns: the per-row kernels, partial row blocks)."""
+    from regnp.losses import ncc_backward, ncc_forward
+    from regnp.ops.conv import (conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+                                conv_transpose2d_forward)
+    from regnp.ops.depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
+    from regnp.ops.skip_conv import skip_conv3x3_backward, skip_conv3x3_forward
+    from regnp.ops.warp import warp_backward, warp_forward
     rng = np.random.default_rng(seed)
     f32 = np.float32
     x = rng.standard_normal((2, 3, 9, 130)).astype(f32)
@@ -48,17 +50,28 @@ def _step(seed=0):
     return [o for o in out if o is not None]
 
 
-def test_one_thread_and_two_threads_agree():
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = _step()
-        numba.set_num_threads(2)
-        two = _step()
-    finally:
-        numba.set_num_threads(before)
+def compare():
+    import numba
+    assert numba.config.NUMBA_NUM_THREADS >= 2, "run with NUMBA_NUM_THREADS=2"
+    numba.set_num_threads(1)
+    one = _step()
+    numba.set_num_threads(2)
+    two = _step()
     assert len(one) == len(two) > 20
     for k, (a, b) in enumerate(zip(one, two)):
         # per-job partial sums are summed in job order whatever the thread count; the warp's
         # backward keeps one buffer per task (as many as threads), so its sum order differs
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"output {k}")
+    print(f"{len(one)} arrays agree on 1 and 2 threads")
+
+
+def test_one_thread_and_two_threads_agree():
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, __file__], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "arrays agree on 1 and 2 threads" in r.stdout
+
+
+if __name__ == "__main__":
+    compare()
