@@ -185,7 +185,28 @@ def precompile(todo=None, progress=True):
     return seconds
 
 
+def _in_processes(count, dtypes):
+    """Compile in ``count`` processes, each its own ``share``; returns their exit statuses."""
+    import subprocess
+    code = ("import sys\nfrom regnp.precompile import precompile, share\ntry:\n"
+            "    precompile(share(int(sys.argv[1]), int(sys.argv[2]), tuple(sys.argv[3:])), "
+            "progress=False)\nexcept KeyboardInterrupt:\n    raise SystemExit(130)\n")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # regnp's parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k), str(count), *dtypes],
+                              env=env) for k in range(count)]
+    try:
+        return [pr.wait() for pr in procs]
+    finally:                                  # Ctrl-C reaches the children too; make sure
+        for pr in procs:
+            if pr.poll() is None:
+                pr.terminate()
+                pr.wait()
+
+
 def main(argv=None):
+    from regnp._cli import positive_int, run_cli
     p = argparse.ArgumentParser(
         prog="python -m regnp.precompile",
         description="Compile regnp's Numba kernels into Numba's on-disk cache now, so that no "
@@ -198,31 +219,22 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1,
                    help="processes to compile in (each takes its own share of the families)")
     a = p.parse_args(argv)
-    if a.jobs < 1:
-        p.error(f"--jobs must be at least 1, got {a.jobs}")
-    dtypes = DTYPES if a.dtype == "both" else (a.dtype,)
-    t0 = time.perf_counter()
-    if a.jobs == 1:
-        precompile([t for t in tasks(dtypes)])
-    else:
-        import subprocess
-        code = ("import sys; from regnp.precompile import precompile, share; "
-                "precompile(share(int(sys.argv[1]), int(sys.argv[2]), tuple(sys.argv[3:])), "
-                "progress=False)")
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(k), str(a.jobs), *dtypes])
-                 for k in range(a.jobs)]
-        try:
-            bad = [k for k, pr in enumerate(procs) if pr.wait() != 0]
-        except KeyboardInterrupt:
-            for pr in procs:
-                pr.terminate()
-            print("interrupted: the kernels compiled so far stay in the cache", file=sys.stderr)
-            raise SystemExit(130)
-        if bad:
-            raise SystemExit(f"compiling failed in process(es) {bad}; run with --jobs 1 to "
-                             f"see where")
-    print(f"compiled in {time.perf_counter() - t0:.1f} s; Numba's cache: "
-          f"{os.environ.get('NUMBA_CACHE_DIR') or '__pycache__ beside each module'}")
+
+    def body():
+        positive_int("--jobs", a.jobs)
+        dtypes = DTYPES if a.dtype == "both" else (a.dtype,)
+        t0 = time.perf_counter()
+        if a.jobs == 1:
+            precompile(tasks(dtypes))
+        else:
+            bad = [k for k, rc in enumerate(_in_processes(a.jobs, dtypes)) if rc != 0]
+            if bad:
+                raise RuntimeError(f"compiling failed in process(es) {bad}; run with --jobs 1 "
+                                   f"to see where")
+        print(f"compiled in {time.perf_counter() - t0:.1f} s; Numba's cache: "
+              f"{os.environ.get('NUMBA_CACHE_DIR') or '__pycache__ beside each module'}")
+
+    run_cli(body, interrupted="the kernels compiled so far stay in Numba's cache")
 
 
 if __name__ == "__main__":

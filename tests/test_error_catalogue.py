@@ -44,7 +44,7 @@ Case = namedtuple("Case", "tool args message what kind data wait", defaults=("er
 
 # The smallest network that trains: a 32×32 U-Net with two levels and a 5×5 filter.
 # Tools whose refusals must not even create an empty folder (train may leave its --out folder).
-MINE = ("evaluate", "register", "data", "bench")
+MINE = ("evaluate", "register", "data", "bench", "precompile")
 
 TINY = "--size 32 --enc 4,8 --dec 8,8,8,8 --kernel-size 5 --pairs 4 --steps 2 --val-pairs 0"
 IMG = "--fixed F.npy --moving M.npy"
@@ -442,6 +442,9 @@ CASES = [
          "vm2, vm1, ablated, rkhs)", "a roofline for a model without a U-Net"),
     Case("bench", "--size 0", "error: --size must be a positive integer, got 0",
          "a zero benchmark size"),
+    # ----------------------------------------------------------------------------- precompile
+    Case("precompile", "--jobs 0", "error: --jobs must be a positive integer, got 0",
+         "zero compiling processes"),
 ]
 
 
@@ -636,7 +639,7 @@ def _case_id(case):
 # The entry point behind each ``python -m regnp.<tool>`` (what its ``__main__`` calls).
 MAINS = {"train": "regnp.train", "evaluate": "regnp.evaluate", "register": "regnp.register",
          "data": "regnp.data.__main__", "study": "regnp.study.experiments",
-         "bench": "regnp.bench.bench"}
+         "bench": "regnp.bench.bench", "precompile": "regnp.precompile"}
 
 
 def run_in_process(case, cwd, data=None):
@@ -715,6 +718,7 @@ TOOLS = {
     "data": "looking at the data (`python -m regnp.data`)",
     "study": "the experiment grid (`python -m regnp.study`)",
     "bench": "benchmarks (`python -m regnp.bench`)",
+    "precompile": "compiling the kernels ahead (`python -m regnp.precompile`)",
 }
 
 INTRO = """\
