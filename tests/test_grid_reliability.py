@@ -262,3 +262,33 @@ def test_two_grids_claiming_jobs_at_once_do_not_collide(tmp_path):
         assert cfg["config"] == {"name": f"job{k}", "steps": 1}
         assert not (root / f"job{k}" / "running.lock").exists()
     assert not list(root.rglob("*.tmp")) and not list(root.rglob("*.stale"))
+
+
+def test_job_files_are_normal_files_not_private_ones(tmp_path):
+    """The temporary file is made by mkstemp (mode 0600); what lands is readable as any file
+    the user writes (0666 less the umask), so a shared results folder stays shared."""
+    c = job_config("liver16", "vm2", quick=True, phantom=True)
+    umask = os.umask(0o022)
+    try:
+        grid._write_json(tmp_path / "x.json", {"a": 1})
+        claim_folder(tmp_path, c)
+        lock = grid.acquire_job(tmp_path / c["name"])
+    finally:
+        os.umask(umask)
+    files = [tmp_path / "x.json", tmp_path / c["name"] / "job.json", lock]
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o644, (f.name, oct(f.stat().st_mode))
+
+
+def test_an_empty_lock_left_by_an_older_version_is_taken_over_once_old(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    lock = folder / "running.lock"
+    lock.write_text("")                                # written in two steps, killed between
+    with pytest.raises(grid.JobBusy):                  # fresh: perhaps being written right now
+        grid.acquire_job(folder)
+    old = time.time() - grid.ORPHAN_LOCK_AGE - 5
+    os.utime(lock, (old, old))
+    assert grid.acquire_job(folder) == lock            # old: nobody's; taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not list(folder.glob(".running.lock.*"))    # the set-aside copy is gone

@@ -103,12 +103,24 @@ def _take_over_stale(lock, seen):
     return False
 
 
+ORPHAN_LOCK_AGE = 60.0     # seconds: an empty running.lock older than this is nobody's
+
+
+def _age(path):
+    """Seconds since ``path`` was last written (0 if it is gone)."""
+    try:
+        return time.time() - Path(path).stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def acquire_job(folder):
     """Take the job's ``running.lock`` so two grids sharing an ``--out`` never train the same
     job at once. The lock appears complete and atomically (:func:`_create_exclusive`). A lock
     left by a process that no longer exists on this host (a killed grid) is stale and taken
-    over (race-free: :func:`_take_over_stale`); a lock from another host is respected (delete
-    it by hand if that machine is gone). Returns the lock path; raises :class:`JobBusy`."""
+    over (race-free: :func:`_take_over_stale`), and so is an empty or unreadable one older than
+    a minute (left by an older regnp); a lock from another host is respected (delete it by
+    hand if that machine is gone). Returns the lock path; raises :class:`JobBusy`."""
     lock = Path(folder) / "running.lock"
     me = {"host": platform.node(), "pid": os.getpid(),
           "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -117,10 +129,17 @@ def acquire_job(folder):
             _create_exclusive(lock, me)
             return lock
         except FileExistsError:
-            other = _read_json(lock)
-            other = other if isinstance(other, dict) else {}
+            raw = _read_json(lock)
+            if raw is None and not lock.exists():
+                continue                              # released meanwhile: try again
+            other = raw if isinstance(raw, dict) else {}
             if other.get("host") == platform.node() and not _pid_alive(other.get("pid")):
-                _take_over_stale(lock, other)
+                _take_over_stale(lock, raw)
+                continue
+            if "host" not in other and _age(lock) > ORPHAN_LOCK_AGE:
+                # empty or unreadable: an older regnp wrote its lock in two steps and was
+                # killed between them (this one writes it whole, at once), so nobody holds it
+                _take_over_stale(lock, raw)
                 continue
             raise JobBusy(f"job {Path(folder).name} is being run by pid {other.get('pid', '?')} "
                           f"on {other.get('host', '?')} (since {other.get('since', '?')}); "
@@ -186,6 +205,9 @@ def _write_temporary(path, obj):
             f.write(json.dumps(obj, indent=1, sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)     # mkstemp creates 0600; job files are normal files
     except BaseException:
         os.unlink(tmp)
         raise
