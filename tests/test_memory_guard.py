@@ -107,3 +107,14 @@ def test_pair_estimate_bounds_the_measured_peak():
     measured = _measured("pair", "dirnet", 384)
     est = estimate_pair_bytes((384, 384))
     assert measured <= est <= 4 * measured, (measured, est)
+
+
+def test_study_transfer_refuses_an_impossible_size_before_loading(tmp_path, monkeypatch):
+    from process_helpers import run_main
+    from regnp.study.experiments import main as study_main
+    monkeypatch.setattr(checks, "available_memory", lambda: (2_000_000_000, "pretended"))
+    code, out, err = run_main(study_main, ["transfer", "--size", "65536", "--data-root",
+                                           str(tmp_path / "nothing")], tmp_path)
+    assert code != 0 and err.count("\n") == 1, err
+    assert "a 65536×65536 pair needs about" in err and "use a smaller --size" in err
+    assert not list(tmp_path.iterdir())                 # nothing loaded, nothing written

@@ -46,6 +46,10 @@ def transfer(steps=600, size=128, sigma=10.0, data_root=None, out=None, pairs=40
     from ..ops.warp import warp_forward
     from ..train import config_from_args, parse_args, train
 
+    from .._checks import check_memory, estimate_pair_bytes
+    # the sets are loaded before train() checks its own needs: refuse an impossible size first
+    check_memory(estimate_pair_bytes((size, size)), f"a {size}×{size} pair",
+                 "use a smaller --size (the default is 128)")
     out = Path(out or Path("runs") / "transfer")          # under the current directory
     test = {name: load_dataset(name, "test", data_root=data_root, size=size, sigma=sigma)
             for name in ("phantom", "chaos")}
