@@ -99,6 +99,15 @@ def _remove_stale_temporaries(path):
             pass
 
 
+
+def give_normal_mode(path):
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600, private) the mode ``open`` would
+    have given it: 0666 less the process's umask. Used by every atomic write (checkpoints
+    here, the experiment grid's JSON) before the temporary file is renamed into place."""
+    umask = os.umask(0)                           # reading the umask means setting it
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
 def save_checkpoint(path, arrays, config, on_stage=None):
     """Atomically write one checkpoint file; returns its path.
 
@@ -127,9 +136,7 @@ def save_checkpoint(path, arrays, config, on_stage=None):
             np.savez(f, **arrays, **{META_KEY: np.array(text)})
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)             # mkstemp creates 0600; a checkpoint is a normal file
+        give_normal_mode(tmp)                     # a checkpoint is a normal file
         stage("verify")
         _read(Path(tmp))                          # raises CheckpointError if it did not land intact
         stage("backup")

@@ -137,8 +137,8 @@ def _pointwise(dt):
 
 
 # name: (compile, cost). The cost is the measured cold compile time in seconds (one process,
-# 2 vCPUs busy with other work, 2026-12-07; float32 and float64 within 15 % of each other, so
-# one figure serves both): only the split between processes uses it.
+# 2 vCPUs busy with other work, 2026-12-07; float64 took 0.81–1.17× float32's time per family,
+# so one figure serves both): only the split between processes uses it.
 FAMILIES = {
     "3×3 stride-1 convolutions and skip joins": (_conv_3x3_stride1, 41.0),
     "3×3 stride-2 convolutions": (_conv_3x3_stride2, 28.0),

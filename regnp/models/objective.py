@@ -116,7 +116,7 @@ class Objective:
         """Forward + backward of the full loss. Returns (terms, warped, u).
 
         backward=False skips the network's backward pass: the same terms, for the finite
-        differences of a gradient check, at about a third of the cost. (The model's own
+        differences of a gradient check, at about half the cost. (The model's own
         penalty still accumulates its small gradient; the gradients are not meant to be used.)
 
         fixed_mask, moving_mask: ``(N, 1, H, W)`` label maps, used only when ``seg_weight > 0``.

@@ -199,15 +199,14 @@ def _write_temporary(path, obj):
     """Write JSON ``obj`` to a new temporary file of this process beside ``path`` (flushed and
     fsync'ed); returns its path. The name is unique (``mkstemp``), so two grids writing the
     same file never share a temporary."""
+    from ..checkpoint import give_normal_mode      # (not at the top: it imports NumPy)
     fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(obj, indent=1, sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp creates 0600; job files are normal files
+        give_normal_mode(tmp)             # job files are normal files, not mkstemp's 0600
     except BaseException:
         os.unlink(tmp)
         raise
