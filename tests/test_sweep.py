@@ -33,7 +33,7 @@ def test_sweep_plan_has_three_seeds_and_a_full_sigma_matrix():
         assert per[("metareg_paper", f"sweep{s:g}")] == {0}
     # the paper-like σ first, all its seeds before the next σ ("seeds before σ points")
     assert [c["setting"] for c in jobs[:10]] == ["sweep28"] * 10
-    assert jobs[0]["variant"] == "vm2" and jobs[10]["setting"] == "sweep16"
+    assert jobs[0]["variant"] == "vm2" and jobs[10]["setting"] == "sweep22"
 
 
 def test_sigmastar_waits_for_its_constant_then_plans_three_parts(monkeypatch):
