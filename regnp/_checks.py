@@ -6,14 +6,16 @@ sees a Numba typing traceback or gets a silently wrong answer.
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-@numba.njit(cache=True, parallel=True)
-def _count_nonfinite(flat):
+@numba.njit(cache=True, nogil=True)
+def _count_nonfinite(part, parts, flat):
     n = 0
-    for i in numba.prange(flat.size):
+    job_lo, job_hi = share(flat.size, part, parts)    # this thread's jobs
+    for i in range(job_lo, job_hi):
         v = flat[i]
         if not np.isfinite(v):
             n += 1
@@ -41,7 +43,7 @@ def count_nonfinite(x):
     flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
     if flat.size < _PARALLEL_MIN:
         return int(_count_nonfinite_serial(flat))
-    return int(_count_nonfinite(flat))
+    return int(run(_count_nonfinite, flat))
 
 
 def check_array(name, x, ndim=None, dtype=None, finite=True, shape=None):

@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from ._checks import check_array, check_same_shape, check_positive_int
+from regnp.ops._fast.threads import run, share
 
 __all__ = ["mse_forward", "mse_backward", "ncc_forward", "ncc_backward", "ncc_forward_reference",
            "ncc_backward_reference", "diffusion_forward", "diffusion_backward", "tv_forward", "tv_backward",
@@ -77,12 +78,13 @@ def mse_backward(cache, dloss=1.0):
 # Names: ``row_sums`` = the five horizontal (along-the-row) window sums, ``S`` = the full window
 # sums, ``coef_row_sums`` = the horizontal sums of the backward's chain-rule coefficients;
 # ``M = N·C`` image planes, ``r = win // 2``, ``n = win²``.
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_rows(I, J, r, row_sums):
+@numba.njit(cache=True, nogil=True)
+def _ncc_rows(part, parts, I, J, r, row_sums):
     """row_sums[q, m, i, j] = Σ_{|d|<=r} (I, J, I², J², IJ)[q][m, i, j+d], zero padded.
     I, J: (M, H, W)."""
     M, H, W = I.shape
-    for t in numba.prange(M * H):
+    job_lo, job_hi = share(M * H, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         m = t // H
         i = t - m * H
         xp = np.zeros((5, W + 2 * r))                       # padded product rows
@@ -103,12 +105,13 @@ def _ncc_rows(I, J, r, row_sums):
                 row_sums[q, m, i, j] = acc[q, j]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_cols_cc(row_sums, r, n, eps, S, cc):
+@numba.njit(cache=True, nogil=True)
+def _ncc_cols_cc(part, parts, row_sums, r, n, eps, S, cc):
     """Vertical box pass S = Σ_{|d|<=r} row_sums[:, :, i+d, :] and the per-pixel cc (clamped to
     [0, 1])."""
     _, M, H, W = row_sums.shape
-    for t in numba.prange(M * H):
+    job_lo, job_hi = share(M * H, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         m = t // H
         i = t - m * H
         for q in range(5):
@@ -126,12 +129,13 @@ def _ncc_cols_cc(row_sums, r, n, eps, S, cc):
             cc[m, i, j] = min(cross * cross / (vI * vJ + eps), 1.0)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_coeff_rows(S, r, n, eps, scale, coef_row_sums):
+@numba.njit(cache=True, nogil=True)
+def _ncc_coeff_rows(part, parts, S, r, n, eps, scale, coef_row_sums):
     """Per-pixel chain-rule coefficients G = scale · d cc / d(ΣI, ΣJ, ΣI², ΣJ², ΣIJ) (0 where a
     clamp is active), then their horizontal box sums coef_row_sums."""
     _, M, H, W = S.shape
-    for t in numba.prange(M * H):
+    job_lo, job_hi = share(M * H, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         m = t // H
         i = t - m * H
         gp = np.zeros((5, W + 2 * r))                       # padded coefficient rows
@@ -164,12 +168,13 @@ def _ncc_coeff_rows(S, r, n, eps, scale, coef_row_sums):
                 coef_row_sums[q, m, i, j] = acc[q, j]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _ncc_cols_combine(coef_row_sums, r, I, J, dI, dJ):
+@numba.njit(cache=True, nogil=True)
+def _ncc_cols_combine(part, parts, coef_row_sums, r, I, J, dI, dJ):
     """Vertical box pass B of the coefficients, then dI = B0 + 2 I B2 + J B4 and
     dJ = B1 + 2 J B3 + I B4 (the adjoint of the window sums of I, J, I², J², IJ)."""
     _, M, H, W = coef_row_sums.shape
-    for t in numba.prange(M * H):
+    job_lo, job_hi = share(M * H, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         m = t // H
         i = t - m * H
         B = np.zeros((5, W))
@@ -232,8 +237,8 @@ def ncc_forward(pred, target, win=9, eps=1e-5):
     row_sums = np.empty((5, M, H, W))                                 # horizontal sums, float64
     S = np.empty((5, M, H, W))                                        # window sums
     cc = np.empty((M, H, W))
-    _ncc_rows(I, J, win // 2, row_sums)
-    _ncc_cols_cc(row_sums, win // 2, float(win * win), eps, S, cc)
+    run(_ncc_rows, I, J, win // 2, row_sums)
+    run(_ncc_cols_cc, row_sums, win // 2, float(win * win), eps, S, cc)
     loss = -float(cc.sum()) / cc.size
     return loss, (pred, target, S, win, eps)
 
@@ -252,10 +257,10 @@ def ncc_backward(cache, dloss=1.0):
     I = np.ascontiguousarray(pred).reshape(M, H, W)
     J = np.ascontiguousarray(target).reshape(M, H, W)
     coef_row_sums = np.empty_like(S)                                  # (5, M, H, W)
-    _ncc_coeff_rows(S, win // 2, float(win * win), eps, -d / (M * H * W), coef_row_sums)
+    run(_ncc_coeff_rows, S, win // 2, float(win * win), eps, -d / (M * H * W), coef_row_sums)
     dI = np.empty((M, H, W))
     dJ = np.empty((M, H, W))
-    _ncc_cols_combine(coef_row_sums, win // 2, I, J, dI, dJ)
+    run(_ncc_cols_combine, coef_row_sums, win // 2, I, J, dI, dJ)
     return (dI.reshape(pred.shape).astype(pred.dtype, copy=False),
             dJ.reshape(pred.shape).astype(pred.dtype, copy=False))
 

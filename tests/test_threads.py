@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,89 @@ def compare():
         # backward keeps one buffer per task (as many as threads), so its sum order differs
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"output {k}")
     print(f"{len(one)} arrays agree on 1 and 2 threads")
+
+
+def test_share_covers_every_job_once():
+    from regnp.ops._fast.threads import share
+    for n in (0, 1, 2, 5, 7, 64, 1001):
+        for parts in (1, 2, 3, 8):
+            bounds = [share(n, p, parts) for p in range(parts)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))      # contiguous
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1                              # balanced
+
+
+def test_run_calls_each_part_on_its_own_thread_and_sums_what_they_return(monkeypatch):
+    """``run`` with 3 threads (pretended: the suite's workers have one): parts 0..2 of 3, part
+    0 on the calling thread, the others on the pool, their returns added; one thread is a
+    direct call ``kernel(0, 1, ...)``."""
+    import threading
+    from regnp.ops._fast import threads
+    seen = []
+
+    def kernel(part, parts, x):
+        seen.append((part, parts, threading.get_ident()))
+        return x * (part + 1)
+
+    monkeypatch.setattr(threads, "num_threads", lambda: 3)
+    assert threads.run(kernel, 10) == 10 + 20 + 30
+    assert sorted(p[:2] for p in seen) == [(0, 3), (1, 3), (2, 3)]
+    assert [t for p, _, t in seen if p == 0] == [threading.get_ident()]
+    assert all(t != threading.get_ident() for p, _, t in seen if p != 0)
+    assert threads.run(lambda part, parts: None) is None
+    monkeypatch.setattr(threads, "num_threads", lambda: 1)
+    seen.clear()
+    assert threads.run(kernel, 10) == 10 and [p[:2] for p in seen] == [(0, 1)]
+
+
+def test_run_waits_for_every_part_and_raises_a_part_s_error(monkeypatch):
+    import time
+    from regnp.ops._fast import threads
+    monkeypatch.setattr(threads, "num_threads", lambda: 2)
+    finished = []
+
+    def kernel(part, parts, bad):
+        if part == bad:
+            raise ValueError(f"part {part} failed")
+        time.sleep(0.05)
+        finished.append(part)
+
+    for bad in (0, 1):
+        finished.clear()
+        with pytest.raises(ValueError, match=f"part {bad} failed"):
+            threads.run(kernel, bad)
+        assert finished == [1 - bad]          # the other part had finished before the raise
+
+
+def test_run_without_spinning_and_from_two_callers_at_once(monkeypatch):
+    """Where ``sched_yield`` is missing the helpers sleep and wake instead of spinning; and when
+    a second Python thread calls ``run`` while the helpers are taken, it runs every part itself.
+    Either way each call gets every part exactly once."""
+    import threading
+    from regnp.ops._fast import threads
+    monkeypatch.setattr(threads, "num_threads", lambda: 2)
+    monkeypatch.setattr(threads, "_spin_fn", [None])
+    monkeypatch.setattr(threads, "_helpers", None)
+
+    def kernel(part, parts, x):
+        return x * 10 ** part
+
+    assert threads.run(kernel, 3) == 3 + 30
+    assert threads._helpers.spin is None
+    results, barrier = [], threading.Barrier(4)
+
+    def caller(k):
+        barrier.wait()
+        for _ in range(200):
+            results.append(threads.run(kernel, k) == k * 11)
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(1, 5)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(results) == 800 and all(results)
 
 
 def test_one_thread_and_two_threads_agree():

@@ -5,7 +5,8 @@ than its memory bandwidth (bytes/s). Both are *measured* here, on the machine at
 same tools regnp's kernels use:
 
 * **peak FLOP/s** — a large float32 matrix product through NumPy's BLAS (``sgemm``, n×n,
-  2·n³ FLOPs), and a Numba ``parallel=True`` loop of independent fused multiply-adds on data
+  2·n³ FLOPs), and a Numba loop of independent fused multiply-adds, split over the threads as regnp's
+  kernels are (``regnp.ops._fast.threads``), on data
   that stays in L1 (what regnp's direct convolution kernels are made of). The roofline uses the
   larger: a bound must be one no kernel can beat.
 * **bandwidth** — a large array copy, counted as its bytes read + bytes written (the STREAM
@@ -27,6 +28,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 
 class Machine(NamedTuple):
@@ -149,14 +151,15 @@ def sgemm_gflops(n=1024, repeats=5):
     return 2.0 * n ** 3 / _median_s(lambda: np.matmul(a, b, out=c), repeats) / 1e9
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _fma_kernel(acc, reps, s, t):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _fma_kernel(part, parts, acc, reps, s, t):
     """acc[k, :] ← (acc[k, :]·s + t) applied 8 times, ``reps`` times, one row per parallel job.
 
     A row holds 64 float32 = 8 AVX2 registers of independent chains, so the FMA units are
     kept busy (not waiting on one chain's latency), and 8 FMAs per load and store keep the loop
     from being bound by L1 traffic: 16 FLOPs per element per rep."""
-    for k in numba.prange(acc.shape[0]):
+    job_lo, job_hi = share(acc.shape[0], part, parts)    # this thread's jobs
+    for k in range(job_lo, job_hi):
         a = acc[k]
         for _ in range(reps):
             for j in range(a.shape[0]):
@@ -176,15 +179,16 @@ def fma_gflops(reps=20000, repeats=5):
     rows = max(1, numba.get_num_threads())
     acc = np.ones((rows, 64), np.float32)
     s, t = np.float32(0.999), np.float32(1e-3)     # |s| < 1: values stay finite and normal
-    sec = _median_s(lambda: _fma_kernel(acc, reps, s, t), repeats)
+    sec = _median_s(lambda: run(_fma_kernel, acc, reps, s, t), repeats)
     return 16.0 * acc.size * reps / sec / 1e9
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _copy_kernel(src, dst, jobs):
+@numba.njit(cache=True, nogil=True)
+def _copy_kernel(part, parts, src, dst, jobs):
     """dst[:] = src[:], split into ``jobs`` contiguous blocks run in parallel."""
     n = src.shape[0]
-    for b in numba.prange(jobs):
+    job_lo, job_hi = share(jobs, part, parts)    # this thread's jobs
+    for b in range(job_lo, job_hi):
         lo = n * b // jobs
         hi = n * (b + 1) // jobs
         for i in range(lo, hi):
@@ -200,7 +204,7 @@ def copy_bandwidth(mb=64, repeats=5):
     moved = 2.0 * src.nbytes
     t_np = _median_s(lambda: np.copyto(dst, src), repeats)
     jobs = 4 * numba.get_num_threads()
-    t_nb = _median_s(lambda: _copy_kernel(src, dst, jobs), repeats)
+    t_nb = _median_s(lambda: run(_copy_kernel, src, dst, jobs), repeats)
     return moved / t_np / 1e9, moved / t_nb / 1e9
 
 

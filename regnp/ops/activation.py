@@ -7,8 +7,8 @@ Concatenation along channels has the simplest backward of all: the gradient is *
 into the pieces, in the same order — this is how a U-Net skip connection routes gradient to the
 encoder.
 
-NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a parallel Numba loop
-(``_fast/activation_kernels.py``); its NumPy definition (``leaky_relu_forward_reference``)
+NumPy's elementwise ufuncs run on one thread, so LeakyReLU is a Numba loop split over the
+threads (``_fast/activation_kernels.py``, ``_fast/threads.py``); its NumPy definition (``leaky_relu_forward_reference``)
 comes first. Concatenation is one NumPy call and its own definition. (The U-Net fuses LeakyReLU into its convolutions' output pass; lesson 07
 checks that the fused layer equals ``leaky_relu_forward(conv2d_forward(x))``.)
 """
@@ -16,6 +16,7 @@ import numpy as np
 
 from .._checks import check_array
 from ._fast import activation_kernels as fast
+from ._fast.threads import run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def leaky_relu_forward(x, slope=0.2):
     slope = _check_slope(slope)
     xc = np.ascontiguousarray(x)
     out = np.empty_like(xc)                                # same shape as x
-    fast.leaky_relu_fwd(xc.reshape(-1), slope, out.reshape(-1))
+    run(fast.leaky_relu_fwd, xc.reshape(-1), slope, out.reshape(-1))
     return out, (xc, slope)
 
 
@@ -64,7 +65,7 @@ def leaky_relu_backward(dout, cache):
     check_array("dout", dout, dtype=x.dtype, shape=x.shape)
     d = np.ascontiguousarray(dout)
     dx = np.empty_like(x)
-    fast.leaky_relu_bwd(d.reshape(-1), x.reshape(-1), slope, dx.reshape(-1))
+    run(fast.leaky_relu_bwd, d.reshape(-1), x.reshape(-1), slope, dx.reshape(-1))
     return dx
 
 

@@ -49,6 +49,7 @@ import numpy as np
 
 from .._checks import check_array
 from ._fast import depthwise_kernels as fast
+from ._fast.threads import run
 
 __all__ = ["depthwise_conv2d_forward", "depthwise_conv2d_backward",
            "depthwise_conv2d_forward_reference", "depthwise_conv2d_backward_reference"]
@@ -187,6 +188,6 @@ def depthwise_conv2d_backward(dout, cache):
         fast.backward13(x, w, pad, dout, xpf, dx, dw)
         return dx, dw
     w_rot = np.ascontiguousarray(w[:, ::-1, ::-1])                    # (Cw, k, k) rotated 180°
-    fast.dw_corr_kernel(dout, w_rot, k - 1 - pad, dx)
-    fast.dw_grad_w_kernel(x, dout, pad, dw)
+    run(fast.dw_corr_kernel, dout, w_rot, k - 1 - pad, dx)
+    run(fast.dw_grad_w_kernel, x, dout, pad, dw)
     return dx, dw

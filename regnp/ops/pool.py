@@ -11,13 +11,14 @@
 * ``avgpool2x2``: the mean of each 2×2 block (DIRNet, FCN-SS); four strided NumPy adds.
 
 Each section starts with its slow reference (the definition: NumPy repeats, explicit
-interpolation matrices); the public functions after it run parallel Numba kernels over (n, c)
-planes (``_fast/pool_kernels.py``), which must equal it.
+interpolation matrices); the public functions after it run Numba kernels over (n, c)
+planes, split over the threads, (``_fast/pool_kernels.py``), which must equal it.
 """
 import numpy as np
 
 from .._checks import check_array
 from ._fast import pool_kernels as fast
+from ._fast.threads import run
 
 
 def _check_even(x):
@@ -47,7 +48,7 @@ def upsample_nearest2x_forward(x):
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     out = np.empty((N, C, 2 * H, 2 * W), x.dtype)        # (N, C, 2H, 2W)
-    fast.up_nearest_fwd(x, out)
+    run(fast.up_nearest_fwd, x, out)
     return out, (x.shape, x.dtype)
 
 
@@ -57,7 +58,7 @@ def upsample_nearest2x_backward(dout, cache):
     (N, C, H, W), dt = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
-    fast.up_nearest_bwd(np.ascontiguousarray(dout), dx)
+    run(fast.up_nearest_bwd, np.ascontiguousarray(dout), dx)
     return dx
 
 
@@ -110,7 +111,7 @@ def upsample_bilinear2x_forward(x):
     ty = ty[:2] + tuple(t.astype(x.dtype) for t in ty[2:])
     tx = tx[:2] + tuple(t.astype(x.dtype) for t in tx[2:])
     out = np.empty((N, C, 2 * H, 2 * W), x.dtype)        # (N, C, 2H, 2W)
-    fast.bilinear_fwd(x, *ty, *tx, out)
+    run(fast.bilinear_fwd, x, *ty, *tx, out)
     return out, (x.shape, x.dtype, ty, tx)
 
 
@@ -120,7 +121,7 @@ def upsample_bilinear2x_backward(dout, cache):
     (N, C, H, W), dt, ty, tx = cache
     check_array("dout", dout, ndim=4, dtype=dt, shape=(N, C, 2 * H, 2 * W))
     dx = np.empty((N, C, H, W), dt)
-    fast.bilinear_bwd(np.ascontiguousarray(dout), *ty, *tx, dx)
+    run(fast.bilinear_bwd, np.ascontiguousarray(dout), *ty, *tx, dx)
     return dx
 
 

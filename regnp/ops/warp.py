@@ -37,6 +37,7 @@ import numpy as np
 
 from .._checks import check_array, check_same_shape
 from ._fast import warp_kernels as fast
+from ._fast.threads import run
 
 __all__ = ["warp_forward", "warp_backward", "warp_nearest", "warp_forward_reference",
            "warp_backward_reference"]
@@ -133,7 +134,7 @@ def warp_forward(moving, u):
     moving_c = np.ascontiguousarray(moving)
     u_c = np.ascontiguousarray(u)
     warped = np.empty_like(moving_c)                                  # (N, C, H, W)
-    if fast.warp_fwd_kernel(moving_c, u_c, warped):
+    if run(fast.warp_fwd_kernel, moving_c, u_c, warped):
         check_array("moving", moving_c)                              # raise the usual NaN message
         check_array("u", u_c)
     return warped, (moving_c, u_c)
@@ -160,13 +161,13 @@ def warp_backward(dwarped, cache, _n_tasks=None):
     lo, hi, buf_of, B = fast.backward_plan(N, H, nt)
     bufs = np.zeros((B, N, C, H, W), dtype=moving.dtype)              # (B, N, C, H, W)
     du = np.empty_like(u)                                             # (N, 2, H, W)
-    if fast.warp_bwd_kernel(dw, moving, u, bufs, du, lo, hi, buf_of):
+    if run(fast.warp_bwd_kernel, dw, moving, u, bufs, du, lo, hi, buf_of):
         check_array("dwarped", dw)                                   # raise the usual NaN message
     if B == 1:
         dmoving = bufs[0]
     else:
         dmoving = np.empty_like(moving)
-        fast.sum_buffers(bufs, dmoving)
+        run(fast.sum_buffers, bufs, dmoving)
     return dmoving, du
 
 

@@ -21,14 +21,16 @@ wrappers at the bottom; the Numba kernels take positional arguments.
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 
-@numba.njit(parallel=True, cache=True)
-def _to_phases_kernel(x, s, p, Hq, Wq, src):
+@numba.njit(cache=True, nogil=True)
+def _to_phases_kernel(part, parts, x, s, p, Hq, Wq, src):
     """x (N,C,H,W) -> src (N, s*s, C, S): padded phases, flattened; every entry written."""
     N, C, H, W = x.shape
     S = src.shape[3]
-    for job in numba.prange(N * C):
+    job_lo, job_hi = share(N * C, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // C
         c = job % C
         for a in range(s):
@@ -56,8 +58,8 @@ def _to_phases_kernel(x, s, p, Hq, Wq, src):
                     row[k] = 0.0
 
 
-@numba.njit(parallel=True, cache=True)
-def _from_phases_kernel(dsrc, s, p, Hq, Wq, bias, use_bias, out):
+@numba.njit(cache=True, nogil=True)
+def _from_phases_kernel(part, parts, dsrc, s, p, Hq, Wq, bias, use_bias, out):
     """Adjoint of ``_to_phases_kernel``: out[n,c,y,x] = dsrc[n, phase, c, flat] (+ bias[c]).
 
     Walks the output the same way ``_to_phases_kernel`` walks its input (by phase row, then by phase
@@ -65,7 +67,8 @@ def _from_phases_kernel(dsrc, s, p, Hq, Wq, bias, use_bias, out):
     phase grid were never read by the convolution: their value (gradient) is 0 (+ bias).
     """
     N, C, H, W = out.shape
-    for job in numba.prange(N * C):
+    job_lo, job_hi = share(N * C, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // C
         c = job % C
         bc = bias[c] if use_bias else 0.0
@@ -90,11 +93,12 @@ def _from_phases_kernel(dsrc, s, p, Hq, Wq, bias, use_bias, out):
                 out[n, c, y, xx] = bc
 
 
-@numba.njit(parallel=True, cache=True)
-def _crop_bias_act_kernel(wide, Wq, bias, use_bias, slope, use_act, out):
+@numba.njit(cache=True, nogil=True)
+def _crop_bias_act_kernel(part, parts, wide, Wq, bias, use_bias, slope, use_act, out):
     """wide (N,Co,>=Ho*Wq) -> out (N,Co,Ho,Wo) = wide[.., i*Wq + j] + bias, then LeakyReLU."""
     N, Co, Ho, Wo = out.shape
-    for job in numba.prange(N * Co):
+    job_lo, job_hi = share(N * Co, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // Co
         c = job % Co
         bc = bias[c] if use_bias else 0.0
@@ -107,14 +111,15 @@ def _crop_bias_act_kernel(wide, Wq, bias, use_bias, slope, use_act, out):
                 out[n, c, i, j] = v
 
 
-@numba.njit(parallel=True, cache=True)
-def _prep_grad_kernel(dout, y, slope, use_act, Wq, M, gpad, rowsum):
+@numba.njit(cache=True, nogil=True)
+def _prep_grad_kernel(part, parts, dout, y, slope, use_act, Wq, M, gpad, rowsum):
     """dout (N,Co,Ho,Wo) -> gpad (N,Co,G): zeros, then at M + i*Wq + j the value
     dz = dout * (1 if y > 0 else slope) (just dout without the activation), zeros elsewhere.
     rowsum[n, c] = sum of dz over the image (for the bias gradient)."""
     N, Co, Ho, Wo = dout.shape
     G = gpad.shape[2]
-    for job in numba.prange(N * Co):
+    job_lo, job_hi = share(N * Co, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // Co
         c = job % Co
         row = gpad[n, c]
@@ -145,18 +150,18 @@ def _bias_array(bias, dtype):
 
 def to_phases(x, src, *, stride, pad, phase_h, wide_w):
     """src (N, stride², C, phase_len) = the zero-padded, phase-split, flattened rows of x."""
-    _to_phases_kernel(x, stride, pad, phase_h, wide_w, src)
+    run(_to_phases_kernel, x, stride, pad, phase_h, wide_w, src)
 
 
 def from_phases(dsrc, out, *, stride, pad, phase_h, wide_w, bias=None):
     """out (N, C, H, W) = the adjoint gather of ``to_phases`` applied to dsrc (+ bias[c])."""
-    _from_phases_kernel(dsrc, stride, pad, phase_h, wide_w, _bias_array(bias, out.dtype),
+    run(_from_phases_kernel, dsrc, stride, pad, phase_h, wide_w, _bias_array(bias, out.dtype),
                         bias is not None, out)
 
 
 def crop_bias_act(wide, out, *, wide_w, bias=None, act=None):
     """out (N, Co, Ho, Wo) = LeakyReLU_act(wide[n, c, i·wide_w + j] + bias[c]); act None: none."""
-    _crop_bias_act_kernel(wide, wide_w, _bias_array(bias, out.dtype), bias is not None,
+    run(_crop_bias_act_kernel, wide, wide_w, _bias_array(bias, out.dtype), bias is not None,
                           0.0 if act is None else float(act), act is not None, out)
 
 
@@ -164,5 +169,5 @@ def prep_grad(dout, gpad, rowsum, *, wide_w, margin, act_out=None, act=None):
     """gpad (N, Co, grad_len) = dz laid out as zero-margined wide rows, rowsum[n, c] = Σ dz,
     with dz = dout · (1 where act_out > 0 else act) — the LeakyReLU backward through the
     activated output ``act_out`` — or dz = dout when ``act`` is None."""
-    _prep_grad_kernel(dout, dout if act is None else act_out, 0.0 if act is None else float(act),
+    run(_prep_grad_kernel, dout, dout if act is None else act_out, 0.0 if act is None else float(act),
                       act is not None, wide_w, margin, gpad, rowsum)

@@ -9,10 +9,11 @@ public functions.
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def dw_corr_kernel(x, w, pad, out):
+@numba.njit(cache=True, nogil=True)
+def dw_corr_kernel(part, parts, x, w, pad, out):
     """out[n,c] = x[n,c] cross-correlated with w[c or 0], zero padding ``pad`` (any k); must
     equal ``depthwise_conv2d_forward_reference``.
 
@@ -23,7 +24,8 @@ def dw_corr_kernel(x, w, pad, out):
     N, C, H, W = x.shape
     Cw, k, _ = w.shape
     _, _, Ho, Wo = out.shape
-    for r in numba.prange(N * C * Ho):                    # one output row per task
+    job_lo, job_hi = share(N * C * Ho, part, parts)    # this thread's jobs
+    for r in range(job_lo, job_hi):                    # one output row per task
         i = r % Ho
         nc = r // Ho
         c = nc % C
@@ -45,8 +47,8 @@ def dw_corr_kernel(x, w, pad, out):
             out[n, c, i, j] = acc[j]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def dw_grad_w_kernel(x, dout, pad, dw):
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def dw_grad_w_kernel(part, parts, x, dout, pad, dw):
     """dw[cw, a, b] = sum over (n, channels using cw, i, j) of dout * shifted x (any k); must
     equal the dw of ``depthwise_conv2d_backward_reference``.
 
@@ -57,7 +59,8 @@ def dw_grad_w_kernel(x, dout, pad, dw):
     N, C, H, W = x.shape
     Cw, k, _ = dw.shape
     _, _, Ho, Wo = dout.shape
-    for t in numba.prange(Cw * k):
+    job_lo, job_hi = share(Cw * k, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         cw = t // k
         a = t - cw * k
         acc = np.zeros(k)                                  # float64 partial sums, (k,)
@@ -94,8 +97,8 @@ def padded(x, top, left, Hp, Wp):
     return out
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def dw13_corr_kernel(P, Wp, w, out):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def dw13_corr_kernel(part, parts, P, Wp, w, out):
     """Depthwise correlation for k = 13 (the meta-regularization filter) on padded planes; must
     equal ``depthwise_conv2d_forward_reference`` (via ``corr``).
 
@@ -111,7 +114,8 @@ def dw13_corr_kernel(P, Wp, w, out):
     """
     N, C, Ho, Wo = out.shape
     Cw = w.shape[0]
-    for r in numba.prange(N * C * Ho):                    # one output row per task
+    job_lo, job_hi = share(N * C * Ho, part, parts)    # this thread's jobs
+    for r in range(job_lo, job_hi):                    # one output row per task
         i = r % Ho
         nc = r // Ho
         c = nc % C
@@ -132,8 +136,8 @@ def dw13_corr_kernel(P, Wp, w, out):
             out[n, c, i, j] = acc[j]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def dw13_grad_w_kernel(xpf, gf, goff, Wp, Ho, zero, dw):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def dw13_grad_w_kernel(part, parts, xpf, gf, goff, Wp, Ho, zero, dw):
     """``dw_grad_w_kernel`` for k = 13 on flattened planes with one common row stride Wp; must
     equal the dw of ``depthwise_conv2d_backward_reference`` (via ``backward13``).
 
@@ -152,7 +156,8 @@ def dw13_grad_w_kernel(xpf, gf, goff, Wp, Ho, zero, dw):
     Cw = dw.shape[0]
     Q = Ho * Wp
     B = 8 * Wp                                              # block of q per partial sum
-    for t in numba.prange(Cw * 13):
+    job_lo, job_hi = share(Cw * 13, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         cw = t // 13
         a = t - cw * 13
         acc = np.zeros(13)                                 # float64 totals, (13,)
@@ -204,12 +209,12 @@ def corr(x, w, pad, out, xpf=None):
     plane (``xpf``, built here when not given), other k on the generic kernel."""
     k = w.shape[1]
     if k != 13:
-        dw_corr_kernel(x, w, pad, out)
+        run(dw_corr_kernel, x, w, pad, out)
         return
     H, W = x.shape[2:]
     if xpf is None:
         xpf = padded(x, pad, pad, H + 2 * pad, W + 2 * pad)
-    dw13_corr_kernel(xpf, W + 2 * pad, w, out)
+    run(dw13_corr_kernel, xpf, W + 2 * pad, w, out)
 
 
 def backward13(x, w, pad, dout, xpf, dx, dw):
@@ -225,11 +230,11 @@ def backward13(x, w, pad, dout, xpf, dx, dw):
     Wp = W + 2 * pad
     q = 12 - pad                                                      # dx's padding
     gpf = padded(dout, q, q, Ho + 2 * q, Wo + 2 * q)                 # (N, C, ...)
-    dw13_corr_kernel(gpf, Wo + 2 * q, np.ascontiguousarray(w[:, ::-1, ::-1]), dx)
+    run(dw13_corr_kernel, gpf, Wo + 2 * q, np.ascontiguousarray(w[:, ::-1, ::-1]), dx)
     if q == pad:                                                      # Wo + 2q == Wp
         gf, goff = gpf, q * Wp + q                                    # dout at row stride Wp
     else:
         gf, goff = padded(dout, 0, 0, Ho, Wp), 0
     if xpf is None:
         xpf = padded(x, pad, pad, H + 2 * pad, Wp)
-    dw13_grad_w_kernel(xpf, gf, goff, Wp, Ho, x.dtype.type(0), dw)
+    run(dw13_grad_w_kernel, xpf, gf, goff, Wp, Ho, x.dtype.type(0), dw)

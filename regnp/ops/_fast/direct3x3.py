@@ -53,6 +53,7 @@ Reading order: the slow loop references (the definition) come first; then the Nu
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 MB = 4          # output channels per register block (the kernels keep MB rows of
                 # accumulators and 3·MB weights in registers)
@@ -252,8 +253,8 @@ def _store_row(acc, bo, slope, use_act, n, o, y, out, out2, out_up):
                 dst[jj] += v0 + v1
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_rows(part, parts, inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
                  tiles, out, out2, out_up):
     """out = LeakyReLU(conv3x3(inp · mask) + bias), stride 1, zero padding 1.
 
@@ -275,7 +276,8 @@ def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
     nrb = (H + R - 1) // R
     Wp = W + 2
     chk = 0.0                                                  # NaN iff an input is NaN/Inf
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -336,8 +338,8 @@ def conv3x3_rows(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
     return chk
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_rows2(part, parts, inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
                  tiles, out, out2, out_up):
     """``conv3x3_rows`` for 1 or 2 output channels (the flow head): blocks of 2 channels,
     so no multiply-adds are spent on zero-padded channels. wpk: (Cb, Ci, 3, 3, 2)."""
@@ -349,7 +351,8 @@ def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias
     nrb = (H + R - 1) // R
     Wp = W + 2
     chk = 0.0                                                  # NaN iff an input is NaN/Inf
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -392,8 +395,8 @@ def conv3x3_rows2(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias
     return chk
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_flat(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_flat(part, parts, inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias, slope, use_act, R,
                  tiles, out, out2, out_up):
     """``conv3x3_rows`` computed over the flattened rows of the tile (same arguments).
 
@@ -410,7 +413,8 @@ def conv3x3_flat(inp, inp2, in_up, ysrc, in_slope, in_mask, wpk, bias, use_bias,
     nrb = (H + R - 1) // R
     Wp = W + 2
     chk = 0.0                                                  # NaN iff an input is NaN/Inf
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -517,14 +521,14 @@ def conv3x3(inp, w, out, *, rows, tiles, bias=None, act=None, in_mask_of=None, i
     args = (inp, inp2, in_up, ysrc, float(in_slope), in_mask_of is not None)
     tail = (bias, use_bias, slope, act is not None, rows, tiles, out, out2, out_up)
     if wide and Co <= 2:
-        chk = conv3x3_rows2(*args, pack_weights(w, 2), *tail)
+        chk = run(conv3x3_rows2, *args, pack_weights(w, 2), *tail)
     else:
-        chk = (conv3x3_rows if wide else conv3x3_flat)(*args, pack_weights(w), *tail)
+        chk = run(conv3x3_rows if wide else conv3x3_flat, *args, pack_weights(w), *tail)
     return bool(chk == 0.0)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def conv3x3_dw_rows(xt, gt, H, W, R, zero, dwp, dbp):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def conv3x3_dw_rows(part, parts, xt, gt, H, W, R, zero, dwp, dbp):
     """Per-job partial weight and bias gradients from the input tiles and the dz tiles.
 
     Inputs:
@@ -548,7 +552,8 @@ def conv3x3_dw_rows(xt, gt, H, W, R, zero, dwp, dbp):
     Co = gt.shape[1]
     Cb = dwp.shape[1] // MB
     nrb = (H + R - 1) // R
-    for job in numba.prange(J):
+    job_lo, job_hi = share(J, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         r0 = (job % nrb) * R
         nr = min(H, r0 + R) - r0
         for m in range(Co):
@@ -606,15 +611,16 @@ def conv3x3_dw_rows(xt, gt, H, W, R, zero, dwp, dbp):
                     dwp[job, o + 3, c, dy, 2] = s32
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def conv3x3_dw_rows2(xt, gt, H, W, R, zero, dwp, dbp):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def conv3x3_dw_rows2(part, parts, xt, gt, H, W, R, zero, dwp, dbp):
     """``conv3x3_dw_rows`` for 1 or 2 output channels (6 dot products per (c, dy)); writes
     dwp[:, :2] (dwp has >= 2 rows) and dbp."""
     J, Ci, _ = xt.shape
     Wp = W + 2
     Co = gt.shape[1]
     nrb = (H + R - 1) // R
-    for job in numba.prange(J):
+    job_lo, job_hi = share(J, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         r0 = (job % nrb) * R
         nr = min(H, r0 + R) - r0
         for m in range(Co):
@@ -658,7 +664,7 @@ def conv3x3_dw(x_tiles, dz_tiles, dw_partial, db_partial, *, height, width, rows
     db_partial (jobs, Co). Runs ``conv3x3_dw_rows2`` (Co <= 2) or ``conv3x3_dw_rows``.
     """
     kern = conv3x3_dw_rows2 if dz_tiles.shape[1] <= 2 else conv3x3_dw_rows
-    kern(x_tiles, dz_tiles, height, width, rows, x_tiles.dtype.type(0), dw_partial, db_partial)
+    run(kern, x_tiles, dz_tiles, height, width, rows, x_tiles.dtype.type(0), dw_partial, db_partial)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,8 +683,8 @@ def conv3x3_dw(x_tiles, dz_tiles, dw_partial, db_partial, *, height, width, rows
 # 151 MFLOP.
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def conv3x3_co2_fwd(x, wp, bias, use_bias, slope, use_act, R, out):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def conv3x3_co2_fwd(part, parts, x, wp, bias, use_bias, slope, use_act, R, out):
     """out = LeakyReLU(conv3x3(x, stride 1, pad 1) + bias) for Co <= 2, read straight from x.
 
     Inputs:
@@ -696,7 +702,8 @@ def conv3x3_co2_fwd(x, wp, bias, use_bias, slope, use_act, R, out):
     N, Ci, H, W = x.shape
     Co = out.shape[1]
     nrb = (H + R - 1) // R
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -812,8 +819,8 @@ def conv3x3_co2_fwd(x, wp, bias, use_bias, slope, use_act, R, out):
                     out[n, m, i, j] = v
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def conv3x3_co2_bwd(dout, ysrc, in_slope, in_mask, x, wf, R, zero, dx, dwp, dbp):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def conv3x3_co2_bwd(part, parts, dout, ysrc, in_slope, in_mask, x, wf, R, zero, dx, dwp, dbp):
     """Fused backward of ``conv3x3_co2_fwd``: dx, per-job partial dw and db in one pass.
 
     Inputs:
@@ -839,7 +846,8 @@ def conv3x3_co2_bwd(dout, ysrc, in_slope, in_mask, x, wf, R, zero, dx, dwp, dbp)
     Co = dout.shape[1]
     nrb = (H + R - 1) // R
     Wp = W + 2
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -980,7 +988,7 @@ def conv3x3_few_out(x, w, out, *, rows, bias=None, act=None):
     arguments. w: (Co, Ci, 3, 3) (packed here); rows: output rows per job."""
     assert w.shape[0] <= 2
     use_bias = bias is not None
-    conv3x3_co2_fwd(x, pack_weights(w, 2)[0], bias if use_bias else np.zeros(1, x.dtype),
+    run(conv3x3_co2_fwd, x, pack_weights(w, 2)[0], bias if use_bias else np.zeros(1, x.dtype),
                     use_bias, 0.0 if act is None else float(act), act is not None, rows, out)
 
 
@@ -992,5 +1000,5 @@ def conv3x3_few_out_backward(dout, x, w, dx, dw_partial, db_partial, *, rows, ac
     db_partial[:, :Co].sum(0) must equal ``conv3x3_backward_reference(x, w, dz)``."""
     assert w.shape[0] <= 2
     wf = pack_weights(flip_transpose(w).transpose(1, 0, 2, 3), 2)[0]    # (Ci, 3, 3, 2)
-    conv3x3_co2_bwd(dout, dout if act is None else act_out, 0.0 if act is None else float(act),
+    run(conv3x3_co2_bwd, dout, dout if act is None else act_out, 0.0 if act is None else float(act),
                     act is not None, x, wf, rows, x.dtype.type(0), dx, dw_partial, db_partial)

@@ -37,6 +37,7 @@ import numba
 import numpy as np
 
 from .direct3x3 import MB, pack_weights
+from regnp.ops._fast.threads import run, share
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +100,8 @@ def rows_per_job(N, Ho):
     return R
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _conv3x3s2_fwd_kernel(x, wpk, bias, use_bias, slope, use_act, R, tiles, out):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _conv3x3s2_fwd_kernel(part, parts, x, wpk, bias, use_bias, slope, use_act, R, tiles, out):
     """out = LeakyReLU(conv3x3(x, stride 2, pad 1) + bias).
 
     Inputs:
@@ -116,7 +117,8 @@ def _conv3x3s2_fwd_kernel(x, wpk, bias, use_bias, slope, use_act, R, tiles, out)
     Wq = Wo + 2
     PL = (R + 1) * Wq                                          # one phase plane of a tile
     nrb = (Ho + R - 1) // R
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(Ho, r0 + R) - r0
@@ -200,8 +202,8 @@ def _conv3x3s2_fwd_kernel(x, wpk, bias, use_bias, slope, use_act, R, tiles, out)
                             out[n, o, r0 + rr, j] = v
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc"})
-def _grad_planes_kernel(dout, y, slope, use_act, gp, rowsum):
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _grad_planes_kernel(part, parts, dout, y, slope, use_act, gp, rowsum):
     """gp (N, Co, (Ho + 2)·Wq): zeros, with dz = dout · (1 if y > 0 else slope) (just dout
     without the activation) at row i + 1, column j + 1;  rowsum[n, m] = Σ dz.
 
@@ -211,7 +213,8 @@ def _grad_planes_kernel(dout, y, slope, use_act, gp, rowsum):
     (measured 0.29× the time at (2, 16, 128, 128), 0.45× at (2, 32, 64, 64))."""
     N, Co, Ho, Wo = dout.shape
     Wq = Wo + 2
-    for nm in numba.prange(N * Co):
+    job_lo, job_hi = share(N * Co, part, parts)    # this thread's jobs
+    for nm in range(job_lo, job_hi):
         n = nm // Co
         m = nm - n * Co
         g = gp[n, m]
@@ -241,8 +244,8 @@ def _grad_planes_kernel(dout, y, slope, use_act, gp, rowsum):
         rowsum[n, m] = s
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def _conv3x3s2_dw_kernel(tiles, gp, Ho, Wo, R, zero, dwp):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _conv3x3s2_dw_kernel(part, parts, tiles, gp, Ho, Wo, R, zero, dwp):
     """Per-job partial weight gradients: dwp[job, m, c, dy, dx] = Σ dz[m] · P shifted.
 
     dz at plane index (r0 + 1 + rr)·Wq + 1 + j pairs with the tile's phase (dy%2, dx%2) at
@@ -255,7 +258,8 @@ def _conv3x3s2_dw_kernel(tiles, gp, Ho, Wo, R, zero, dwp):
     PL = (R + 1) * Wq
     Cb = dwp.shape[1] // MB
     nrb = (Ho + R - 1) // R
-    for job in numba.prange(J):
+    job_lo, job_hi = share(J, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(Ho, r0 + R) - r0
@@ -312,8 +316,8 @@ def _conv3x3s2_dw_kernel(tiles, gp, Ho, Wo, R, zero, dwp):
                     dwp[job, o + 3, c, dy, 2] = s32
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _conv3x3s2_dx_kernel(gp, wpt, Ho, Wo, R, dx):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _conv3x3s2_dx_kernel(part, parts, gp, wpt, Ho, Wo, R, dx):
     """dx (N, Ci, H, W) of the stride-2 conv from the dz planes (gather form, see the module
     docstring). wpt: (Cb, Co, 3, 3, MB) = ``pack_weights(w.transpose(1, 0, 2, 3))`` (input
     channels of the forward in blocks of MB, not flipped).
@@ -332,7 +336,8 @@ def _conv3x3s2_dx_kernel(gp, wpt, Ho, Wo, R, dx):
     We = (W + 1) // 2                                          # even columns x = 2u
     Wd = W // 2                                                # odd columns x = 2u + 1
     nrb = (Ho + R - 1) // R
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         k0 = (job - n * nrb) * R
         acc = np.empty((2 * MB, R * Wq), dx.dtype)             # even / odd columns, 4 channels
@@ -448,7 +453,7 @@ def conv3x3s2_forward(x, w, out, *, rows, tiles, bias=None, act=None):
     tiles: (N·ceil(Ho/rows), Ci, 4·(rows + 1)·(Wo + 2)) scratch, left holding each job's phase
     rows for ``conv3x3s2_dw``."""
     use_bias = bias is not None
-    _conv3x3s2_fwd_kernel(x, pack_weights(w), bias if use_bias else np.zeros(1, x.dtype),
+    run(_conv3x3s2_fwd_kernel, x, pack_weights(w), bias if use_bias else np.zeros(1, x.dtype),
                           use_bias, 0.0 if act is None else float(act), act is not None, rows,
                           tiles, out)
 
@@ -456,19 +461,19 @@ def conv3x3s2_forward(x, w, out, *, rows, tiles, bias=None, act=None):
 def conv3x3s2_grad_planes(dout, dz_planes, rowsum, *, act_out=None, act=None):
     """dz_planes (N, Co, (Ho + 2)·(Wo + 2)) = dz = dout · (1 where act_out > 0 else act) with a
     zero border (dz = dout when act is None); rowsum[n, m] = Σ dz (the bias gradient's parts)."""
-    _grad_planes_kernel(dout, dout if act is None else act_out,
+    run(_grad_planes_kernel, dout, dout if act is None else act_out,
                         0.0 if act is None else float(act), act is not None, dz_planes, rowsum)
 
 
 def conv3x3s2_dw(x_tiles, dz_planes, dw_partial, *, out_h, out_w, rows):
     """Per-job partial dw (jobs, ceil(Co/MB)·MB, Ci, 3, 3); rows :Co summed over jobs must equal
     the dw of ``conv3x3s2_backward_reference``."""
-    _conv3x3s2_dw_kernel(x_tiles, dz_planes, out_h, out_w, rows, x_tiles.dtype.type(0),
+    run(_conv3x3s2_dw_kernel, x_tiles, dz_planes, out_h, out_w, rows, x_tiles.dtype.type(0),
                          dw_partial)
 
 
 def conv3x3s2_dx(dz_planes, w, dx, *, out_h, out_w, rows):
     """dx (N, Ci, H, W) from the dz planes and the forward weights w (Co, Ci, 3, 3) (packed
     here, input channels in blocks); must equal the dx of ``conv3x3s2_backward_reference``."""
-    _conv3x3s2_dx_kernel(dz_planes, pack_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3))),
+    run(_conv3x3s2_dx_kernel, dz_planes, pack_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3))),
                          out_h, out_w, rows, dx)

@@ -44,6 +44,7 @@ entry points ``forward`` / ``backward``, which must equal them.
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import run, share
 
 KB = 4          # input channels (forward) / phase planes (dx) per accumulation pass
 MB = 4          # input channels per dx block (zero-padded weights for the tail block)
@@ -116,8 +117,8 @@ def pack_dx(w, mb=MB):
     return np.ascontiguousarray(wp.reshape(Cb, mb, Co * 4).transpose(0, 2, 1))
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def convT2_fwd(xf, W, wpk, bias, R, out):
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def convT2_fwd(part, parts, xf, W, wpk, bias, R, out):
     """out = conv_transpose2d(x, w, bias), kernel 2, stride 2, pad 0.
 
     Inputs:
@@ -131,7 +132,8 @@ def convT2_fwd(xf, W, wpk, bias, R, out):
     Co = out.shape[1]
     nrb = (H + R - 1) // R
     C4 = Ci - Ci % KB
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -222,8 +224,8 @@ def convT2_fwd(xf, W, wpk, bias, R, out):
                     bot[2 * j + 1] = e3[j] + bo
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def convT2_bwd(dout, xf, wdx, R, zero, tiles, dxf, dwp, dbp):
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def convT2_bwd(part, parts, dout, xf, wdx, R, zero, tiles, dxf, dwp, dbp):
     """dx, and per-job partial dw and db, of ``convT2_fwd``.
 
     Inputs:
@@ -244,7 +246,8 @@ def convT2_bwd(dout, xf, wdx, R, zero, tiles, dxf, dwp, dbp):
     V = 4 * Co
     Cb = wdx.shape[0]
     nrb = (H + R - 1) // R
-    for job in numba.prange(N * nrb):
+    job_lo, job_hi = share(N * nrb, part, parts)    # this thread's jobs
+    for job in range(job_lo, job_hi):
         n = job // nrb
         r0 = (job - n * nrb) * R
         nr = min(H, r0 + R) - r0
@@ -416,7 +419,7 @@ def forward(x, w, b, work=None):
     R = rows_per_job(N, H, W)
     bias = b if b is not None else np.zeros(Co, x.dtype)
     out = np.empty((N, Co, 2 * H, 2 * W), x.dtype)             # (N, Co, 2H, 2W)
-    convT2_fwd(x.reshape(N, Ci, H * W), W, pack_forward(w), bias, R, out)
+    run(convT2_fwd, x.reshape(N, Ci, H * W), W, pack_forward(w), bias, R, out)
     return out, R
 
 
@@ -432,7 +435,7 @@ def backward(dout, x, w, *, rows, tiles):
     dx = np.empty((N, Ci, H, W), dt)                           # (N, Ci, H, W)
     dwp = np.empty((J, Ci, 4 * Co), dt)                        # per-job partial dw
     dbp = np.empty((J, Co), dt)
-    convT2_bwd(dout, x.reshape(N, Ci, H * W), pack_dx(w), R, dt.type(0), tiles,
+    run(convT2_bwd, dout, x.reshape(N, Ci, H * W), pack_dx(w), R, dt.type(0), tiles,
                dx.reshape(N, Ci, H * W), dwp, dbp)
     dw = dwp.sum(axis=0).reshape(Ci, Co, 2, 2)                 # (Ci, Co, 2, 2)
     db = dbp.sum(axis=0)                                       # (Co,)

@@ -14,15 +14,17 @@ is > 0.
 """
 import numba
 import numpy as np
+from regnp.ops._fast.threads import share
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def warp_fwd_kernel(moving, u, out):
+@numba.njit(cache=True, nogil=True)
+def warp_fwd_kernel(part, parts, moving, u, out):
     """out = bilinear pull-back of moving by u; returns the number of NaN/Inf inputs seen. Must
     equal ``regnp.ops.warp.warp_forward_reference``."""
     N, C, H, W = moving.shape
     bad = 0
-    for r in numba.prange(N * H):                         # one output row per task
+    job_lo, job_hi = share(N * H, part, parts)    # this thread's jobs
+    for r in range(job_lo, job_hi):                         # one output row per task
         n = r // H
         i = r - n * H
         for c in range(C):                                # NaN check of moving's row i
@@ -77,15 +79,16 @@ def warp_fwd_kernel(moving, u, out):
     return bad
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def warp_bwd_kernel(dwarped, moving, u, dmov_bufs, du, row_lo, row_hi, buf_of_task):
+@numba.njit(cache=True, nogil=True)
+def warp_bwd_kernel(part, parts, dwarped, moving, u, dmov_bufs, du, row_lo, row_hi, buf_of_task):
     """du, and dmoving scattered into ``dmov_bufs[buf_of_task[t]]`` for the output rows
     [row_lo[t], row_hi[t]) of task t (``backward_plan``); returns the number of NaN/Inf values
     of dwarped seen. With the buffers summed, must equal
     ``regnp.ops.warp.warp_backward_reference``."""
     N, C, H, W = moving.shape
     bad = 0
-    for t in numba.prange(row_lo.size):
+    job_lo, job_hi = share(row_lo.size, part, parts)    # this thread's jobs
+    for t in range(job_lo, job_hi):
         acc = dmov_bufs[buf_of_task[t]]
         nbad = 0
         for r in range(row_lo[t], row_hi[t]):
@@ -158,13 +161,14 @@ def warp_bwd_kernel(dwarped, moving, u, dmov_bufs, du, row_lo, row_hi, buf_of_ta
     return bad
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def sum_buffers(bufs, out):
+@numba.njit(cache=True, nogil=True)
+def sum_buffers(part, parts, bufs, out):
     """out = bufs.sum(axis=0), parallel over the flattened entries."""
     B = bufs.shape[0]
     flat = bufs.reshape(B, -1)
     o = out.reshape(-1)
-    for p in numba.prange(o.size):
+    job_lo, job_hi = share(o.size, part, parts)    # this thread's jobs
+    for p in range(job_lo, job_hi):
         s = flat[0, p]
         for b in range(1, B):
             s += flat[b, p]
