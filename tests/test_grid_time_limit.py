@@ -53,6 +53,14 @@ def test_estimate_from_finished_jobs(tmp_path):
     assert estimate_seconds(c3, done) == pytest.approx(0.3 * 1000 + eval_per_pair * 40)
     c4 = dict(c, variant="metareg", setting="cardiac")
     assert estimate_seconds(c4, done) == pytest.approx(0.5 * 1000 + eval_per_pair * 40)
+    # another σ of the sweep: the same variant on the same training dataset comes before the
+    # same variant on other data (here VM-2 on the σ-28 velocity fields: 0.9 s a step)
+    svf = _finished("sweep28", "vm2", 0.9, wall=5500.0, train_seconds=5400.0)
+    c5 = dict(job_config("sweep22", "vm2", seed=1), steps=1000,
+              tests=[{"name": "t", "pairs": 40}])
+    ev = 100 / 80                        # the median per-pair scoring time of the three
+    assert estimate_seconds(c5, done + [svf]) == pytest.approx(0.9 * 1000 + ev * 40)
+    assert estimate_seconds(c, done + [svf]) == pytest.approx(0.2 * 1000 + ev * 40)
     # a partial job: the steps in its checkpoint are done
     save_checkpoint(tmp_path / c["name"] / "checkpoint.npz", {"w": np.zeros(3)}, {"step": 400})
     assert checkpoint_step(tmp_path / c["name"]) == 400

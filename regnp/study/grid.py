@@ -375,8 +375,9 @@ def estimate_seconds(config, finished, root=None):
     Scoring: the median of :func:`eval_seconds` per test pair over finished jobs of the same
     kind (training or solver) × its test pairs; that is all a solver job does. A training job
     adds seconds per step (median of finished training jobs of the same variant and setting,
-    else of the same variant, else of all) × the steps still to run (its checkpoint's step
-    under ``root`` counts as done).
+    else of the same variant trained on the same dataset — the other σ of the sweep, whose
+    pairs cost alike — else of the same variant, else of all) × the steps still to run (its
+    checkpoint's step under ``root`` counts as done).
     """
     kind = config.get("kind", "train")
     same_kind = [m for m in finished if m.get("config", {}).get("kind", "train") == kind]
@@ -386,8 +387,11 @@ def estimate_seconds(config, finished, root=None):
         return None if per_pair is None else per_pair * _test_pairs(config)
     trained = [m for m in same_kind if (m.get("train") or {}).get("seconds_per_step")]
     rate = None
+    dataset = _train_dataset(config)
     for same in (lambda c: c.get("variant") == config.get("variant")
                  and c.get("setting") == config.get("setting"),
+                 lambda c: c.get("variant") == config.get("variant")
+                 and dataset is not None and _train_dataset(c) == dataset,
                  lambda c: c.get("variant") == config.get("variant"),
                  lambda c: True):
         rate = _median([m["train"]["seconds_per_step"] for m in trained if same(m["config"])])
@@ -401,6 +405,13 @@ def estimate_seconds(config, finished, root=None):
         done = checkpoint_step(Path(root) / config["name"] / "checkpoint.npz") or 0
     steps_left = max(0, int(config.get("steps", 0)) - done)
     return rate * steps_left + (per_pair or 0.0) * _test_pairs(config)
+
+
+def _train_dataset(config):
+    """The ``--dataset`` a training job's config trains on, or None."""
+    args = list(config.get("train_args") or [])
+    i = args.index("--dataset") if "--dataset" in args else -1
+    return args[i + 1] if 0 <= i < len(args) - 1 else None
 
 
 def eval_seconds(metrics):
