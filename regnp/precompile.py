@@ -3,9 +3,9 @@
 Numba compiles a kernel the first time it is called with a new combination of argument types
 (dtype, number of dimensions, memory layout) and keeps the machine code in its on-disk cache
 (``__pycache__`` beside each module, or ``$NUMBA_CACHE_DIR``); later runs load it in
-milliseconds. On a fresh checkout those first calls are slow — the parallel 3×3 convolution
-kernels take 5–15 s each, the whole library a few minutes on a 2-core machine — and they
-land inside whatever ran first: a lesson, the first training step, a test. This module makes
+milliseconds. On a fresh checkout those first calls are slow — the 3×3 convolution kernels
+take 1–3 s each, the whole library about 70 s of CPU (36 s with ``--jobs 2`` on a 2-core
+machine) — and they land inside whatever ran first: a lesson, the first training step, a test. This module makes
 those calls up front, on tiny inputs, one kernel family at a time, with a progress bar.
 
 The families are independent (no kernel belongs to two of them), so they can be compiled in
