@@ -51,6 +51,12 @@ from .evaluate import evaluate_pairs, summarize_records
 from .models import Objective, build_model
 from .nn.optim import Adam
 
+# Synthetic training pairs keep their drawn fields in memory (``SyntheticPairs.keep_fields``)
+# up to this many bytes, and never more than a quarter of the memory available at the start:
+# 1,000 pairs at 256×256 hold 0.5 GB, and drawing a σ-28 velocity field was about a tenth of a
+# training step (the batches are bitwise the same either way).
+KEEP_FIELDS_BYTES = 2 ** 30
+
 
 def _batch_indices(step, n, batch_size, seed):
     """Pairs of training step ``step``: slice of the permutation of epoch ``step // per_epoch``
@@ -287,8 +293,8 @@ class _Run:
     def _build(self, data_root, val_every, val_pairs):
         """Model, objective, optimizer and data; the memory they will need is checked first
         (a --size or --kernel-size too large for the machine is one line, not a kill)."""
-        from ._checks import (check_memory, estimate_forward_bytes, estimate_pair_bytes,
-                              estimate_param_bytes)
+        from ._checks import (available_memory, check_memory, estimate_forward_bytes,
+                              estimate_pair_bytes, estimate_param_bytes)
         from .data import load_dataset
         cfg, d = self.config, self.config["data"]
         check_memory(estimate_param_bytes(cfg["model_options"]), f"the {cfg['model']} model",
@@ -301,6 +307,10 @@ class _Run:
                      "use a smaller --size or --batch-size")
         self.train_ds = load_dataset(d["dataset"], "train", data_root=data_root, size=d["size"],
                                      sigma=d["sigma"], n_pairs=d.get("pairs"))
+        if hasattr(self.train_ds, "keep_fields"):
+            avail, _ = available_memory()
+            self.train_ds.keep_fields(KEEP_FIELDS_BYTES if avail is None
+                                      else min(KEEP_FIELDS_BYTES, avail // 4))
         self.val_ds, self.val_idx = None, []
         if val_every and val_pairs:
             self.val_ds = load_dataset(d["dataset"], "val", data_root=data_root, size=d["size"],

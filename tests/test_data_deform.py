@@ -263,3 +263,55 @@ def test_fold_limit_is_where_the_draw_starts_to_fold(subject):
     lim = fold_limit(u, 0.1, body)                  # σ at which min det J reaches 0.1
     assert jacobian_determinant(u * lim * 0.999).min() > 0.1
     assert jacobian_determinant(u * lim * 1.001).min() < 0.1
+
+
+def test_kept_fields_give_bitwise_the_same_pairs_and_are_drawn_once(monkeypatch):
+    """``keep_fields``: the first pairs' fields stay in memory up to the budget, every batch is
+    bitwise what a dataset without it gives, a kept field is drawn once, and what a caller gets
+    is its own array (changing it changes nothing kept)."""
+    import regnp.data.datasets as D
+    fresh = load_dataset("phantom-svf", "train", size=64, sigma=10.0, n_pairs=6)
+    kept = load_dataset("phantom-svf", "train", size=64, sigma=10.0, n_pairs=6)
+    per_pair = 2 * 64 * 64 * 4
+    assert kept.keep_fields(4 * per_pair + 7) == 4          # the budget holds 4 of the 6 fields
+    calls = []
+    real = D.random_field
+    monkeypatch.setattr(D, "random_field", lambda *a, **k: calls.append(1) or real(*a, **k))
+    order = [0, 5, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 5, 0]
+    for i in order:
+        a, b = fresh.batch([i]), kept.batch([i])
+        for key in ("fixed", "moving", "fixed_mask", "moving_mask", "u"):
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), (i, key)
+    n_fresh = len(order)                                   # the plain dataset draws every time
+    # kept: pairs 0, 5, 1, 2 on first sight (the budget's 4), then 3 and 4 every time
+    assert len(calls) == n_fresh + 4 + order.count(3) + order.count(4)
+    assert sorted(kept._kept) == [0, 1, 2, 5]
+    item = kept[0]
+    item["u"][...] = 99.0
+    assert np.array_equal(kept[0]["u"], fresh[0]["u"])
+    assert kept.keep_fields(0) == 0 and kept[1]["u"].flags.writeable
+
+
+def test_training_keeps_the_fields_it_draws_and_learns_the_same(tmp_path, monkeypatch):
+    """A short training run with the fields kept learns exactly what one without learns (the
+    batches are bitwise equal), and its training set did keep them."""
+    import regnp.train as T
+    from regnp.config import make_config
+    cfg = make_config(model="vm2", dataset="phantom-svf", size=32, sigma=10.0, pairs=3,
+                      enc="4,4,4,4", dec="4,4,4,4,4,4,4")
+    seen, hist = {}, {}
+    real_build = T._Run._build
+
+    def build(self, *a, **k):
+        real_build(self, *a, **k)
+        seen[T.KEEP_FIELDS_BYTES] = self.train_ds
+
+    monkeypatch.setattr(T._Run, "_build", build)
+    for budget in (0, 2 ** 20):
+        monkeypatch.setattr(T, "KEEP_FIELDS_BYTES", budget)
+        res = T.train(dict(cfg), 6, tmp_path / f"keep{budget}", save_every=100, val_every=0,
+                      log_every=1, progress=False)
+        hist[budget] = [h["loss"] for h in res["history"]]
+    assert len(hist[0]) == 6 and hist[0] == hist[2 ** 20]
+    assert seen[0]._keep_max == 0 and not seen[0]._kept
+    assert seen[2 ** 20]._keep_max == 3 and sorted(seen[2 ** 20]._kept) == [0, 1, 2]

@@ -194,9 +194,30 @@ class SyntheticPairs(PairDataset):
         return random_field(self.shape, self.sigma_px, seed=rng, region=self.bases.get(k)[2],
                             field=self.field_family, return_info=return_info, **self.field_kwargs)
 
+    def keep_fields(self, max_bytes):
+        """Keep the fields of the first pairs drawn in memory, up to ``max_bytes`` in all, so
+        that later epochs do not draw them again (drawing a velocity field — a Gaussian mixture
+        integrated by scaling and squaring — is most of a training pair's cost). A field is a
+        pure function of (seed, i), so a kept field is bitwise the array a new draw would give:
+        training sees the same batches either way. ``max_bytes`` 0 keeps nothing (the default).
+        Returns how many pairs' fields fit."""
+        H, W = self.shape
+        per_pair = 2 * H * W * np.dtype(np.float32).itemsize                     # (1, 2, H, W)
+        self._keep_max = min(len(self), max(0, int(max_bytes)) // per_pair)
+        self._kept = {}
+        return self._keep_max
+
     def _item(self, i):
         img, mask, _ = self.bases.get(self._plan(i)[2])                         # (1,H,W),(1,H,W)
-        u = self.field(i)[None]                                                 # (1, 2, H, W)
+        kept = getattr(self, "_kept", None)
+        u = None if kept is None else kept.get(i)
+        if u is None:
+            u = self.field(i)[None]                                             # (1, 2, H, W)
+            if kept is not None and len(kept) < self._keep_max:
+                u.setflags(write=False)                  # nothing may change a kept field
+                kept[i] = u
+        if not u.flags.writeable:
+            u = u.copy()                                 # callers get their own array
         moving, moving_mask = deform(img[None], mask[None], u)                  # (1, 1, H, W) each
         return dict(fixed=img[None], moving=moving, fixed_mask=mask[None], moving_mask=moving_mask,
                     u=u, ids=[self.pair_ids[i]])
