@@ -302,6 +302,33 @@ def test_advantage_against_sigma_by_hand(tmp_path):
     assert "| σ_train \\ σ_test (Meta-Reg − VoxelMorph-2) | 10 | 16 |" in text
 
 
+def test_a_sweep_with_one_sigma_done_shows_its_row_and_its_networks_on_every_test_sigma(
+        tmp_path):
+    """A sweep in progress: only σ_train 28 has finished. Its section appears with the one-row σ
+    table and the σ_train × σ_test row (the σ-28 networks on the other σ's test sets); there is
+    no curve to draw from one σ."""
+    from regnp.study.report import load_results, sigma_matrix
+    rng = np.random.default_rng(3)
+    base = 0.7 + 0.02 * rng.standard_normal(16)
+    gains = {"s22": 0.02, "s28": 0.03}
+    for v, add in (("vm2", 0.0), ("metareg", 1.0), ("ablated_free", 0.5)):
+        _fake_job(tmp_path, "sweep28", v, 0, base + add * gains["s28"], test="s28")
+        p = tmp_path / job_config("sweep28", v)["name"] / "metrics.json"
+        m = json.loads(p.read_text())
+        m["tests"]["s22"] = json.loads(json.dumps(m["tests"]["s28"]))
+        m["tests"]["s22"]["pairs"]["dice_after"] = list(base + add * gains["s22"])
+        m["config"]["tests"] = [{"name": n, "sigma": s, "dataset": "chaos-svf", "pairs": 16}
+                                for n, s in (("s22", 22.0), ("s28", 28.0))]
+        p.write_text(json.dumps(m))
+    mat = sigma_matrix(load_results(tmp_path)[0], family="chaos-svf", rival="vm2")
+    assert set(mat) == {(28.0, 22.0), (28.0, 28.0)}
+    assert mat[28.0, 22.0]["delta"] == pytest.approx(2.0)
+    text, figs = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
+    assert "(liver, σ_train = σ_test; svf fields)" in text
+    assert "| σ_train \\ σ_test (Meta-Reg − VoxelMorph-2) | 22 | 28 |" in text
+    assert "| 28 | +2.00 [" in text and not (tmp_path / "f" / "results_sigma_svf.png").exists()
+
+
 def test_learned_filters_against_eq9_and_the_hinge_by_hand():
     from regnp.study.report import fit_gram_filter, gram_filter, hinge_activity
     g = gram_filter(2.0, 13)                              # eq. 9's K̃ of a Gaussian, unit sum

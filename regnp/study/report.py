@@ -938,8 +938,8 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
     # --- deformation size, one section per field family
     for family in sigma_families():
         spts = sigma_points(results, family)
-        if len(spts) < 2:
-            continue
+        if not spts:                 # a sweep in progress shows its first σ, and that σ's
+            continue                 # networks on every test σ (the matrix row) at once
         suffix = family.split("-", 1)[1] if "-" in family else ""
         out += [f"## Meta-Reg's advantage against deformation size (liver, σ_train = σ_test"
                 + (f"; {suffix} fields)" if suffix else ")"), "",
@@ -947,14 +947,15 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
                 "before registration (hardest first; the same pairs on both sides):", "",
                 difficulty_table(spts), ""]
         mats = [(r, sigma_matrix(results, family, r)) for r in SIGMA_RIVALS]
-        mats = [(r, m) for r, m in mats if len({a for a, _ in m}) >= 2 and len({b for _, b in m}) >= 2]
+        mats = [(r, m) for r, m in mats if len({b for _, b in m}) >= 2]
         if mats:
             out += ["Every trained network on every σ test set (Δ Dice [hierarchical 95 % "
                     "interval]; off the diagonal: the paper's generalisation scenarios):", ""]
             for r, m in mats:
                 out += [sigma_matrix_table(m, r), ""]
-        figs.append(_plot_sigma(spts, Path(fig_dir) / ("results_sigma" + (
-            f"_{suffix}" if suffix else "") + ".png")))
+        if len(spts) >= 2:           # a curve needs two σ
+            figs.append(_plot_sigma(spts, Path(fig_dir) / ("results_sigma" + (
+                f"_{suffix}" if suffix else "") + ".png")))
     # --- lambda
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
     if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
