@@ -639,3 +639,14 @@ def test_cpu_hours_count_the_steps_of_a_sitting_that_left_no_record():
                "machine": {"threads": 2}}
     assert _cpu_hours([whole]) == pytest.approx(0.5)
     assert _cpu_hours([resumed]) == pytest.approx(1.0)           # 0.3 s × 6000 × 2 threads
+
+
+def test_regime_sentence_names_the_nearest_size_once_ours_reach_the_paper_s():
+    from regnp.study.report import regime_sentence
+    easier = regime_sentence([("σ 10", 95.5), ("σ 16", 90.7)], 80.5)
+    assert "easier than the paper's" in easier
+    # one size 3.3 points above, one below: the nearest is named, not "easier"
+    both = regime_sentence([("σ 16", 90.7), ("σ 22", 83.8), ("σ 28", 73.2)], 80.5)
+    assert both == ". Our σ 22 is nearest the paper's difficulty; our sizes reach past it on both sides"
+    assert regime_sentence([("σ 16", 90.7), ("σ 28", 82.0)], 80.5) == \
+        ". Our σ 28 is nearest the paper's difficulty"
