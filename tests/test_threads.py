@@ -126,7 +126,7 @@ def test_run_without_spinning_and_from_two_callers_at_once(monkeypatch):
     import threading
     from regnp.ops._fast import threads
     monkeypatch.setattr(threads, "num_threads", lambda: 2)
-    monkeypatch.setattr(threads, "_spin_fn", [None])
+    monkeypatch.setattr(threads, "_spin", lambda: None)
     monkeypatch.setattr(threads, "_helpers", None)
 
     def kernel(part, parts, x):
@@ -159,3 +159,21 @@ def test_one_thread_and_two_threads_agree():
 
 if __name__ == "__main__":
     compare()
+
+
+def test_count_nonfinite_agrees_with_numpy_below_and_above_the_split_threshold(monkeypatch):
+    """The NaN/Inf count of every input check: one part below ``_PARALLEL_MIN`` entries, the
+    thread split above it (here with 3 pretended threads, run one after another), both equal to
+    NumPy's count."""
+    from regnp import _checks
+    from regnp.ops._fast import threads
+    rng = np.random.default_rng(5)
+    for n in (10, _checks._PARALLEL_MIN + 7):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[rng.choice(n, 9, replace=False)] = [np.nan, np.inf, -np.inf] * 3
+        monkeypatch.setattr(threads, "num_threads", lambda: 3)
+        threads._busy.acquire()          # helpers taken: run() does the 3 parts itself
+        try:
+            assert _checks.count_nonfinite(x) == int((~np.isfinite(x)).sum()) == 9
+        finally:
+            threads._busy.release()

@@ -176,6 +176,7 @@ class SyntheticPairs(PairDataset):
         self.base_ids = list(base_ids) if base_ids is not None else [f"base{k}" for k in
                                                                      range(len(bases))]
         self.pair_ids = [f"{self._plan(i)[1]}|s{self.seed}-{i}" for i in range(self.n_pairs)]
+        self._kept, self._keep_max = {}, 0           # fields kept in memory (keep_fields)
 
     @classmethod
     def from_arrays(cls, images, masks, sigma, n_pairs, **kwargs):
@@ -209,13 +210,12 @@ class SyntheticPairs(PairDataset):
 
     def _item(self, i):
         img, mask, _ = self.bases.get(self._plan(i)[2])                         # (1,H,W),(1,H,W)
-        kept = getattr(self, "_kept", None)
-        u = None if kept is None else kept.get(i)
+        u = self._kept.get(i)
         if u is None:
             u = self.field(i)[None]                                             # (1, 2, H, W)
-            if kept is not None and len(kept) < self._keep_max:
+            if len(self._kept) < self._keep_max:
                 u.setflags(write=False)                  # nothing may change a kept field
-                kept[i] = u
+                self._kept[i] = u
         if not u.flags.writeable:
             u = u.copy()                                 # callers get their own array
         moving, moving_mask = deform(img[None], mask[None], u)                  # (1, 1, H, W) each

@@ -39,6 +39,7 @@ are kept per job or per task and added in a fixed order, so the split does not c
 (``tests/test_threads.py`` compares one thread with two).
 """
 import ctypes
+import functools
 import os
 import threading
 
@@ -142,16 +143,20 @@ class _Helpers:
         return r
 
 
-_spin_fn = []
 _helpers = None
 _lock = threading.Lock()
 _busy = threading.Lock()       # held by the one caller that has the helpers
 
 
+@functools.cache
 def _spin():
-    if not _spin_fn:
-        _spin_fn.append(_make_spin())
-    return _spin_fn[0]
+    """The process's spin loop (made once; None without ``sched_yield``)."""
+    return _make_spin()
+
+
+def _add(total, r):
+    """Sum of the parts' returns so far, None while every part has returned None."""
+    return r if total is None else (total if r is None else total + r)
 
 
 def _get_helpers(n):
@@ -185,8 +190,7 @@ def run(kernel, *args):
         # another Python thread is using the helpers: run every part here, one after another
         total = None
         for p in range(parts):
-            r = kernel(p, parts, *args)
-            total = r if total is None else (total if r is None else total + r)
+            total = _add(total, kernel(p, parts, *args))
         return total
     try:
         return _run_on_helpers(kernel, parts, args)
@@ -207,8 +211,7 @@ def _run_on_helpers(kernel, parts, args):
         r, e = helpers.collect(h)              # they write into arrays the caller holds
         if error is None and e is not None:
             error = e
-        if r is not None:
-            total = r if total is None else total + r
+        total = _add(total, r)
     if error is not None:
         raise error
     return total
