@@ -10,7 +10,7 @@ import scipy.stats
 
 from regnp.study.stats import (cluster_weights, compare_paired, effect_size_dz,
                                hierarchical_bootstrap, holm, matched, mean_sd, paired_t,
-                               pair_levels, wilcoxon)
+                               pair_levels, trend_bootstrap, wilcoxon)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,3 +184,68 @@ def test_compare_paired_collects_every_statistic():
     assert r["dz"] == pytest.approx((x - y).mean() / (x - y).std(ddof=1))
     assert (r["n_subjects"], r["n_slices"], r["n_pairs"], r["seeds"]) == (3, 12, 12, (2, 1))
     assert r["lo"] <= r["delta"] <= r["hi"]
+
+
+# ------------------------------------------------------------------ the trend against σ
+def _ids(n=12):
+    return [f"chaos_t2_sub{s:02d}_z{z:02d}|s2021-{k}"
+            for k, (s, z) in enumerate((s, z) for s in (1, 2, 3) for z in range(n // 3))]
+
+
+def test_trend_of_constant_shifts_is_the_least_squares_slope():
+    """Each size's difference is a constant shift c_k: every resample sees the same means, so the
+    interval is the point slope. x = 10, 16, 22 and c = 1, 2, 4: x̄ = 16, Σ(x − x̄)² = 72,
+    slope = (−6·(1 − 7/3) + 6·(4 − 7/3)) / 72 = 18 / 72 = 0.25."""
+    ids = _ids()
+    base = {i: 80.0 + k for k, i in enumerate(ids)}
+    pts = [(x, {i: v + c for i, v in base.items()}, base) for x, c in ((10, 1.0), (16, 2.0), (22, 4.0))]
+    r = trend_bootstrap(pts, n_boot=300)
+    assert r["slope"] == pytest.approx(0.25) == pytest.approx(r["lo"]) == pytest.approx(r["hi"])
+    assert r["slope"] == pytest.approx(scipy.stats.linregress([10, 16, 22], [1, 2, 4]).slope)
+    assert r["means"] == pytest.approx([1.0, 2.0, 4.0]) and r["p"] == pytest.approx(1 / 300)
+    assert (r["n_subjects"], r["n_pairs"]) == (3, 12)
+
+
+def test_trend_draws_the_pairs_once_for_every_size():
+    """Per-pair differences e_i + c_k: a pair's own effect e_i is the same at every size (the same
+    base slice and field direction). Drawing the pairs once per resample for all sizes adds the
+    same weighted mean of e to every m_k, which leaves the slope unchanged: a zero-width
+    interval, although each size's own interval (hierarchical_bootstrap) is wide."""
+    ids = _ids()
+    rng = np.random.default_rng(2)
+    e = dict(zip(ids, 3.0 * rng.standard_normal(len(ids))))
+    zero = {i: 0.0 for i in ids}
+    pts = [(x, {i: e[i] + 0.1 * x for i in ids}, zero) for x in (10.0, 22.0, 34.0)]
+    r = trend_bootstrap(pts, n_boot=500)
+    assert r["lo"] == pytest.approx(0.1) == pytest.approx(r["hi"])
+    one = hierarchical_bootstrap([e[i] for i in ids], np.zeros(len(ids)),
+                                 [pair_levels(i)[0] for i in ids], n_boot=500)
+    assert one["hi"] - one["lo"] > 1.0
+
+
+def test_trend_resamples_each_size_s_seeds_on_their_own():
+    """Two sizes x = 0, 1 and no pair variation; side a has two seeds at ±δ around its mean at
+    each size. A resample's mean at size k is c_k + δ·u_k with u_k = −1, 0, +1 with probability
+    ¼, ½, ¼, independent between the sizes (different training runs), so the slope is
+    (c_1 − c_0) + δ·(u_1 − u_0): −2δ and +2δ each with probability 1/16 > 2.5 %, and the 95 %
+    interval is exactly (c_1 − c_0) ± 2δ. (Seeds drawn once for both sizes would give a point.)"""
+    ids, d = _ids(), 0.5
+    zero = {i: 0.0 for i in ids}
+    pts = [(x, [{i: c + d for i in ids}, {i: c - d for i in ids}], zero)
+           for x, c in ((0.0, 1.0), (1.0, 3.0))]
+    r = trend_bootstrap(pts, n_boot=4000)
+    assert r["slope"] == pytest.approx(2.0)
+    assert r["lo"] == pytest.approx(2.0 - 2 * d) and r["hi"] == pytest.approx(2.0 + 2 * d)
+
+
+def test_trend_refuses_one_size_or_other_pairs_and_is_deterministic():
+    ids = _ids()
+    a = {i: 1.0 for i in ids}
+    with pytest.raises(ValueError, match="two different x"):
+        trend_bootstrap([(16, a, a), (16.0, a, a)])
+    other = {i.replace("s2021", "s7"): 1.0 for i in ids}
+    with pytest.raises(ValueError, match="x = 22 was scored on other test pairs"):
+        trend_bootstrap([(16, a, a), (22, other, other)])
+    rng = np.random.default_rng(4)
+    pts = [(x, {i: rng.standard_normal() for i in ids}, a) for x in (10, 16, 22)]
+    assert trend_bootstrap(pts, n_boot=300, seed=3) == trend_bootstrap(pts, n_boot=300, seed=3)

@@ -37,26 +37,47 @@ def test_sweep_plan_has_three_seeds_and_a_full_sigma_matrix():
 
 
 def test_sigmastar_waits_for_its_constant_then_plans_three_parts(monkeypatch):
-    assert P.SIGMA_STAR is None and protocol_jobs("sigmastar") == []
+    monkeypatch.setattr(P, "SIGMA_STAR", None)
+    assert protocol_jobs("sigmastar") == []
+    # σ* set, no λ chosen yet: the validation runs, and the untuned models at λ 0.04
     monkeypatch.setattr(P, "SIGMA_STAR", 28.0)
+    monkeypatch.setattr(P, "SIGMASTAR_BEST_LAMBDA", {})
+    jobs = protocol_jobs("sigmastar")
+    val = [c for c in jobs if c["name"].startswith("val_")]
+    assert len(val) == len(P.SIGMASTAR_LAMBDA_VARIANTS) * len(P.SIGMASTAR_LAMBDAS) == 16
+    assert all(P.is_validation_job(c) for c in val)
+    untuned = [c for c in jobs if not c["name"].startswith("val_")]
+    assert sorted((c["variant"], c["lam"], c["seed"]) for c in untuned) == sorted(
+        (v, P.LAMBDA, 0) for v in ("dirnet", "fcnss", "vm1", "ablated"))
+    assert not any(P.is_validation_job(c) for c in untuned)
+    # λ chosen for three of the four tuned methods
     monkeypatch.setattr(P, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.02, "metareg": 0.04,
                                                      "ablated_free": 0.08})
     jobs = protocol_jobs("sigmastar")
     val = [c for c in jobs if c["name"].startswith("val_")]
-    assert len(val) == len(P.SIGMASTAR_LAMBDA_VARIANTS) * len(P.SIGMASTAR_LAMBDAS)
+    assert len(val) == 16
     assert all(c["val_every"] == c["steps"] == P.TRAIN_STEPS and c["val_pairs"] == 40
                for c in val)
     main = [c for c in jobs if not c["name"].startswith(("val_", "steps_"))]
     assert sorted((c["variant"], c["lam"], c["seed"]) for c in main) == sorted(
         [(v, lam, s) for v, lam in (("vm2", 0.02), ("metareg", 0.04), ("ablated_free", 0.08))
-         for s in (0, 1, 2)])                  # methods without a chosen λ wait for one
+         for s in (0, 1, 2)] + [(v, P.LAMBDA, 0) for v in ("dirnet", "fcnss", "vm1", "ablated")])
+    # the table's runs are new runs: none of them is a validation run
+    assert not {c["name"] for c in main} & {c["name"] for c in val}
     long = [c for c in jobs if c["name"].startswith("steps_")]
-    assert sorted(c["variant"] for c in long) == ["ablated_free", "metareg", "vm2"]
-    assert all(c["plateau"] and c["setting"] == "sweep28" for c in long)
+    assert sorted((c["variant"], c["lam"]) for c in long) == [
+        ("ablated_free", 0.08), ("metareg", 0.04), ("vm2", 0.02)]
+    assert all(c["plateau"] and c["setting"] == "sweep28" and not P.is_validation_job(c)
+               for c in long)
     # a σ* job that is also a sweep job is the same folder with the same config
     sweep = {c["name"]: c for c in protocol_jobs("sweep")}
     shared = [c for c in main if c["name"] in sweep]
     assert shared and all(sweep[c["name"]] == c for c in shared)
+
+
+def test_sigma_star_is_set_to_a_sweep_sigma():
+    assert P.SIGMA_STAR in P.SWEEP_SIGMAS
+    assert f"s{P.SIGMA_STAR:g}" in {t["name"] for t in protocol_jobs("sigmastar")[0]["tests"]}
 
 
 def _env():

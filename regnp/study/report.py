@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .protocols import LAMBDA, LAMBDAS, SETTINGS, TABLE_MODELS, TRAIN_STEPS, VARIANTS
-from .stats import compare_paired, holm, mean_sd
+from .stats import compare_paired, holm, mean_sd, trend_bootstrap
 
 # The paper's numbers (Al Safadi & Song, CVPR 2021), for side-by-side comparison:
 # variant: (Dice mean, std, %|J|>0 mean, std, |J|min mean, std, CPU s)
@@ -228,13 +228,15 @@ def _seeds_txt(c):
     return f"{len(c['seeds'])}: " + " / ".join(f"{v:.2f}" for v in c["per_seed"])
 
 
-def compare(results, setting, test, variant="metareg", others=TABLE_MODELS):
+def compare(results, setting, test, variant="metareg", others=TABLE_MODELS, lams=None):
     """Meta-Reg vs the method with the highest mean Dice among ``others`` (the paper's "best
-    other method"): the :func:`diff` dict plus ``rival``, ``ours``, ``rival_dice``, or None."""
-    me = cell(results, setting, variant, test)
+    other method"): the :func:`diff` dict plus ``rival``, ``ours``, ``rival_dice``, or None.
+    ``lams``: {variant: λ} where a model is not at the default λ (σ*'s chosen λ)."""
+    lams = lams or {}
+    me = cell(results, setting, variant, test, lam=lams.get(variant, LAMBDA))
     if me is None:
         return None
-    rivals = [(v, cell(results, setting, v, test)) for v in others
+    rivals = [(v, cell(results, setting, v, test, lam=lams.get(v, LAMBDA))) for v in others
               if v != variant and not v.startswith("metareg")]
     rivals = [(v, c) for v, c in rivals if c is not None]
     if not rivals:
@@ -273,19 +275,25 @@ def _verdict(row, alpha=0.05):
             f"{where}")
 
 
-def scenario_table(results, setting, test, variants=TABLE_MODELS):
+def scenario_table(results, setting, test, variants=TABLE_MODELS, lams=None, paper=None):
+    """One scenario of Tables 1–4: every model's cell beside the paper's. ``lams``: {variant: λ}
+    for models not at the default λ (the Method column then names each model's λ); ``paper``:
+    the paper's scenario to print beside ours (default: the same setting and test)."""
     lines = ["| Method | Dice (%) | paper | \\|J\\|>0 (%) | paper | \\|J\\|min | paper | CPU (s) "
              "| paper | seeds: Dice per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
-    paper = PAPER.get((setting, test), {})
+    paper = PAPER.get(paper or (setting, test), {})
     for v in variants:
-        c = cell(results, setting, v, test)
+        lam = (lams or {}).get(v, LAMBDA)
+        c = cell(results, setting, v, test, lam=lam)
         p = paper.get(v)
+        name = VARIANTS[v][0] + (f" (λ {lam:g})" if lams else "")
         lines.append(
-            f"| {VARIANTS[v][0]} | {_pm(c and c['dice'])} | {_paper_pm(p, 0)} "
+            f"| {name} | {_pm(c and c['dice'])} | {_paper_pm(p, 0)} "
             f"| {_pm(c and c['jac'])} | {_paper_pm(p, 2)} | {_pm(c and c['minj'])} "
             f"| {_paper_pm(p, 4)} | {_cpu(c, 4)} "
             f"| {'–' if p is None else f'{p[6]:.4f}'} | {_seeds_txt(c)} |")
-    before = next((c for c in (cell(results, setting, v, test) for v in variants) if c), None)
+    before = next((c for c in (cell(results, setting, v, test, lam=(lams or {}).get(v, LAMBDA))
+                               for v in variants) if c), None)
     if before:
         lines.append(f"\nDice before registration: {_pm(before['dice_before'])} %.")
     return "\n".join(lines)
@@ -598,6 +606,23 @@ def claim_data(results):
                      dice_before=m["dice_before"][0])
             row.update(d, regime=_regime(d, setting, test))
         rows.append(row)
+    from .sigmastar import claim_rows
+    for setting, test, text, paper_delta, sig, rival, lams in claim_rows(results):
+        if "metareg" not in lams:                # σ*'s models wait for their chosen λ
+            c = None
+        elif rival is None:                      # Meta-Reg vs the best other method there
+            c = compare(results, setting, test, lams=lams,
+                        others=tuple(v for v in TABLE_MODELS if v in lams))
+        elif rival not in lams:
+            c = None
+        else:
+            m = cell(results, setting, "metareg", test, lam=lams.get("metareg", LAMBDA))
+            a = cell(results, setting, rival, test, lam=lams.get(rival, LAMBDA))
+            c = m and a and dict(diff(m, a), rival=rival, ours=m["dice"][0],
+                                 rival_dice=a["dice"][0], dice_before=m["dice_before"][0])
+        rows.append(dict(c or {}, text=text, paper=paper_delta, sig=sig,
+                         rival=(c or {}).get("rival", rival or "vm2"),
+                         regime=_regime(c, setting, test) if c else None))
     adjusted = holm([r.get("p") for r in rows])
     for r, ph in zip(rows, adjusted):
         r["p_holm"] = ph
@@ -943,7 +968,7 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
         suffix = family.split("-", 1)[1] if "-" in family else ""
         out += [f"## Meta-Reg's advantage against deformation size (liver, σ_train = σ_test"
                 + (f"; {suffix} fields)" if suffix else ")"), "",
-                sigma_table(spts), "", "Within each test set, by thirds of the pairs' Dice "
+                sigma_table(spts), ""] + trend_lines(spts) + ["Within each test set, by thirds of the pairs' Dice "
                 "before registration (hardest first; the same pairs on both sides):", "",
                 difficulty_table(spts), ""]
         mats = [(r, sigma_matrix(results, family, r)) for r in SIGMA_RIVALS]
@@ -956,6 +981,9 @@ def write_report(root, tables_path, fig_dir, readme_path=None):
         if len(spts) >= 2:           # a curve needs two σ
             figs.append(_plot_sigma(spts, Path(fig_dir) / ("results_sigma" + (
                 f"_{suffix}" if suffix else "") + ".png")))
+    # --- σ*: Tables 1, 2 and 5 at the paper's difficulty
+    from .sigmastar import section
+    out += section(results)
     # --- lambda
     pts = {v: lambda_points(results, v) for v in ("vm2", "metareg")}
     if any(len(p) >= 2 for p in pts.values()):      # a curve needs two λ values at least
@@ -1103,6 +1131,9 @@ def answer_in_short(results, rows):
                                             for where, c in spts)
                    + regime_sentence([(where, c["vm2"]["dice"][0]) for where, c in spts],
                                      paper_vm2) + ".")
+    out += sweep_answer(results)
+    from .sigmastar import answer_lines
+    out += answer_lines(results)
     done = [r for r in rows if r.get("delta") is not None]
     claimed = [r for r in done if r["sig"]]
     repro = [r for r in claimed if r["p_holm"] < 0.05 and r["delta"] > 0]
@@ -1123,6 +1154,41 @@ def answer_in_short(results, rows):
                    f"Dice points ({widest[1]}, {widest[2]}); the intervals of two-seed models "
                    "resample the seeds, those of one-seed models cannot.")
     return out
+
+
+def _trend_word(t):
+    if t["lo"] > 0:
+        return "grows with σ"
+    if t["hi"] < 0:
+        return "shrinks with σ"
+    return "shows no trend with σ that the interval can tell from none"
+
+
+def sweep_answer(results, min_points=3):
+    """The answer's bullet on the deformation-size sweep: Meta-Reg − VoxelMorph-2 and − the
+    paper's ablation at every σ of the sweep and their trend (:func:`sigma_trend`); empty until
+    ``min_points`` σ have both Meta-Reg and VoxelMorph-2."""
+    from .protocols import SWEEP_FIELD
+    pts = sigma_points(results, f"chaos-{SWEEP_FIELD}")
+    if sum(1 for _, c, _ in pts if c.get("vm2")) < min_points:
+        return []
+    before = [c["metareg"]["dice_before"][0] for _, c, _ in pts]
+    parts = []
+    for r in SIGMA_RIVALS:
+        here = [(sg, d[r], c[r]) for sg, c, d in pts if r in d]
+        t = sigma_trend(pts, r)
+        if not here or t is None:
+            continue
+        seeds = ", ".join(f"{d['seeds'][0]}+{d['seeds'][1]}" for _, d, _ in here)
+        parts.append(f"Meta-Reg − {VARIANTS[r][0]} is "
+                     + ", ".join(f"{d['delta']:+.2f} [{_ci_txt(d)}] at σ {sg:g}" for sg, d, _ in here)
+                     + f" (training seeds, Meta-Reg + the other, per σ: {seeds}); its trend is "
+                     f"{trend_txt(t)}: the advantage {_trend_word(t)}")
+    return [f"- **Does the advantage grow with deformation size?** On the sweep (liver, "
+            f"velocity-field pairs, σ_train = σ_test, λ {LAMBDA:g}, Dice before "
+            f"{max(before):.0f} → {min(before):.0f} %): " + ". ".join(parts)
+            + ". Each interval is one σ's (hierarchical bootstrap), not adjusted for the "
+            "sweep's many comparisons."]
 
 
 FIGURES = {"results_sigma": "Meta-Reg − VoxelMorph-2 and − the paper's ablation against σ; Dice "
@@ -1315,6 +1381,46 @@ def sigma_points(results, family="chaos", rivals=SIGMA_RIVALS):
         pts.append((sigma, cells, {r: diff(cells["metareg"], cells[r]) for r in rivals
                                    if cells[r] is not None}))
     return sorted(pts, key=lambda p: p[0])
+
+
+def sigma_trend(pts, rival):
+    """Meta-Reg − ``rival`` against σ: :func:`regnp.study.stats.trend_bootstrap` over the σ
+    points of :func:`sigma_points` where both have run (the test pairs drawn once for every σ,
+    each σ's seeds on their own); None with fewer than two σ. Slope in Dice points per px."""
+    use = [(s, c["metareg"]["seed_dice"], c[rival]["seed_dice"]) for s, c, _ in pts
+           if c.get(rival)]
+    if len({s for s, _, _ in use}) < 2:
+        return None
+    fp = ("trend", rival, tuple((s, tuple(tuple(sorted(d.items())) for d in a + b))
+                                for s, a, b in use))
+    if fp not in _DIFFS:
+        _DIFFS[fp] = trend_bootstrap(use)
+    return _DIFFS[fp]
+
+
+TREND_PER = 10.0        # the trend is quoted per 10 px of σ
+
+
+def trend_txt(t):
+    """"+0.52 per 10 px (CI −0.10 to +1.20; p = 0.09)"."""
+    k = TREND_PER
+    return (f"{k * t['slope']:+.2f} per {k:g} px (CI {k * t['lo']:+.2f} to {k * t['hi']:+.2f}; "
+            f"p {_p_eq(t['p'], t['n_boot'])})")
+
+
+def trend_lines(pts):
+    """The sweep section's trend paragraph (markdown lines; empty with fewer than two σ)."""
+    parts = [(r, sigma_trend(pts, r)) for r in SIGMA_RIVALS]
+    parts = [(r, t) for r, t in parts if t]
+    if not parts:
+        return []
+    return ["Trend against σ: the least-squares slope of Meta-Reg's Δ Dice over the σ where both "
+            "networks have run, with a 95 % interval from the hierarchical bootstrap that draws "
+            "the test subjects, slices and pairs once for every σ (the same pair ids at every "
+            "size) and each σ's training seeds on their own: "
+            + "; ".join(f"Meta-Reg − {VARIANTS[r][0]} {trend_txt(t)} over σ "
+                        + ", ".join(f"{x:g}" for x in t["x"]) for r, t in parts)
+            + ". A slope summarises the direction; it does not say the change is linear.", ""]
 
 
 def sigma_table(pts):

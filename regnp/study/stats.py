@@ -10,6 +10,9 @@ module holds every statistic the report uses, each a few lines over NumPy/SciPy:
 - :func:`hierarchical_bootstrap` — the headline 95 % interval and p: it resamples test subjects,
   then base slices within each drawn subject, then pairs within each drawn slice, and each
   model's training seeds, so the interval carries every source of variation the study has;
+- :func:`trend_bootstrap` — does a paired difference change with the deformation size? The
+  least-squares slope of the mean difference against σ, with the same nested resampling drawn
+  once for every σ (the test sets of the sweep share their pair ids);
 - :func:`holm` — Holm's step-down adjustment across a family of claims;
 - :func:`mean_sd` — a table cell's mean ± sample sd over the same values that are tested.
 
@@ -244,6 +247,68 @@ def compare_paired(a, b, n_boot=BOOTSTRAP_B, seed=BOOTSTRAP_SEED, names=("a", "b
                t=None if t is None else t[0], p_t=None if t is None else t[1],
                w=None if w is None else w[0], p_w=None if w is None else w[1])
     return out
+
+
+def _slope(x, y):
+    """Least-squares slope of ``y`` against ``x`` along the last axis of ``y``:
+    Σ (x − x̄)(y − ȳ) / Σ (x − x̄)²."""
+    xc = np.asarray(x, np.float64) - np.mean(x)
+    y = np.asarray(y, np.float64)
+    return (y - y.mean(-1, keepdims=True)) @ xc / (xc @ xc)
+
+
+def trend_bootstrap(points, n_boot=BOOTSTRAP_B, seed=BOOTSTRAP_SEED, level=0.95):
+    """Does the mean paired difference a − b grow (or shrink) with x? Slope, 95 % interval, p.
+
+    ``points``: a list of (x, a, b), one per deformation size x (σ in px), where ``a`` and ``b``
+    are the two sides' per-pair values at that x as in :func:`matched` (lists of per-seed dicts
+    {pair id: value}; the networks of different x are different training runs). Every point
+    must hold the **same pair ids** (the sweep scores one test list at every σ: the same base
+    slices with fields of another size), and at least two distinct x.
+
+    The statistic is the least-squares slope of the K mean differences m_k against x_k (units:
+    value per unit of x). Each resample draws the nested pair weights of
+    :func:`cluster_weights` **once** and applies them at every x (a subject drawn twice counts
+    twice at every size, which keeps the correlation between the sizes' differences), and draws
+    each side's seeds at each x independently (separate training runs). Interval: percentiles of
+    the resampled slopes; p: twice the smaller share on either side of 0, floored at 1/n_boot
+    (as :func:`hierarchical_bootstrap`). The slope summarises a trend; it does not say the trend
+    is linear — read it with the per-σ differences.
+
+    Returns dict: ``slope`` (observed: the slope of the observed means), ``lo``, ``hi``, ``p``,
+    ``n_boot``, ``x`` and ``means`` (the observed m_k), ``n_subjects``, ``n_pairs``.
+    """
+    if len({float(x) for x, _, _ in points}) < 2:
+        raise ValueError("a trend needs points at two different x at least")
+    ids, sides = None, []
+    for x, a, b in points:
+        i, A, B = matched(a, b, names=(f"a at x = {x:g}", f"b at x = {x:g}"))
+        if ids is None:
+            ids = i
+        elif i != ids:
+            raise ValueError(f"the point at x = {x:g} was scored on other test pairs than the "
+                             f"first; a trend over sizes needs one test list at every size")
+        sides.append((float(x), A, B))
+    levels = [pair_levels(i) for i in ids]
+    rng = np.random.default_rng(seed)
+    W = cluster_weights([s for s, _ in levels], [s for _, s in levels], int(n_boot), rng)
+    xs = np.array([x for x, _, _ in sides])
+    boot = np.empty((int(n_boot), len(sides)))
+    for k, (_, A, B) in enumerate(sides):
+        d = 0.0
+        for sign, M in ((1.0, A), (-1.0, B)):
+            S = M.shape[0]
+            c = rng.multinomial(S, np.full(S, 1 / S), size=int(n_boot))       # (n_boot, S)
+            d = d + sign * (c @ M / S)                                        # (n_boot, P)
+        boot[:, k] = (W * d).sum(1) / W.sum(1)
+    slopes = _slope(xs, boot)
+    means = np.array([(A.mean(0) - B.mean(0)).mean() for _, A, B in sides])
+    lo, hi = np.quantile(slopes, [(1 - level) / 2, (1 + level) / 2])
+    p = 2 * min(np.mean(slopes <= 0), np.mean(slopes >= 0))
+    return {"slope": float(_slope(xs, means)), "lo": float(lo), "hi": float(hi),
+            "p": float(min(1.0, max(p, 1 / n_boot))), "n_boot": int(n_boot),
+            "x": xs.tolist(), "means": means.tolist(),
+            "n_subjects": len({s for s, _ in levels}), "n_pairs": len(ids)}
 
 
 def holm(pvalues):
