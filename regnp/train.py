@@ -193,6 +193,8 @@ def train(config, steps, out, resume=False, data_root=None, save_every=100, val_
     the files it created, so the same call can simply be made again.
     """
     from tqdm import tqdm
+    from .ops._fast.heap import keep_freed_memory
+    keep_freed_memory()             # each step re-uses the last one's memory (no page faults)
     run = _Run(config, out, resume, overwrite, data_root, val_every, val_pairs, on_save,
                divergence_patience)
     model, opt, obj, data = run.model, run.opt, run.obj, run.train_ds

@@ -379,6 +379,54 @@ def import_order_check(rounds=5, repeats=10, model="metareg"):
     return out
 
 
+_HEAP_CODE = """\
+import json, resource, sys, time
+import numpy as np
+from regnp.bench.setups import prep_model
+from regnp.ops._fast.heap import keep_freed_memory
+infer, step = prep_model(sys.argv[1])
+for _ in range(3):
+    step()
+f0, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+for _ in range(int(sys.argv[2])):
+    t0 = time.perf_counter()
+    step()
+    times.append(1e3 * (time.perf_counter() - t0))
+f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(json.dumps({"ms": float(np.median(times)), "faults": (f1 - f0) / len(times),
+                  "heap": keep_freed_memory()}))
+"""
+
+
+def heap_ab(models=("metareg", "vm2"), rounds=5, repeats=10):
+    """The training step with glibc keeping freed memory (``regnp.ops._fast.heap``, what
+    ``regnp.train`` does) and with glibc's defaults (``REGNP_KEEP_MEMORY=0``), each in a fresh
+    process, alternating for ``rounds`` rounds. Returns rows {model, kept_ms, default_ms,
+    ratio (kept / default, median of the per-round ratios), kept_faults, default_faults
+    (minor page faults per step, medians), heap (what the kept side reported)}."""
+    import json
+    import os
+    import subprocess
+    import sys
+    rows = []
+    for model in models:
+        got = {"1": [], "0": []}
+        for r in range(rounds):
+            for k in (("1", "0") if r % 2 == 0 else ("0", "1")):
+                env = dict(os.environ, REGNP_KEEP_MEMORY=k)
+                p = subprocess.run([sys.executable, "-c", _HEAP_CODE, model, str(repeats)],
+                                   env=env, capture_output=True, text=True, check=True)
+                got[k].append(json.loads(p.stdout.strip().splitlines()[-1]))
+        kept, dflt = got["1"], got["0"]
+        rows.append({"model": model, "kept_ms": float(np.median([g["ms"] for g in kept])),
+                     "default_ms": float(np.median([g["ms"] for g in dflt])),
+                     "ratio": float(np.median([a["ms"] / b["ms"] for a, b in zip(kept, dflt)])),
+                     "kept_faults": float(np.median([g["faults"] for g in kept])),
+                     "default_faults": float(np.median([g["faults"] for g in dflt])),
+                     "heap": kept[0]["heap"]})
+    return rows
+
+
 def _median_ms(fn, repeats, warmup=1):
     """Median milliseconds of fn() over ``repeats`` runs after ``warmup`` untimed runs."""
     from regnp.metrics import Timer
@@ -470,6 +518,10 @@ def main(argv=None):
                     help="instead: Meta-Reg and VoxelMorph-2 training step and inference with "
                          "the skip joins read in place vs upsample + concatenate + conv, "
                          "alternating for --rounds rounds")
+    ap.add_argument("--heap-ab", action="store_true",
+                    help="instead: Meta-Reg and VoxelMorph-2 training step with glibc keeping "
+                         "freed memory (as regnp.train does) vs glibc's defaults, fresh "
+                         "processes alternating for --rounds rounds; time and page faults")
     args = ap.parse_args(argv)
     from regnp._cli import run_cli
     return run_cli(lambda: _run_main(args), "no table was printed")
@@ -482,7 +534,7 @@ def _run_main(args):
     from regnp.bench import machine as machine_mod
     positive_int("--repeats", args.repeats)
     positive_int("--size", args.size)
-    if args.roofline or not (args.machine or args.joins_ab or args.compare_torch
+    if args.roofline or not (args.machine or args.joins_ab or args.compare_torch or args.heap_ab
                              or args.import_order or args.profile or args.memory or args.only):
         _roofline_unet(args.model, args.size)       # bad --model / --size: say so before timing
     if args.machine or args.roofline:
@@ -501,6 +553,19 @@ def _run_main(args):
         for r in rows:
             print(f"  {r['model']:<8} {r['what']:<10} joins in place {r['fused_ms']:8.1f} ms, "
                   f"upsample + concat + conv {r['unfused_ms']:8.1f} ms, ratio {r['ratio']:.2f}")
+        return rows
+    if args.heap_ab:
+        positive_int("--rounds", args.rounds)
+        print(machine_mod.format_machine(machine_mod.measure(quick=args.quick)))
+        repeats = 3 if args.quick else args.repeats
+        rows = heap_ab(rounds=args.rounds, repeats=repeats)
+        print(f"training step, batch 2, 256x256; medians of {repeats} steps per process, "
+              f"{args.rounds} alternating rounds; ratio = kept / glibc's defaults, per round")
+        for r in rows:
+            print(f"  {r['model']:<8} freed memory kept ({r['heap']}) {r['kept_ms']:7.1f} ms, "
+                  f"{r['kept_faults']:8.0f} page faults/step; glibc's defaults "
+                  f"{r['default_ms']:7.1f} ms, {r['default_faults']:8.0f} page faults/step; "
+                  f"ratio {r['ratio']:.2f}")
         return rows
     if args.compare_torch:
         from regnp.bench import torch_side as bench_torch

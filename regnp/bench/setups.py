@@ -7,9 +7,12 @@ import numpy as np
 def training_setup(name, N=2, S=256, fuse_joins=True, **options):
     """(model, objective, Adam, F, M) for timing ``name`` at batch N, S×S (random images).
     ``fuse_joins=False``: the U-Net (if any) runs its skip joins as upsample + concatenate +
-    conv, as before they were read in place (for A/B timings)."""
+    conv, as before they were read in place (for A/B timings). Like training, it asks glibc to
+    keep freed memory (``regnp.ops._fast.heap``) unless ``REGNP_KEEP_MEMORY=0``."""
     from regnp.models import Objective, build_model
     from regnp.nn.optim import Adam
+    from regnp.ops._fast.heap import keep_freed_memory
+    keep_freed_memory()             # as regnp.train does (REGNP_KEEP_MEMORY=0: glibc's defaults)
     model = build_model(name, seed=0, **options)
     if hasattr(model, "unet"):
         model.unet.fuse_joins = fuse_joins
