@@ -1511,15 +1511,24 @@ def _plot_sigma(pts, path):
         if not xs:
             continue
         off = (k - 0.5) * 0.3                         # side by side, not on top of each other
+        t = sigma_trend(pts, r)
+        trend = "" if t is None else (f"\ntrend {TREND_PER * t['slope']:+.2f} per {TREND_PER:g} px "
+                                      f"[{TREND_PER * t['lo']:+.2f}, {TREND_PER * t['hi']:+.2f}]")
         ax.errorbar([s + off for s, _ in xs], [d["delta"] for _, d in xs],
                     yerr=[[d["delta"] - d["lo"] for _, d in xs], [d["hi"] - d["delta"] for _, d in xs]],
-                    marker="o", capsize=3, label=f"Meta-Reg − {VARIANTS[r][0]}")
+                    marker="o", capsize=3, label=f"Meta-Reg − {VARIANTS[r][0]}{trend}")
+    from .protocols import SIGMA_STAR
+    sig = [s for s, _, _ in pts]
+    if SIGMA_STAR is not None and min(sig) <= SIGMA_STAR <= max(sig):
+        ax.axvline(SIGMA_STAR, color="gray", ls=":", lw=1)
+        ax.annotate(f"σ* = {SIGMA_STAR:g}: VM-2 nearest\nthe paper's difficulty",
+                    (SIGMA_STAR, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", va="top", fontsize=7, color="gray")
     ax.set_xlabel("σ_train = σ_test (px RMS at 256²)")
     ax.set_ylabel("Δ Dice (points)")
     ax.set_title("Meta-Reg's advantage against deformation size\n(hierarchical 95 % intervals)",
                  fontsize=9)
-    ax.legend(fontsize=8)
-    sig = [s for s, _, _ in pts]
+    ax.legend(fontsize=7)
     bx.plot(sig, [c["metareg"]["dice_before"][0] for _, c, _ in pts], "ks-", label="Dice before")
     bx.set_xlabel("σ_train = σ_test (px RMS at 256²)")
     bx.set_ylabel("Dice before registration (%)")
