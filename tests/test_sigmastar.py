@@ -198,3 +198,22 @@ def test_the_answer_says_whether_the_advantage_grows_with_sigma(tmp_path):
     assert "(training seeds, Meta-Reg + the other, per σ: 2+2, 2+2, 2+2)" in ans
     text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     assert "Trend against σ: the least-squares slope" in text
+
+
+def test_no_sigma_star_part_before_the_grid_reaches_it(tmp_path, monkeypatch):
+    """A grid with sweep jobs at other σ only (or a quick grid, whose stand-in σ* is its largest
+    σ) has no σ* section, claims or bullet; one job at σ* brings them in, the claims waiting
+    for the chosen λ."""
+    monkeypatch.setattr(P, "SIGMA_STAR", 22.0)
+    monkeypatch.setattr(P, "SIGMASTAR_BEST_LAMBDA", {})
+    for sigma in (16.0, 28.0):
+        _job(tmp_path, job_config(f"sweep{sigma:g}", "vm2"), {f"s{sigma:g}": np.full(N, 0.8)})
+    results = load_results(tmp_path)[0]
+    assert not S.reached(results) and S.section(results) == [] and S.answer_lines(results) == []
+    assert not any(r["text"].startswith("at σ*") for r in claim_data(results))
+    _job(tmp_path, job_config("sweep22", "vm2"), {"s22": np.full(N, 0.8)})
+    results = load_results(tmp_path)[0]
+    assert S.reached(results) and S.section(results)[0].startswith("## At σ*")
+    star = [r for r in claim_data(results) if r["text"].startswith("at σ*")]
+    assert len(star) == 3 and all(r.get("delta") is None for r in star)
+    assert "(0 of 16 finished)" in S.answer_lines(results)[0]

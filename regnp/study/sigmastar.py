@@ -61,6 +61,16 @@ def sigma_star_rule(results):
             "set": P.SIGMA_STAR, "agrees": best is None or best == P.SIGMA_STAR}
 
 
+def reached(results):
+    """Whether the grid holds any job trained at σ* (``SIGMA_STAR`` set): the σ* section, its
+    claims and its bullet appear from then on. (A quick grid stands in its largest σ for σ*
+    and so never reaches the real one: its report has no σ* part.)"""
+    if P.SIGMA_STAR is None:
+        return False
+    setting = sweep_setting(float(P.SIGMA_STAR))
+    return any(m["config"].get("setting") == setting for m in results.values())
+
+
 def lambda_choice(results, setting):
     """The validation runs of ``setting``: {variant: {λ: (validation Dice %, |J|>0 % or None,
     seed)}} and the rule's choice {variant: λ of the highest validation Dice (ties: the larger
@@ -203,16 +213,14 @@ def _long_runs(results, setting, test, lams):
 
 
 def section(results):
-    """The σ* section of TABLES.md (markdown lines; empty before the sweep has a VoxelMorph-2
-    point)."""
+    """The σ* section of TABLES.md (markdown lines; empty until the grid has a job at σ*:
+    :func:`reached`)."""
     from .report import PAPER, compare, scenario_table
-    rule = sigma_star_rule(results)
-    if not rule["vm2"] and P.SIGMA_STAR is None:
+    if not reached(results):
         return []
+    rule = sigma_star_rule(results)
     out = ["## At σ*, the paper's difficulty: Tables 1, 2 and 5 at each method's own λ", ""]
     out += _rule_lines(rule)
-    if P.SIGMA_STAR is None:
-        return out
     sigma = float(P.SIGMA_STAR)
     setting, test = sweep_setting(sigma), f"s{sigma:g}"
     points, chosen = lambda_choice(results, setting)
@@ -265,8 +273,8 @@ def claim_rows(results):
     ablation), tested at σ* with each method at its λ. Each row: (setting, test, text, paper Δ,
     paper's significance, rival or None for "best other", λ per model). A comparison whose
     tuned models have no chosen λ yet stays "not run yet" (the sweep's λ-0.04 runs do not
-    stand in for them)."""
-    if P.SIGMA_STAR is None:
+    stand in for them). No rows until the grid has reached σ* (:func:`reached`)."""
+    if not reached(results):
         return []
     from .report import PAPER, PAPER_ABLATION
     sigma = float(P.SIGMA_STAR)
@@ -287,8 +295,8 @@ def claim_rows(results):
 
 def answer_lines(results):
     """The answer's bullet at σ*: where the λ choice stands, then Meta-Reg − VoxelMorph-2 and −
-    the paper's ablation, each network at its own λ (empty while ``SIGMA_STAR`` is unset)."""
-    if P.SIGMA_STAR is None:
+    the paper's ablation, each network at its own λ (empty until :func:`reached`)."""
+    if not reached(results):
         return []
     from .report import _ci_txt, cell, diff
     sigma = float(P.SIGMA_STAR)
