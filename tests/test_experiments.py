@@ -650,3 +650,29 @@ def test_regime_sentence_names_the_nearest_size_once_ours_reach_the_paper_s():
     assert both == ". Our σ 22 is nearest the paper's difficulty; our sizes reach past it on both sides"
     assert regime_sentence([("σ 16", 90.7), ("σ 28", 82.0)], 80.5) == \
         ". Our σ 28 is nearest the paper's difficulty"
+
+
+@pytest.mark.slow      # the whole report of the committed grid: every bootstrap (~10 s)
+def test_committed_results_are_what_the_report_makes_of_the_committed_json(tmp_path,
+                                                                           monkeypatch):
+    """results/TABLES.md, results/README.md and the project README's summary block are, byte
+    for byte, what ``python -m regnp.study report`` makes of the committed results/runs: after
+    new jobs are committed, run the report and commit its output with them."""
+    from regnp.study.report import (SUMMARY_BEGIN, SUMMARY_END, _DIFFS, load_results,
+                                    summary_block)
+    monkeypatch.chdir(REPO)
+    root = Path("results") / "runs"
+    if not any(root.glob("*/metrics.json")):
+        pytest.skip("no committed grid results in results/runs")
+    _DIFFS.clear()
+    tables, page = tmp_path / "results" / "TABLES.md", tmp_path / "results" / "README.md"
+    write_report(root, tables, tmp_path / "figures", readme_path=page)
+    for made, committed in ((tables, REPO / "results" / "TABLES.md"),
+                            (page, REPO / "results" / "README.md")):
+        assert made.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), (
+            f"{committed.relative_to(REPO)} is not what the report makes of results/runs: run "
+            "`python -m regnp.study report` and commit what it writes")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    a, b = readme.index(SUMMARY_BEGIN), readme.index(SUMMARY_END) + len(SUMMARY_END)
+    assert readme[a:b] == summary_block(load_results(root)[0]), (
+        "the README's results summary is stale: run `python -m regnp.study report`")

@@ -217,3 +217,43 @@ def test_no_sigma_star_part_before_the_grid_reaches_it(tmp_path, monkeypatch):
     star = [r for r in claim_data(results) if r["text"].startswith("at σ*")]
     assert len(star) == 3 and all(r.get("delta") is None for r in star)
     assert "(0 of 16 finished)" in S.answer_lines(results)[0]
+
+
+def test_the_project_readme_block_is_regenerated_between_its_markers(tmp_path, monkeypatch):
+    """`report` of the repository's own results rewrites only the README's block between the
+    two markers, the same bytes on every run; a scratch grid's report leaves the README alone;
+    a README with one marker is refused before anything is written."""
+    from regnp.study.report import (SUMMARY_BEGIN, SUMMARY_END, ReportError, run_report,
+                                    summary_block)
+    monkeypatch.setattr(P, "SIGMA_STAR", 22.0)
+    monkeypatch.setattr(P, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.02, "metareg": 0.04,
+                                                     "ablated_free": 0.08})
+    repo = tmp_path / "repo"
+    runs = repo / "results" / "runs"
+    runs.mkdir(parents=True)
+    d = _tables_grid(runs)
+    readme = repo / "README.md"
+    head, tail = "# project\n\nprose before\n\n", "\n\nprose after\n"
+    readme.write_text(head + SUMMARY_BEGIN + "\nstale\n" + SUMMARY_END + tail, encoding="utf-8")
+    written = run_report(runs, repo=repo)
+    text = readme.read_text(encoding="utf-8")
+    assert readme in written and text.startswith(head) and text.endswith(tail)
+    results = load_results(runs)[0]
+    assert text == head + summary_block(results) + tail
+    row = next(ln for ln in text.splitlines() if ln.startswith("| σ* = 22, each at its own λ"))
+    b = _boot([d["metareg", 0], d["metareg", 1]], [d["vm2", 0]])
+    assert f"| {b['delta']:+.2f} [{b['lo']:+.2f} to {b['hi']:+.2f}] |" in row
+    assert "(Meta-Reg 0.04, VoxelMorph-2 0.02, Ablated (free 13×13, no M) 0.08)" in row
+    assert row.endswith("| 2/1/1 |")
+    before = readme.read_bytes()
+    assert readme not in run_report(runs, repo=repo) and readme.read_bytes() == before
+    # a scratch grid's report (other tables) leaves the project README alone
+    run_report(runs, tables=tmp_path / "scratch" / "T.md", repo=repo)
+    assert readme.read_bytes() == before
+    readme.write_text(head + SUMMARY_BEGIN + tail, encoding="utf-8")
+    tables = repo / "results" / "TABLES.md"
+    tables_before = tables.read_bytes()
+    _job(runs, job_config("sweep22", "vm1"), {"s22": d["vm2", 0]})    # would change the tables
+    with pytest.raises(ReportError, match="only one of the results-summary markers"):
+        run_report(runs, repo=repo)
+    assert tables.read_bytes() == tables_before
