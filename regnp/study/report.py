@@ -9,7 +9,9 @@ grid folder and writes (nothing is retrained; about a minute, most of it the boo
   generated from the numbers, the headline comparisons, the claims, what M does, the figures;
 - ``results_*.png``: into the repository's ``figures/`` only when the tables are the
   repository's own ``results/TABLES.md``, else into ``figures/`` beside the tables
-  (``--figures``), so the report of a scratch grid never replaces the committed figures.
+  (``--figures``), so the report of a scratch grid never replaces the committed figures;
+- with the repository's own tables, the project README's results summary: the block between
+  :data:`SUMMARY_BEGIN` and :data:`SUMMARY_END` (:func:`summary_block`), nothing else of it.
 
 The same JSON gives the same files byte for byte. The report refuses to replace a file it did not
 write, or a file holding results with the report of a folder holding none. Jobs that have not
