@@ -198,6 +198,10 @@ def test_the_answer_says_whether_the_advantage_grows_with_sigma(tmp_path):
     assert "(training seeds, Meta-Reg + the other, per σ: 2+2, 2+2, 2+2)" in ans
     text, _ = write_report(tmp_path, tmp_path / "T.md", tmp_path / "f")
     assert "Trend against σ: the least-squares slope" in text
+    from regnp.study.report import summary_table
+    row = next(ln for ln in summary_table(results) if ln.startswith("| trend per 10 px"))
+    assert f"| {10 * t['slope']:+.2f} [{10 * t['lo']:+.2f} to {10 * t['hi']:+.2f}] over σ " \
+           "16–28 | – |" in row
 
 
 def test_no_sigma_star_part_before_the_grid_reaches_it(tmp_path, monkeypatch):

@@ -1297,12 +1297,12 @@ def summary_table(results):
             pts = sigma_points(results, family)
             ts = {r: sigma_trend(pts, r) for r in SIGMA_RIVALS}
             if any(ts.values()):
-                span = next(t for t in ts.values() if t)["x"]
-                out.append(f"| trend per {TREND_PER:g} px over σ {span[0]:g}–{span[-1]:g} | | "
-                           + "| " + " | ".join(
+                out.append(f"| trend per {TREND_PER:g} px of σ (velocity fields) | | | "
+                           + " | ".join(
                                "–" if t is None else
                                f"{TREND_PER * t['slope']:+.2f} [{TREND_PER * t['lo']:+.2f} to "
-                               f"{TREND_PER * t['hi']:+.2f}]" for t in ts.values()) + " | |")
+                               f"{TREND_PER * t['hi']:+.2f}] over σ {t['x'][0]:g}–{t['x'][-1]:g}"
+                               for t in ts.values()) + " | |")
     from .protocols import SIGMA_STAR, sweep_setting
     if reached(results):
         lams = model_lambdas()
