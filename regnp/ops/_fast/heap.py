@@ -4,10 +4,10 @@ page-fault it back in.
 Why: a step allocates its activations, caches and gradients afresh (tens of arrays of 1–32 MB
 at 256×256) and frees them when it ends. glibc's malloc serves blocks above its mmap threshold
 with fresh ``mmap`` calls and hands large freed tops of the heap back to the kernel
-(``M_TRIM_THRESHOLD``), so every step touches pages the kernel has to zero and map again. On
-the 2-vCPU EPYC VM telling glibc to keep that memory made the VM-2 step 0.95× and the
-Meta-Reg step 0.92× as long (``docs/performance.md``); inference, which allocates little, did
-not change.
+(``M_TRIM_THRESHOLD``), so every step touches pages the kernel has to zero and map again
+(1,500–3,000 page faults per step). On the 2-vCPU EPYC VM keeping that memory made the step
+0.79–0.87× as long with 2 threads, but only 0.95× (VM-2) and 1.02× (Meta-Reg) with one thread,
+how grid jobs run (``python -m regnp.bench --heap-ab``; ``docs/performance.md``).
 
 What :func:`keep_freed_memory` sets, once per process, through ``mallopt``:
 
