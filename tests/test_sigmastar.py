@@ -149,6 +149,22 @@ def test_tables_at_sigma_star_use_each_models_own_lambda(tmp_path, monkeypatch):
             f"[{b['lo']:+.2f} to {b['hi']:+.2f}], 2+1 seeds") in ans
 
 
+def test_the_lambda_table_is_read_against_the_seed_spread(tmp_path, monkeypatch):
+    """Under the λ table: how far the seed alone moves the σ* test Dice at λ 0.04 (only methods
+    with two or more seeds there; VM-2 has one λ-0.04 run, so it is not named)."""
+    monkeypatch.setattr(P, "SIGMA_STAR", 22.0)
+    d = _tables_grid(tmp_path)
+    results = load_results(tmp_path)[0]
+    means = [100 * d["metareg", s].mean() for s in (0, 1)]
+    lo, hi = min(means), max(means)
+    assert S.seed_spread(results, "sweep22", "s22") == {
+        "metareg": (pytest.approx(lo), pytest.approx(hi), 2)}
+    text = "\n".join(S.section(results))
+    # one sentence from "spread" to "Validation": Meta-Reg is the only method in it
+    assert (f"the seeds' mean Dice spread Meta-Reg {hi - lo:.2f} points (2 seeds, "
+            f"{lo:.2f}–{hi:.2f}). Validation Dice that differ") in text
+
+
 def test_long_runs_at_sigma_star_beside_the_short_verdict(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "SIGMA_STAR", 22.0)
     monkeypatch.setattr(P, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.02, "metareg": 0.04,
