@@ -100,6 +100,27 @@ def _finished_vm2_at_10s_a_step(root):
     return finished
 
 
+def test_a_variant_new_to_a_data_set_is_scaled_by_the_others_on_both():
+    """FCN-SS's first job on the velocity fields: its only finished jobs are on the mixture
+    fields (0.1 s a step), where VM-2 and Meta-Reg took 0.2 and 0.3 s a step against 0.5 and
+    0.9 on the velocity fields (2.5× and 3×). The estimate carries FCN-SS's speed over with the
+    median factor, 2.75×, rather than taking the mixture-field speed as it is."""
+    done = [_finished("liver16", "fcnss", 0.1, wall=700.0, train_seconds=600.0),
+            _finished("liver16", "vm2", 0.2, wall=1300.0, train_seconds=1200.0),
+            _finished("liver10", "vm2", 0.2, wall=1300.0, train_seconds=1200.0),
+            _finished("liver16", "metareg", 0.3, wall=1900.0, train_seconds=1800.0),
+            _finished("sweep22", "vm2", 0.5, wall=3100.0, train_seconds=3000.0),
+            _finished("sweep28", "metareg", 0.9, wall=5500.0, train_seconds=5400.0)]
+    ev = 100 / 80                                      # every job above scored 80 pairs in 100 s
+    c = dict(job_config("sweep22", "fcnss", seed=0), steps=1000, tests=[{"name": "t", "pairs": 40}])
+    assert estimate_seconds(c, done) == pytest.approx(0.1 * (2.5 + 3.0) / 2 * 1000 + ev * 40)
+    # with no variant on both data sets the factor is 1: the other data's speed as it is
+    only_mixture = [m for m in done if m["config"]["setting"].startswith("liver")]
+    assert estimate_seconds(c, only_mixture) == pytest.approx(0.1 * 1000 + ev * 40)
+    # a variant with its own jobs on the data needs no factor
+    assert estimate_seconds(dict(c, variant="vm2", name="x"), done) == pytest.approx(0.5 * 1000 + ev * 40)
+
+
 def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path, capsys):
     """One finished job says VM-2 takes 10 s a step: a second VM-2 job (hundreds of seconds)
     does not fit into 30 s and is left for later; the solver job has no finished solver to be
