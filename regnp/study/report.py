@@ -1123,14 +1123,14 @@ def answer_in_short(results, rows):
                                          f"{VARIANTS[rival][0]} better")
                                       for s, t, _, _, d in sig) + ")" if sig else "")
                    + ".")
-    spts = [(f"σ {sg:g}" + (f" ({f.split('-', 1)[1]} fields)" if "-" in f else ""), c)
+    spts = [(f"σ {sg:g} ({_FAMILY_WORDS.get(f, f)})", c)
             for f in sigma_families() for sg, c, _ in sigma_points(results, f) if c.get("vm2")]
     if spts:
         paper_vm2 = PAPER[("liver16", "s16")]["vm2"][0]
         out.append(f"- **The paper's regime:** its VoxelMorph-2 scores {paper_vm2:.1f} Dice at σ 16/16; "
-                   + "ours " + " and ".join(f"{c['vm2']['dice'][0]:.1f} at {where} (Dice before "
-                                            f"{c['metareg']['dice_before'][0]:.0f} %)"
-                                            for where, c in spts)
+                   + "ours: " + "; ".join(f"{c['vm2']['dice'][0]:.1f} at {where}, Dice before "
+                                          f"{c['metareg']['dice_before'][0]:.0f} %"
+                                          for where, c in spts)
                    + regime_sentence([(where, c["vm2"]["dice"][0]) for where, c in spts],
                                      paper_vm2) + ".")
     out += sweep_answer(results)
