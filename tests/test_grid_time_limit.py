@@ -214,6 +214,40 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert f"took {median_job:.0f} CPU minutes" in block
 
 
+def test_cost_table_names_the_sigmastar_jobs_that_wait_for_a_lambda(monkeypatch):
+    """σ*'s table and plateau runs of a method are planned only once its λ is chosen; until
+    then the cost table says how many jobs and hours may still come. With VM-2, Meta-Reg and
+    the paper's ablation chosen, only eq. 12 as printed waits: one table run (its first seed;
+    no plateau run, it is not a core model), estimated at the one finished job's 0.1 s a step
+    and 0.5 s of scoring a pair; with Meta-Reg's choice open too, its three seeds and its
+    plateau run join."""
+    import regnp.study.protocols as protocols
+    from regnp.study.protocols import sigmastar_jobs
+    from regnp.study.report import _protocol_cost
+    c = job_config("sweep22", "vm2")
+    results = {c["name"]: {"config": c, "eval_seconds": 0.5 * _pairs(c), "machine": {"threads": 1},
+                           "tests": {}, "train": {"steps": 6000, "seconds": 600.0,
+                                                  "seconds_per_step": 0.1, "sittings": 1}}}
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA",
+                        {"vm2": 0.04, "metareg": 0.04, "ablated_free": 0.04})
+    line = next(r for r in _protocol_cost(results) if r.startswith("Not in the table yet"))
+    waiting = [j for j in sigmastar_jobs(best={"metareg_paper": 0.02})
+               if j["variant"] == "metareg_paper" and not j.get("val_every")]
+    assert [j["name"] for j in waiting] == ["sweep22_metareg_paper_lam0.02_seed0"]
+    hours = (0.1 * waiting[0]["steps"] + 0.5 * _pairs(waiting[0])) / 3600
+    assert "of Meta-Reg (eq. 12 as printed) wait" in line
+    assert f"up to 1 more jobs, about {hours:.1f} CPU hours" in line
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.04, "ablated_free": 0.04})
+    line = next(r for r in _protocol_cost(results) if r.startswith("Not in the table yet"))
+    assert "of Meta-Reg, Meta-Reg (eq. 12 as printed) wait" in line and "up to 5 more jobs" in line
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {v: 0.04 for v in protocols.SWEEP_VARIANTS})
+    assert not any(r.startswith("Not in the table yet") for r in _protocol_cost(results))
+
+
+def _pairs(config):
+    return sum(t["pairs"] for t in config["tests"])
+
+
 def test_list_shows_each_job_left_with_its_estimate(tmp_path):
     """``--list``: a finished VM-2 calibration job that ran at 2 s/step makes the two jobs left
     (no finished job of their variant) 2 s × their steps each."""

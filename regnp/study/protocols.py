@@ -336,7 +336,7 @@ def sweep_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
     return jobs
 
 
-def sigmastar_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
+def sigmastar_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False, best=None):
     """Tables 1, 2 and 5 at σ* (issue 17, Deliver 3), in three parts:
 
     1. λ on validation: each of ``SIGMASTAR_LAMBDA_VARIANTS`` at every λ of
@@ -351,7 +351,9 @@ def sigmastar_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
     3. Training length: one plateau-rule run (as the ``steps`` protocol) per core model, at its
        chosen λ (so it waits for the choice).
 
-    With ``SIGMA_STAR`` unset there are no jobs (run the sweep first); ``quick`` stands in the
+    ``best`` (variant -> λ) stands in for ``SIGMASTAR_BEST_LAMBDA`` (the report plans the jobs
+    still waiting for a choice with it). With ``SIGMA_STAR`` unset there are no jobs (run the
+    sweep first); ``quick`` stands in the
     largest quick σ, λ = 0.04 as every method's choice, two λ for VM-2 and Meta-Reg, the core
     models only and one plateau run, so the wiring is tested in seconds."""
     if SIGMA_STAR is None and not quick:
@@ -365,7 +367,7 @@ def sigmastar_jobs(seeds=SWEEP_SEEDS, quick=False, steps=None, phantom=False):
     else:
         lams, lam_variants, models, long_runs = (SIGMASTAR_LAMBDAS, SIGMASTAR_LAMBDA_VARIANTS,
                                                  SIGMASTAR_MODELS, SWEEP_CORE)
-        best = SIGMASTAR_BEST_LAMBDA
+        best = SIGMASTAR_BEST_LAMBDA if best is None else best
     seeds = list(seeds) if quick else _sweep_seeds(seeds)
     kw = dict(quick=quick, steps=steps, phantom=phantom)
     jobs = [job_config(setting, v, lam=lam, seed=seeds[0], validate=True, **kw)

@@ -535,9 +535,12 @@ def _protocol_cost(results):
     threads = float(np.median([(m.get("machine") or {}).get("threads", 1) for m in grid_done])
                     ) if grid_done else 1.0
 
-    def left_hours(name):
-        e = estimate_seconds(configs[name], grid_done)
+    def left_hours_of(config):
+        e = estimate_seconds(config, grid_done)
         return typical if e is None else e * threads / 3600
+
+    def left_hours(name):
+        return left_hours_of(configs[name])
 
     cores = int(np.median([(m.get("machine") or {}).get("cpus") or 1 for m in grid_done])
                 ) if grid_done else 1
@@ -560,7 +563,27 @@ def _protocol_cost(results):
     grid_left = sum(left_hours(n) for n in every if n not in results and not n.startswith("steps_"))
     rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
                 f"{grid_left:.1f} |")
+    waiting, methods = _sigmastar_waiting(every)
+    if waiting:
+        hours = sum(left_hours_of(c) for c in waiting)
+        rows += ["", f"Not in the table yet: σ*'s Table 1/2/5 runs and plateau runs of "
+                 f"{', '.join(VARIANTS[v][0] for v in methods)} wait for their λ to be chosen on "
+                 f"validation: up to {len(waiting)} more jobs, about {hours:.1f} CPU hours (fewer "
+                 "where the choice is λ 0.04: the sweep's σ* runs are then its table runs)."]
     return rows
+
+
+def _sigmastar_waiting(planned):
+    """The σ* jobs not planned yet because their method's λ is not chosen: (their configs, the
+    methods), planned with a λ no sweep run has (0.02), so that none counts as done — the most
+    the choice can add."""
+    from .protocols import (SIGMA_STAR, SIGMASTAR_BEST_LAMBDA, SIGMASTAR_LAMBDA_VARIANTS,
+                            sigmastar_jobs)
+    methods = [v for v in SIGMASTAR_LAMBDA_VARIANTS if v not in SIGMASTAR_BEST_LAMBDA]
+    if SIGMA_STAR is None or not methods:
+        return [], []
+    jobs = sigmastar_jobs(best={**SIGMASTAR_BEST_LAMBDA, **{v: 0.02 for v in methods}})
+    return [c for c in jobs if c["name"] not in planned], methods
 
 
 # (setting, test, claim, the paper's Δ, whether the paper reports it as significant: its sec.
