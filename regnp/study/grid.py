@@ -418,9 +418,10 @@ def _dataset_factor(trained, source, target):
     is unknown).
 
     Why: a variant's first job on new data (FCN-SS's on the sweep's velocity fields) was
-    estimated from its jobs on other data, which here ran on another machine and pair
-    generator, twice as fast a step as the sweep's jobs: its estimate of 10 min was 21 in the
-    grid. The other variants' jobs on both data sets carry that difference over."""
+    estimated from its jobs on other data, which had run (on another machine, with other
+    fields) at half the seconds per step of the sweep's jobs: estimated at 9 min, it took 19
+    in the grid. The other variants' jobs on both data sets carry that difference over (the
+    same finished jobs now give 18 min)."""
     if source is None or target is None or source == target:
         return 1.0
     by = {}
