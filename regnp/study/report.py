@@ -568,7 +568,7 @@ def _protocol_cost(results):
         hours = sum(left_hours_of(c) for c in waiting)
         rows += ["", f"Not in the table yet: σ*'s Table 1/2/5 runs and plateau runs of "
                  f"{', '.join(VARIANTS[v][0] for v in methods)} wait for their λ to be chosen on "
-                 f"validation: up to {len(waiting)} more jobs, about {hours:.1f} CPU hours (fewer "
+                 f"validation: up to {len(waiting)} more job{'s' * (len(waiting) != 1)}, about {hours:.1f} CPU hours (fewer "
                  "where the choice is λ 0.04: the sweep's σ* runs are then its table runs)."]
     return rows
 
