@@ -100,6 +100,27 @@ def _finished_vm2_at_10s_a_step(root):
     return finished
 
 
+def test_a_variant_new_to_a_data_set_is_scaled_by_the_others_on_both():
+    """FCN-SS's first job on the velocity fields: its only finished jobs are on the mixture
+    fields (0.1 s a step), where VM-2 and Meta-Reg took 0.2 and 0.3 s a step against 0.5 and
+    0.9 on the velocity fields (2.5× and 3×). The estimate carries FCN-SS's speed over with the
+    median factor, 2.75×, rather than taking the mixture-field speed as it is."""
+    done = [_finished("liver16", "fcnss", 0.1, wall=700.0, train_seconds=600.0),
+            _finished("liver16", "vm2", 0.2, wall=1300.0, train_seconds=1200.0),
+            _finished("liver10", "vm2", 0.2, wall=1300.0, train_seconds=1200.0),
+            _finished("liver16", "metareg", 0.3, wall=1900.0, train_seconds=1800.0),
+            _finished("sweep22", "vm2", 0.5, wall=3100.0, train_seconds=3000.0),
+            _finished("sweep28", "metareg", 0.9, wall=5500.0, train_seconds=5400.0)]
+    ev = 100 / 80                                      # every job above scored 80 pairs in 100 s
+    c = dict(job_config("sweep22", "fcnss", seed=0), steps=1000, tests=[{"name": "t", "pairs": 40}])
+    assert estimate_seconds(c, done) == pytest.approx(0.1 * (2.5 + 3.0) / 2 * 1000 + ev * 40)
+    # with no variant on both data sets the factor is 1: the other data's speed as it is
+    only_mixture = [m for m in done if m["config"]["setting"].startswith("liver")]
+    assert estimate_seconds(c, only_mixture) == pytest.approx(0.1 * 1000 + ev * 40)
+    # a variant with its own jobs on the data needs no factor
+    assert estimate_seconds(dict(c, variant="vm2", name="x"), done) == pytest.approx(0.5 * 1000 + ev * 40)
+
+
 def test_grid_defers_what_does_not_fit_and_runs_what_it_cannot_estimate(tmp_path, capsys):
     """One finished job says VM-2 takes 10 s a step: a second VM-2 job (hundreds of seconds)
     does not fit into 30 s and is left for later; the solver job has no finished solver to be
@@ -191,6 +212,40 @@ def test_cost_table_estimates_each_job_left_from_its_variant():
     assert liver in block.splitlines()
     median_job = 680 / 60                        # CPU minutes of the median finished job (VM-2)
     assert f"took {median_job:.0f} CPU minutes" in block
+
+
+def test_cost_table_names_the_sigmastar_jobs_that_wait_for_a_lambda(monkeypatch):
+    """σ*'s table and plateau runs of a method are planned only once its λ is chosen; until
+    then the cost table says how many jobs and hours may still come. With VM-2, Meta-Reg and
+    the paper's ablation chosen, only eq. 12 as printed waits: one table run (its first seed;
+    no plateau run, it is not a core model), estimated at the one finished job's 0.1 s a step
+    and 0.5 s of scoring a pair; with Meta-Reg's choice open too, its three seeds and its
+    plateau run join."""
+    import regnp.study.protocols as protocols
+    from regnp.study.protocols import sigmastar_jobs
+    from regnp.study.report import _protocol_cost
+    c = job_config("sweep22", "vm2")
+    results = {c["name"]: {"config": c, "eval_seconds": 0.5 * _pairs(c), "machine": {"threads": 1},
+                           "tests": {}, "train": {"steps": 6000, "seconds": 600.0,
+                                                  "seconds_per_step": 0.1, "sittings": 1}}}
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA",
+                        {"vm2": 0.04, "metareg": 0.04, "ablated_free": 0.04})
+    line = next(r for r in _protocol_cost(results) if r.startswith("Not in the table yet"))
+    waiting = [j for j in sigmastar_jobs(best={"metareg_paper": 0.02})
+               if j["variant"] == "metareg_paper" and not j.get("val_every")]
+    assert [j["name"] for j in waiting] == ["sweep22_metareg_paper_lam0.02_seed0"]
+    hours = (0.1 * waiting[0]["steps"] + 0.5 * _pairs(waiting[0])) / 3600
+    assert "of Meta-Reg (eq. 12 as printed) wait" in line
+    assert f"up to 1 more job, about {hours:.1f} CPU hours" in line
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.04, "ablated_free": 0.04})
+    line = next(r for r in _protocol_cost(results) if r.startswith("Not in the table yet"))
+    assert "of Meta-Reg, Meta-Reg (eq. 12 as printed) wait" in line and "up to 5 more jobs" in line
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {v: 0.04 for v in protocols.SWEEP_VARIANTS})
+    assert not any(r.startswith("Not in the table yet") for r in _protocol_cost(results))
+
+
+def _pairs(config):
+    return sum(t["pairs"] for t in config["tests"])
 
 
 def test_list_shows_each_job_left_with_its_estimate(tmp_path):

@@ -376,8 +376,9 @@ def estimate_seconds(config, finished, root=None):
     kind (training or solver) × its test pairs; that is all a solver job does. A training job
     adds seconds per step (median of finished training jobs of the same variant and setting,
     else of the same variant trained on the same dataset — the other σ of the sweep, whose
-    pairs cost alike — else of the same variant, else of all) × the steps still to run (its
-    checkpoint's step under ``root`` counts as done).
+    pairs cost alike — else of the same variant on other data, each scaled by
+    :func:`_dataset_factor`, else of all) × the steps still to run (its checkpoint's step
+    under ``root`` counts as done).
     """
     kind = config.get("kind", "train")
     same_kind = [m for m in finished if m.get("config", {}).get("kind", "train") == kind]
@@ -386,17 +387,20 @@ def estimate_seconds(config, finished, root=None):
     if kind == "solver":
         return None if per_pair is None else per_pair * _test_pairs(config)
     trained = [m for m in same_kind if (m.get("train") or {}).get("seconds_per_step")]
+    variant, dataset = config.get("variant"), _train_dataset(config)
     rate = None
-    dataset = _train_dataset(config)
-    for same in (lambda c: c.get("variant") == config.get("variant")
-                 and c.get("setting") == config.get("setting"),
-                 lambda c: c.get("variant") == config.get("variant")
-                 and dataset is not None and _train_dataset(c) == dataset,
-                 lambda c: c.get("variant") == config.get("variant"),
-                 lambda c: True):
+    for same in (lambda c: c.get("variant") == variant and c.get("setting") == config.get("setting"),
+                 lambda c: c.get("variant") == variant and dataset is not None
+                 and _train_dataset(c) == dataset):
         rate = _median([m["train"]["seconds_per_step"] for m in trained if same(m["config"])])
         if rate is not None:
             break
+    if rate is None:       # the variant ran on other data only: carry its speed over
+        rate = _median([m["train"]["seconds_per_step"]
+                        * _dataset_factor(trained, _train_dataset(m["config"]), dataset)
+                        for m in trained if m["config"].get("variant") == variant])
+    if rate is None:
+        rate = _median([m["train"]["seconds_per_step"] for m in trained])
     if rate is None:
         return None
     done = 0
@@ -405,6 +409,28 @@ def estimate_seconds(config, finished, root=None):
         done = checkpoint_step(Path(root) / config["name"] / "checkpoint.npz") or 0
     steps_left = max(0, int(config.get("steps", 0)) - done)
     return rate * steps_left + (per_pair or 0.0) * _test_pairs(config)
+
+
+def _dataset_factor(trained, source, target):
+    """How many times longer a training step on data set ``target`` took than one on
+    ``source``: the median, over the variants that finished jobs on both, of their median
+    seconds per step on ``target`` / on ``source``; 1 when no variant ran on both (or either
+    is unknown).
+
+    Why: a variant's first job on new data (FCN-SS's on the sweep's velocity fields) was
+    estimated from its jobs on other data, which had run (on another machine, with other
+    fields) at half the seconds per step of the sweep's jobs: estimated at 9 min, it took 19
+    in the grid. The other variants' jobs on both data sets carry that difference over (the
+    same finished jobs now give 18 min)."""
+    if source is None or target is None or source == target:
+        return 1.0
+    by = {}
+    for m in trained:
+        key = (m["config"].get("variant"), _train_dataset(m["config"]))
+        by.setdefault(key, []).append(m["train"]["seconds_per_step"])
+    ratios = [_median(by[(v, target)]) / _median(xs) for (v, d), xs in by.items()
+              if d == source and (v, target) in by]
+    return _median(ratios) if ratios else 1.0
 
 
 def _train_dataset(config):

@@ -535,9 +535,12 @@ def _protocol_cost(results):
     threads = float(np.median([(m.get("machine") or {}).get("threads", 1) for m in grid_done])
                     ) if grid_done else 1.0
 
-    def left_hours(name):
-        e = estimate_seconds(configs[name], grid_done)
+    def left_hours_of(config):
+        e = estimate_seconds(config, grid_done)
         return typical if e is None else e * threads / 3600
+
+    def left_hours(name):
+        return left_hours_of(configs[name])
 
     cores = int(np.median([(m.get("machine") or {}).get("cpus") or 1 for m in grid_done])
                 ) if grid_done else 1
@@ -560,7 +563,27 @@ def _protocol_cost(results):
     grid_left = sum(left_hours(n) for n in every if n not in results and not n.startswith("steps_"))
     rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
                 f"{grid_left:.1f} |")
+    waiting, methods = _sigmastar_waiting(every)
+    if waiting:
+        hours = sum(left_hours_of(c) for c in waiting)
+        rows += ["", f"Not in the table yet: σ*'s Table 1/2/5 runs and plateau runs of "
+                 f"{', '.join(VARIANTS[v][0] for v in methods)} wait for their λ to be chosen on "
+                 f"validation: up to {len(waiting)} more job{'s' * (len(waiting) != 1)}, about {hours:.1f} CPU hours (fewer "
+                 "where the choice is λ 0.04: the sweep's σ* runs are then its table runs)."]
     return rows
+
+
+def _sigmastar_waiting(planned):
+    """The σ* jobs not planned yet because their method's λ is not chosen: (their configs, the
+    methods), planned with a λ no sweep run has (0.02), so that none counts as done — the most
+    the choice can add."""
+    from .protocols import (SIGMA_STAR, SIGMASTAR_BEST_LAMBDA, SIGMASTAR_LAMBDA_VARIANTS,
+                            sigmastar_jobs)
+    methods = [v for v in SIGMASTAR_LAMBDA_VARIANTS if v not in SIGMASTAR_BEST_LAMBDA]
+    if SIGMA_STAR is None or not methods:
+        return [], []
+    jobs = sigmastar_jobs(best={**SIGMASTAR_BEST_LAMBDA, **{v: 0.02 for v in methods}})
+    return [c for c in jobs if c["name"] not in planned], methods
 
 
 # (setting, test, claim, the paper's Δ, whether the paper reports it as significant: its sec.
@@ -1123,14 +1146,14 @@ def answer_in_short(results, rows):
                                          f"{VARIANTS[rival][0]} better")
                                       for s, t, _, _, d in sig) + ")" if sig else "")
                    + ".")
-    spts = [(f"σ {sg:g}" + (f" ({f.split('-', 1)[1]} fields)" if "-" in f else ""), c)
+    spts = [(f"σ {sg:g} ({_FAMILY_WORDS.get(f, f)})", c)
             for f in sigma_families() for sg, c, _ in sigma_points(results, f) if c.get("vm2")]
     if spts:
         paper_vm2 = PAPER[("liver16", "s16")]["vm2"][0]
         out.append(f"- **The paper's regime:** its VoxelMorph-2 scores {paper_vm2:.1f} Dice at σ 16/16; "
-                   + "ours " + " and ".join(f"{c['vm2']['dice'][0]:.1f} at {where} (Dice before "
-                                            f"{c['metareg']['dice_before'][0]:.0f} %)"
-                                            for where, c in spts)
+                   + "ours: " + "; ".join(f"{c['vm2']['dice'][0]:.1f} at {where}, Dice before "
+                                          f"{c['metareg']['dice_before'][0]:.0f} %"
+                                          for where, c in spts)
                    + regime_sentence([(where, c["vm2"]["dice"][0]) for where, c in spts],
                                      paper_vm2) + ".")
     out += sweep_answer(results)
