@@ -235,11 +235,12 @@ def test_cost_table_names_the_sigmastar_jobs_that_wait_for_a_lambda(monkeypatch)
                if j["variant"] == "metareg_paper" and not j.get("val_every")]
     assert [j["name"] for j in waiting] == ["sweep22_metareg_paper_lam0.02_seed0"]
     hours = (0.1 * waiting[0]["steps"] + 0.5 * _pairs(waiting[0])) / 3600
-    assert "of Meta-Reg (eq. 12 as printed) wait" in line
+    assert "σ*'s Table 1/2/5 runs of Meta-Reg (eq. 12 as printed) wait" in line   # no plateau run
     assert f"up to 1 more job, about {hours:.1f} CPU hours" in line
     monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {"vm2": 0.04, "ablated_free": 0.04})
     line = next(r for r in _protocol_cost(results) if r.startswith("Not in the table yet"))
-    assert "of Meta-Reg, Meta-Reg (eq. 12 as printed) wait" in line and "up to 5 more jobs" in line
+    assert "Table 1/2/5 runs and plateau runs of Meta-Reg, Meta-Reg (eq. 12 as printed) wait" in line
+    assert "up to 5 more jobs" in line
     monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA", {v: 0.04 for v in protocols.SWEEP_VARIANTS})
     assert not any(r.startswith("Not in the table yet") for r in _protocol_cost(results))
 

@@ -566,10 +566,13 @@ def _protocol_cost(results):
     waiting, methods = _sigmastar_waiting(every)
     if waiting:
         hours = sum(left_hours_of(c) for c in waiting)
-        rows += ["", f"Not in the table yet: σ*'s Table 1/2/5 runs and plateau runs of "
+        kinds = "Table 1/2/5 runs" + (" and plateau runs" if any(
+            c["name"].startswith("steps_") for c in waiting) else "")
+        jobs = f"{len(waiting)} more job{'s' * (len(waiting) != 1)}"
+        rows += ["", f"Not in the table yet: σ*'s {kinds} of "
                  f"{', '.join(VARIANTS[v][0] for v in methods)} wait for their λ to be chosen on "
-                 f"validation: up to {len(waiting)} more job{'s' * (len(waiting) != 1)}, about {hours:.1f} CPU hours (fewer "
-                 "where the choice is λ 0.04: the sweep's σ* runs are then its table runs)."]
+                 f"validation: up to {jobs}, about {hours:.1f} CPU hours (fewer where the choice "
+                 "is λ 0.04: the sweep's σ* runs are then its table runs)."]
     return rows
 
 
