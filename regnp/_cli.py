@@ -23,9 +23,10 @@ from pathlib import Path
 __all__ = ["CLIError", "positive_int", "nonnegative_int", "finite_float", "nearest_multiples",
            "check_size_divisible", "check_output_folder", "check_output_file", "check_inputs_kept",
            "run_cli",
-           "ctrl_c_delivered", "interrupt_handled"]
+           "ctrl_c_delivered", "interrupt_handled", "stop_name", "interrupted_exit"]
 
 INTERRUPTED_EXIT = 130          # the shell's convention for "terminated by SIGINT"
+TERMINATED_EXIT = 143           # … and for "terminated by SIGTERM" (128 + 15)
 
 
 class CLIError(ValueError):
@@ -177,8 +178,26 @@ def _close_progress_bars():
 # to the end as if the key had never been pressed. So after a Ctrl-C we raise again every
 # ``_RETRY_SECONDS`` (an interval timer, SIGALRM) until some ``except KeyboardInterrupt`` has seen
 # it and called ``interrupt_handled()``.
+#
+# SIGTERM asks for the same orderly stop. It is what `kill PID` sends, what a batch system sends
+# before its time limit, and the only polite signal a background job (`cmd &` from a script, or
+# under nohup) still hears: such a job inherits SIGINT *ignored*, so a Ctrl-C or `kill -INT`
+# never reaches it, and an unhandled SIGTERM would end a training run mid-step, losing the work
+# since its last checkpoint and leaving the grid's job locks behind.
 _RETRY_SECONDS = 0.25
 _pending = [False]            # a Ctrl-C was raised and no handler has acknowledged it yet
+_stop = ["Ctrl-C"]            # what asked for the last stop: "Ctrl-C" or "SIGTERM"
+
+
+def stop_name():
+    """What stopped the tool, for its one-line message: ``"Ctrl-C"`` or ``"SIGTERM"``."""
+    return _stop[0]
+
+
+def interrupted_exit():
+    """The exit status of a stopped tool: 130 after Ctrl-C, 143 after SIGTERM (the shell's
+    128 + signal number, so a script can tell the two apart)."""
+    return TERMINATED_EXIT if _stop[0] == "SIGTERM" else INTERRUPTED_EXIT
 
 
 def interrupt_handled():
@@ -192,25 +211,29 @@ def interrupt_handled():
 @contextlib.contextmanager
 def ctrl_c_delivered(once=False):
     """Inside this block a Ctrl-C is never lost (see the comment above): the KeyboardInterrupt is
-    raised again every 0.25 s until a handler calls :func:`interrupt_handled`. Does nothing off the
-    main thread, on systems without ``setitimer`` (Windows), or when SIGINT is ignored (a job
-    started with ``&`` from a script must stay immune to Ctrl-C, as it was).
+    raised again every 0.25 s until a handler calls :func:`interrupt_handled`. SIGTERM raises the
+    same KeyboardInterrupt (:func:`stop_name` tells which it was). Does nothing off the main
+    thread or on systems without ``setitimer`` (Windows). A signal some caller set to be ignored
+    stays ignored (a job started with ``&`` from a script is immune to Ctrl-C, as it was, but
+    still stops in order on SIGTERM), and a SIGTERM handler someone else installed is kept.
 
     ``once``: only the first SIGINT of the block raises; later ones are ignored (a grid worker
     hears of one Ctrl-C twice, from the terminal and from its grid, and the second must not
     break the checkpoint save the first one started)."""
-    usable = (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-              and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
-    if not usable:
+    main = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    catch_int = main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    catch_term = main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if not (catch_int or catch_term):
         yield
         return
 
     heard = [False]
 
-    def on_sigint(signum, frame):
+    def on_stop(signum, frame):
         if once and heard[0]:
             return
         heard[0] = True
+        _stop[0] = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
         _pending[0] = True
         signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS, _RETRY_SECONDS)
         raise KeyboardInterrupt
@@ -225,7 +248,10 @@ def ctrl_c_delivered(once=False):
         if not isinstance(info.exc_value, KeyboardInterrupt):
             previous(info)
 
-    old_int = signal.signal(signal.SIGINT, on_sigint)
+    if not _pending[0]:
+        _stop[0] = "Ctrl-C"
+    old_int = signal.signal(signal.SIGINT, on_stop) if catch_int else None
+    old_term = signal.signal(signal.SIGTERM, on_stop) if catch_term else None
     old_alarm = signal.signal(signal.SIGALRM, on_alarm)
     old_hook, sys.unraisablehook = sys.unraisablehook, on_unraisable
     try:
@@ -234,13 +260,16 @@ def ctrl_c_delivered(once=False):
         interrupt_handled()
         sys.unraisablehook = old_hook
         signal.signal(signal.SIGALRM, old_alarm)
-        signal.signal(signal.SIGINT, old_int)
+        if catch_int:
+            signal.signal(signal.SIGINT, old_int)
+        if catch_term:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 def run_cli(body, interrupted="nothing was written", return_status=False):
     """Run ``body()`` as a command-line tool: bad input (ValueError, TypeError, missing or
     unwritable files) becomes one ``error:`` line and exit status 1; Ctrl-C one line and exit
-    status 130; warnings one ``warning:`` line each. ``interrupted`` may be a string or a
+    status 130 (SIGTERM: the same line naming it, and 143); warnings one ``warning:`` line each. ``interrupted`` may be a string or a
     no-argument callable returning one (what the user should know about partial outputs).
 
     Returns what ``body`` returns. With ``return_status`` (for a ``main`` whose contract is to
@@ -251,7 +280,7 @@ def run_cli(body, interrupted="nothing was written", return_status=False):
         if return_status:
             print(line, file=sys.stderr)
             return status
-        if status == INTERRUPTED_EXIT:
+        if status in (INTERRUPTED_EXIT, TERMINATED_EXIT):
             print(line, file=sys.stderr)
             sys.exit(status)
         sys.exit(line)
@@ -264,7 +293,7 @@ def run_cli(body, interrupted="nothing was written", return_status=False):
         interrupt_handled()
         said = interrupted() if callable(interrupted) else interrupted
         _close_progress_bars()
-        return fail(f"interrupted (Ctrl-C); {said}", INTERRUPTED_EXIT)
+        return fail(f"interrupted ({stop_name()}); {said}", interrupted_exit())
     except (ValueError, TypeError) as e:
         return fail(f"error: {e}", 2)
     except OSError as e:

@@ -614,9 +614,9 @@ def _config_for_resume(a):
 
 def main(argv=None):
     """The command line. Bad input prints one ``error:`` line (exit 1), a warning one
-    ``warning:`` line, and Ctrl-C one line saying what was kept (exit 130); a Ctrl-C is never
-    lost (``_cli.ctrl_c_delivered``)."""
-    from ._cli import INTERRUPTED_EXIT, _one_line_warning, ctrl_c_delivered
+    ``warning:`` line, and Ctrl-C one line saying what was kept (exit 130; SIGTERM the same,
+    exit 143); a Ctrl-C is never lost (``_cli.ctrl_c_delivered``)."""
+    from ._cli import _one_line_warning, ctrl_c_delivered, interrupted_exit
     a = parse_args(argv)
     finished = []                       # the result of train(), once it has returned
     previous, warnings.showwarning = warnings.showwarning, _one_line_warning
@@ -626,7 +626,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         interrupt_handled()
         print(_interrupted_line(e, finished), file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
+        sys.exit(interrupted_exit())
     except (TrainingError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:
@@ -636,18 +636,21 @@ def main(argv=None):
 
 
 def _interrupted_line(e, finished):
-    """The one line a Ctrl-C prints: where the run can be continued from, if anywhere."""
+    """The one line a Ctrl-C (or SIGTERM) prints: where the run can be continued from, if
+    anywhere."""
+    from ._cli import stop_name
+    how = stop_name()
     if finished:
         res = finished[0]
-        return (f"interrupted (Ctrl-C) after training: {res['checkpoint']} holds step "
+        return (f"interrupted ({how}) after training: {res['checkpoint']} holds step "
                 f"{res['steps_done']}; the loss curve or the example picture may be missing")
     if getattr(e, "saved_step", None) is not None:
-        return (f"interrupted (Ctrl-C); {e.checkpoint} holds step {e.saved_step}; continue with "
+        return (f"interrupted ({how}); {e.checkpoint} holds step {e.saved_step}; continue with "
                 f"the same command and --resume")
     if isinstance(e, TrainingInterrupted):
-        return ("interrupted (Ctrl-C) before the first checkpoint; nothing was kept: run the "
+        return (f"interrupted ({how}) before the first checkpoint; nothing was kept: run the "
                 "same command again")
-    return "interrupted (Ctrl-C); nothing was written"
+    return f"interrupted ({how}); nothing was written"
 
 
 def _main(a, finished):

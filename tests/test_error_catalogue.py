@@ -727,7 +727,8 @@ INTRO = """\
 Every bad input below is handled by one of the command-line tools with **one line** on stderr and
 a non-zero exit status — no traceback, and nothing written or changed on disk. Some inputs are
 legal but probably not what was meant: those run, with one `warning:` line. Ctrl-C prints one line
-and exits with status 130.
+and exits with status 130; SIGTERM (`kill PID`, or a batch system's stop) takes the same path,
+names itself in that line and exits with status 143.
 
 This page is generated from the table in `tests/test_error_catalogue.py`, which runs every entry
 through the real command line (`python tests/test_error_catalogue.py --write` regenerates it; a
@@ -764,7 +765,8 @@ Conventions behind the messages (README, "Conventions"):
 - **The grid** (`python -m regnp.study`): a `metrics.json` it cannot read is moved aside
   (`metrics.json.unreadable-<time>`, with a warning) and its job runs again; a `job.json` it
   cannot read stops it. Ctrl-C stops the running jobs (they keep their checkpoints and resume on
-  the next run) and starts no queued one.
+  the next run) and starts no queued one. So does SIGTERM, which still reaches a grid started in
+  the background (`… &` from a script ignores Ctrl-C): `kill PID` stops it in order.
 """
 
 

@@ -33,14 +33,26 @@ def _message_lines(err):
     return [ln for ln in re.split(r"[\r\n]+", err) if ln.strip() and not re.search(r"\d+%\|", ln)]
 
 
-def _interrupt_grid(cmd, cwd, ready, timeout=300, twice=False):
+def _interrupt_grid(cmd, cwd, ready, timeout=300, twice=False, sig=signal.SIGINT, group=True,
+                    background=False):
     """Start the grid in a process group of its own (as a terminal runs a command), wait until
     ``ready()``, then Ctrl-C the whole group as a terminal does (``twice``: again 0.3 s later,
     as an impatient user does). Returns (status, stderr, seconds from the Ctrl-C to the
-    exit)."""
+    exit). ``sig``, ``group``: another signal, sent to the whole group or (False) to the grid's
+    process only; ``background``: SIGINT ignored, as a job started with ``&`` from a script
+    inherits it."""
     def setup():
-        ctrl_c_as_in_a_terminal()
+        if background:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            ctrl_c_as_in_a_terminal()
         os.setpgrp()
+
+    def send():
+        if group:
+            os.killpg(p.pid, sig)
+        else:
+            p.send_signal(sig)
     p = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, preexec_fn=setup)
     try:
@@ -49,12 +61,12 @@ def _interrupt_grid(cmd, cwd, ready, timeout=300, twice=False):
             assert p.poll() is None, p.stderr.read()[-3000:]
             assert time.time() - t0 < timeout, "the grid never got busy"
             time.sleep(0.1)
-        os.killpg(p.pid, signal.SIGINT)
+        send()
         t1 = time.time()
         if twice:
             time.sleep(0.3)
             try:
-                os.killpg(p.pid, signal.SIGINT)
+                send()
             except ProcessLookupError:          # already gone
                 pass
         err = p.communicate(timeout=120)[1]
@@ -105,6 +117,41 @@ def test_ctrl_c_stops_a_two_worker_grid_and_the_rerun_resumes(tmp_path):
     now = _sittings(out / resumed["name"])
     assert now[-1]["steps_run"] == 100 - saved and m["train"]["steps"] == 100
     assert m["train"]["sittings"] == 2                              # the interrupted one counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", [True, False], ids=["to-the-group", "to-the-grid"])
+def test_sigterm_stops_a_background_two_worker_grid_in_order(tmp_path, group):
+    """A grid started in the background (SIGINT ignored, so Ctrl-C and ``kill -INT`` never reach
+    it) gets SIGTERM: from ``kill PID`` (the grid only; it stops its workers) or from a batch
+    system ending an allocation (the whole group). Either way: exit 143 within seconds, one line
+    naming SIGTERM, the running jobs' checkpoints saved, their sittings recorded and their locks
+    released, the queue not started. Before, ``kill PID`` ended the grid and left its workers
+    training on as orphans, and a SIGTERM to the group killed the workers mid-step, losing the
+    work since their last checkpoint and leaving their locks behind."""
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "regnp.study", "lambda", "--quick", "--phantom", "--seeds", "0",
+           "--jobs", "2", "--steps", "100", "--out", str(out)]
+    jobs = protocol_jobs("lambda", seeds=[0], quick=True, phantom=True, steps=100)
+    folders = [out / c["name"] for c in jobs]
+
+    def both_training():
+        return sum((f / "checkpoint.npz").exists() for f in folders) >= 2
+    code, err, seconds = _interrupt_grid(cmd, tmp_path, both_training, sig=signal.SIGTERM,
+                                         group=group, background=True)
+    assert "Traceback" not in err, err[-3000:]
+    assert code == 143, err[-3000:]
+    assert _message_lines(err) == [INTERRUPTED.replace("Ctrl-C", "SIGTERM")], err[-3000:]
+    assert seconds < 30, f"took {seconds:.0f} s to stop"
+    started = [f for f in folders if (f / "log.jsonl").exists() or (f / "sittings.jsonl").exists()]
+    assert len(started) == 2, [f.name for f in started]
+    for f in started:
+        assert not (f / "running.lock").exists(), f.name
+        if (f / "metrics.json").exists():                           # it finished just in time
+            continue
+        assert (f / "checkpoint.npz").exists()
+        last = _sittings(f)[-1]
+        assert last.get("interrupted") and last["steps_run"] == last["to_step"] >= 20, last
 
 
 @pytest.mark.slow

@@ -271,3 +271,36 @@ def test_list_shows_each_job_left_with_its_estimate(tmp_path):
         assert any(c["name"] in ln and want in ln and "todo" in ln for ln in lines), r.stdout
     total = 2.0 * (metareg["steps"] + ablated["steps"]) / 3600
     assert lines[-1].startswith(f"1 job(s) done, 2 to run: about {total:.1f} job-hours")
+
+
+def test_cost_table_counts_plateau_runs_at_their_cap_in_their_row_and_in_all(monkeypatch):
+    """With one finished job (σ* VM-2, seed 0: 0.1 s a step, 0.5 s of scoring a pair) every other
+    training job is estimated at that rate (no other variant has run anywhere). σ*'s row sums
+    its jobs left by hand, the three plateau runs at their 20,000-step cap; "all" counts each
+    job once and so can never show less than one protocol's row (it used to leave the plateau
+    runs out: 10.7 h left in all beside 15.4 in the sweep and σ* rows)."""
+    import regnp.study.protocols as protocols
+    from regnp.study.protocols import sigmastar_jobs
+    from regnp.study.report import _protocol_cost
+    monkeypatch.setattr(protocols, "SIGMASTAR_BEST_LAMBDA",
+                        {v: 0.04 for v in protocols.SWEEP_VARIANTS})
+    c = job_config("sweep22", "vm2")
+    results = {c["name"]: {"config": c, "eval_seconds": 0.5 * _pairs(c), "machine": {"threads": 1},
+                           "tests": {}, "train": {"steps": 6000, "seconds": 600.0,
+                                                  "seconds_per_step": 0.1, "sittings": 1}}}
+    left = [j for j in sigmastar_jobs() if j["name"] not in results]
+    plateau = [j for j in left if j["name"].startswith("steps_")]
+    assert len(plateau) == 3 and all(j["steps"] == 20000 for j in plateau)
+    by_hand = sum(0.1 * j["steps"] + 0.5 * _pairs(j) for j in left) / 3600
+    rows = _protocol_cost(results)
+
+    def cells(prefix):
+        return [x.strip() for x in next(r for r in rows if r.startswith(prefix)).strip("|").split("|")]
+    star = cells("| sigmastar |")
+    assert star[1] == f"1 / {len(left) + 1}"
+    assert star[3] == f"{by_hand:.1f}"
+    every = cells("| all (each job once) |")
+    for r in rows:
+        if r.startswith("| ") and not r.startswith(("| Protocol", "| all")):
+            assert float(every[3]) >= float(r.strip("|").split("|")[3]), r
+    assert any("plateau-rule run counts at its step cap" in r for r in rows)

@@ -319,31 +319,56 @@ def test_cli_bad_sigma_leaves_no_run_behind(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_in_the_cli_prints_one_line_exits_130_and_resumes(tmp_path):
-    """The README's promise for ``python -m regnp.train``: one line, exit status 130, and the
-    step it names is the one in the checkpoint."""
-    import re
-
+def _stop_a_cli_run(tmp_path, sig, setup):
+    """Start ``python -m regnp.train`` (a long run, no periodic checkpoint), send it ``sig`` once
+    three steps are logged; returns (exit status, its stderr lines)."""
     env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "regnp.train", *TINY, "--steps", "100000",
                              "--save-every", "100000", "--log-every", "1", "--val-every", "0",
                              "--out", "run", "--no-progress"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=ctrl_c_as_in_a_terminal)
+                            preexec_fn=setup)
     log = tmp_path / "run" / "log.jsonl"
     t0 = time.time()
     while time.time() - t0 < 240 and proc.poll() is None and (
             not log.exists() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err[-2000:]
-    m = re.fullmatch(r"interrupted \(Ctrl-C\); (\S+) holds step (\d+); continue with the same "
+    return proc.returncode, err.strip().splitlines()
+
+
+def _assert_saved_and_named(tmp_path, lines, how):
+    import re
+    assert len(lines) == 1, lines[-20:]
+    m = re.fullmatch(rf"interrupted \({how}\); (\S+) holds step (\d+); continue with the same "
                      r"command and --resume", lines[0])
     assert m, lines[0]
     assert load_checkpoint(tmp_path / "run", fallback=False)[1]["step"] == int(m[2]) >= 3
+
+
+def test_ctrl_c_in_the_cli_prints_one_line_exits_130_and_resumes(tmp_path):
+    """The README's promise for ``python -m regnp.train``: one line, exit status 130, and the
+    step it names is the one in the checkpoint."""
+    code, lines = _stop_a_cli_run(tmp_path, signal.SIGINT, ctrl_c_as_in_a_terminal)
+    assert code == 130, (code, lines[-20:])
+    _assert_saved_and_named(tmp_path, lines, "Ctrl-C")
+
+
+def _as_a_background_job():
+    """``preexec_fn``: SIGINT ignored, as a job started with ``&`` from a script (or ``nohup``
+    under one) inherits it — a Ctrl-C never reaches it, SIGTERM (``kill PID``) does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_sigterm_to_a_background_run_saves_its_checkpoint_and_exits_143(tmp_path):
+    """``kill PID`` of a background training run: the same orderly stop as Ctrl-C (the step in
+    the checkpoint, one line naming SIGTERM), exit status 143 (128 + 15). Before, SIGTERM
+    ended the run at once: everything since the last periodic checkpoint was lost (here all of
+    it: there is none within 100,000 steps)."""
+    code, lines = _stop_a_cli_run(tmp_path, signal.SIGTERM, _as_a_background_job)
+    assert code == 143, (code, lines[-20:])
+    _assert_saved_and_named(tmp_path, lines, "SIGTERM")
 
 
 def _corrupt(path):

@@ -670,7 +670,10 @@ def _run_solver_job(config, folder, data_root, progress=False):
 # Ctrl-C (from the terminal, or relayed by the grid through the pool's stop event) interrupts
 # it — training saves its checkpoint — and later ones are ignored; a job picked up after the
 # stop never starts. The grid sets the stop event, cancels the queue and waits for the running
-# jobs to save.
+# jobs to save. SIGTERM (`kill PID` of the grid, or of its whole process group as a batch
+# system does) takes the same path: the grid hears it as a Ctrl-C (``_cli.ctrl_c_delivered``),
+# and workers ignore it while idle and stop their job on it once, like a Ctrl-C. Before, a
+# SIGTERM to the group killed the workers mid-step and left the jobs' locks behind.
 _WORKER = {"stop": None, "running": False}
 
 
@@ -690,6 +693,7 @@ def _worker_init(threads, stop=None):
     import threading
     _WORKER["stop"] = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # idle: the grid decides what stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def relay():
         stop.wait()
@@ -710,8 +714,9 @@ def run_pool_job(config, *args, **kwargs):
 
     from .._cli import ctrl_c_delivered
     if stop.is_set():
-        raise JobCancelled(f"{config['name']}: not started (Ctrl-C)")
+        raise JobCancelled(f"{config['name']}: not started (the grid was stopped)")
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)      # ctrl_c_delivered takes it over
     _WORKER["running"] = True
     try:
         with ctrl_c_delivered(once=True):
@@ -719,11 +724,12 @@ def run_pool_job(config, *args, **kwargs):
                 raise KeyboardInterrupt
             return run_job(config, *args, **kwargs)
     except KeyboardInterrupt:
-        raise JobInterrupted(f"{config['name']}: interrupted (Ctrl-C); it resumes from its "
+        raise JobInterrupted(f"{config['name']}: interrupted; it resumes from its "
                              f"checkpoint on the next run") from None
     finally:
         _WORKER["running"] = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def local_executor(jobs, threads):

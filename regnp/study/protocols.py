@@ -137,7 +137,10 @@ SIGMASTAR_LAMBDA_VARIANTS = SWEEP_VARIANTS
 # The paper's ablation: 83.66 / 83.89 / 85.56 / 84.12 → 0.04 (a lead of 1.44 over 0.08, twice its
 # seed spread of 0.69): the three core models share λ 0.04, and σ*'s Tables 1 and 5 compare them
 # on the sweep's σ-22 runs.
-SIGMASTAR_BEST_LAMBDA = {"vm2": 0.04, "metareg": 0.04, "ablated_free": 0.04}
+# Eq. 12 as printed: 82.68 / 85.29 / 85.59 / 84.21 → 0.04 (a lead of 0.30 over 0.02, a weak
+# choice); its table run (seed 0) is the sweep's, which its λ-0.04 validation run again matched
+# bit for bit. So every tuned method meets at λ 0.04.
+SIGMASTAR_BEST_LAMBDA = {"vm2": 0.04, "metareg": 0.04, "ablated_free": 0.04, "metareg_paper": 0.04}
 SIGMASTAR_MODELS = TABLE_MODELS + ("ablated_free", "ablated")   # Tables 1, 2 and 5
 
 

@@ -523,7 +523,8 @@ def _protocol_cost(results):
     scoring time per pair) × their median thread count; a job with no estimate (no finished job
     of its kind, e.g. the first solver job) counts as the median finished grid job. A job shared
     by two protocols (e.g. liver σ 16 Meta-Reg is in liver, ablation, lambda, rkhs and diffeo)
-    counts in each, and once in "all". Empty when no finished job belongs to a full protocol (a
+    counts in each, and once in "all". A plateau-rule run (``steps_…``) is estimated at its step
+    cap (``steps``); the rule may stop it sooner, and its validation passes are not counted. Empty when no finished job belongs to a full protocol (a
     --quick grid)."""
     from .grid import estimate_seconds
     planned = _planned_jobs()
@@ -546,7 +547,8 @@ def _protocol_cost(results):
                 ) if grid_done else 1
     rows = ["", "Per protocol (planned = the full protocol with the default seeds; CPU hours "
             "count training and scoring; the estimate for each job left is its variant's "
-            "measured seconds per step × its steps + the scoring time of its test pairs). "
+            "measured seconds per step × its steps + the scoring time of its test pairs; a "
+            "plateau-rule run counts at its step cap, which the rule may stop short of). "
             f"The median finished grid job took {typical * 60:.0f} CPU minutes; run as one "
             f"single-threaded job per core, a {cores}-core machine finishes about "
             f"{cores / max(typical, 1e-9):.1f} such jobs per hour.", "",
@@ -557,10 +559,10 @@ def _protocol_cost(results):
         every.update(dict.fromkeys(names))
         done = [results[n] for n in names if n in results]
         left = sum(left_hours(n) for n in names if n not in results)
-        rows.append(f"| {p} | {len(done)} / {len(names)} | {_cpu_hours(done):.2f} | "
-                    f"{'–' if p == 'steps' else f'{left:.1f}'} |")
+        rows.append(f"| {p} | {len(done)} / {len(names)} | {_cpu_hours(done):.2f} | {left:.1f} |")
     done = [results[n] for n in every if n in results]
-    grid_left = sum(left_hours(n) for n in every if n not in results and not n.startswith("steps_"))
+    # every job left, plateau runs included (σ*'s are in its row too: "all" is never the smaller)
+    grid_left = sum(left_hours(n) for n in every if n not in results)
     rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
                 f"{grid_left:.1f} |")
     waiting, methods = _sigmastar_waiting(every)
