@@ -217,9 +217,9 @@ def ctrl_c_delivered(once=False):
     stays ignored (a job started with ``&`` from a script is immune to Ctrl-C, as it was, but
     still stops in order on SIGTERM), and a SIGTERM handler someone else installed is kept.
 
-    ``once``: only the first SIGINT of the block raises; later ones are ignored (a grid worker
-    hears of one Ctrl-C twice, from the terminal and from its grid, and the second must not
-    break the checkpoint save the first one started)."""
+    ``once``: only the first SIGINT or SIGTERM of the block raises; later ones are ignored (a
+    grid worker hears of one Ctrl-C twice, from the terminal and from its grid, and the second
+    must not break the checkpoint save the first one started)."""
     main = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     catch_int = main and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     catch_term = main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -269,8 +269,9 @@ def ctrl_c_delivered(once=False):
 def run_cli(body, interrupted="nothing was written", return_status=False):
     """Run ``body()`` as a command-line tool: bad input (ValueError, TypeError, missing or
     unwritable files) becomes one ``error:`` line and exit status 1; Ctrl-C one line and exit
-    status 130 (SIGTERM: the same line naming it, and 143); warnings one ``warning:`` line each. ``interrupted`` may be a string or a
-    no-argument callable returning one (what the user should know about partial outputs).
+    status 130 (SIGTERM: the same line naming it, and 143); warnings one ``warning:`` line each.
+    ``interrupted`` may be a string or a no-argument callable returning one (what the user
+    should know about partial outputs).
 
     Returns what ``body`` returns. With ``return_status`` (for a ``main`` whose contract is to
     return an exit status, as ``python -m regnp.data``'s does) a failure returns 2 (130 for

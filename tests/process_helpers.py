@@ -22,7 +22,8 @@ def run_main(main, argv, cwd):
     ``sys.exit("error: ...")`` gives status 1 and prints its text, as a fresh interpreter does;
     a returned int is the status (``python -m regnp.data``'s contract). What a fresh interpreter
     would not carry over is reset: the warning filters and their once-per-location registries
-    (as under ``PYTHONWARNINGS=default``), the SIGINT/SIGTERM/SIGALRM handlers and the working folder."""
+    (as under ``PYTHONWARNINGS=default``), the SIGINT/SIGTERM/SIGALRM handlers and the working
+    folder."""
     out, err = io.StringIO(), io.StringIO()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     here = os.getcwd()

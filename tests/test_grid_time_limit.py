@@ -295,7 +295,8 @@ def test_cost_table_counts_plateau_runs_at_their_cap_in_their_row_and_in_all(mon
     rows = _protocol_cost(results)
 
     def cells(prefix):
-        return [x.strip() for x in next(r for r in rows if r.startswith(prefix)).strip("|").split("|")]
+        row = next(r for r in rows if r.startswith(prefix))
+        return [x.strip() for x in row.strip("|").split("|")]
     star = cells("| sigmastar |")
     assert star[1] == f"1 / {len(left) + 1}"
     assert star[3] == f"{by_hand:.1f}"

@@ -524,8 +524,8 @@ def _protocol_cost(results):
     of its kind, e.g. the first solver job) counts as the median finished grid job. A job shared
     by two protocols (e.g. liver σ 16 Meta-Reg is in liver, ablation, lambda, rkhs and diffeo)
     counts in each, and once in "all". A plateau-rule run (``steps_…``) is estimated at its step
-    cap (``steps``); the rule may stop it sooner, and its validation passes are not counted. Empty when no finished job belongs to a full protocol (a
-    --quick grid)."""
+    cap (``steps``); the rule may stop it sooner, and its validation passes are not counted.
+    Empty when no finished job belongs to a full protocol (a --quick grid)."""
     from .grid import estimate_seconds
     planned = _planned_jobs()
     configs = {n: c for jobs in planned.values() for n, c in jobs.items()}
