@@ -389,16 +389,19 @@ def estimate_seconds(config, finished, root=None):
     trained = [m for m in same_kind if (m.get("train") or {}).get("seconds_per_step")]
     variant, dataset = config.get("variant"), _train_dataset(config)
     rate = None
-    for same in (lambda c: c.get("variant") == variant and c.get("setting") == config.get("setting"),
+    for same in (lambda c: c.get("variant") == variant
+                 and c.get("setting") == config.get("setting"),
                  lambda c: c.get("variant") == variant and dataset is not None
                  and _train_dataset(c) == dataset):
         rate = _median([m["train"]["seconds_per_step"] for m in trained if same(m["config"])])
         if rate is not None:
             break
     if rate is None:       # the variant ran on other data only: carry its speed over
-        rate = _median([m["train"]["seconds_per_step"]
-                        * _dataset_factor(trained, _train_dataset(m["config"]), dataset)
-                        for m in trained if m["config"].get("variant") == variant])
+        own = [m for m in trained if m["config"].get("variant") == variant]
+        factor = {d: _dataset_factor(trained, d, dataset)          # once per source data set
+                  for d in {_train_dataset(m["config"]) for m in own}}
+        rate = _median([m["train"]["seconds_per_step"] * factor[_train_dataset(m["config"])]
+                        for m in own])
     if rate is None:
         rate = _median([m["train"]["seconds_per_step"] for m in trained])
     if rate is None:
@@ -678,11 +681,12 @@ _WORKER = {"stop": None, "running": False}
 
 
 class JobCancelled(GridError):
-    """Not started: the grid was interrupted (Ctrl-C) before this job began."""
+    """Not started: the grid was stopped (Ctrl-C or SIGTERM) before this job began."""
 
 
 class JobInterrupted(GridError):
-    """The job was interrupted by Ctrl-C; it resumes from its checkpoint on the next run."""
+    """The job was stopped (Ctrl-C or SIGTERM); it resumes from its checkpoint on the next
+    run."""
 
 
 def _worker_init(threads, stop=None):
@@ -706,7 +710,7 @@ def _worker_init(threads, stop=None):
 def run_pool_job(config, *args, **kwargs):
     """:func:`run_job` as a pool worker runs it (see the comment above); elsewhere (a Dask
     worker, this process) the same as :func:`run_job`. Raises :class:`JobCancelled` for a job
-    picked up after a Ctrl-C and :class:`JobInterrupted` for one a Ctrl-C stopped."""
+    picked up after a stop (Ctrl-C or SIGTERM) and :class:`JobInterrupted` for one it stopped."""
     stop = _WORKER["stop"]
     if stop is None:
         return run_job(config, *args, **kwargs)

@@ -536,12 +536,9 @@ def _protocol_cost(results):
     threads = float(np.median([(m.get("machine") or {}).get("threads", 1) for m in grid_done])
                     ) if grid_done else 1.0
 
-    def left_hours_of(config):
+    def left_hours(config):
         e = estimate_seconds(config, grid_done)
         return typical if e is None else e * threads / 3600
-
-    def left_hours(name):
-        return left_hours_of(configs[name])
 
     cores = int(np.median([(m.get("machine") or {}).get("cpus") or 1 for m in grid_done])
                 ) if grid_done else 1
@@ -558,16 +555,16 @@ def _protocol_cost(results):
     for p, names in planned.items():
         every.update(dict.fromkeys(names))
         done = [results[n] for n in names if n in results]
-        left = sum(left_hours(n) for n in names if n not in results)
+        left = sum(left_hours(configs[n]) for n in names if n not in results)
         rows.append(f"| {p} | {len(done)} / {len(names)} | {_cpu_hours(done):.2f} | {left:.1f} |")
     done = [results[n] for n in every if n in results]
     # every job left, plateau runs included (σ*'s are in its row too: "all" is never the smaller)
-    grid_left = sum(left_hours(n) for n in every if n not in results)
+    grid_left = sum(left_hours(configs[n]) for n in every if n not in results)
     rows.append(f"| all (each job once) | {len(done)} / {len(every)} | {_cpu_hours(done):.2f} | "
                 f"{grid_left:.1f} |")
     waiting, methods = _sigmastar_waiting(every)
     if waiting:
-        hours = sum(left_hours_of(c) for c in waiting)
+        hours = sum(left_hours(c) for c in waiting)
         kinds = "Table 1/2/5 runs" + (" and plateau runs" if any(
             c["name"].startswith("steps_") for c in waiting) else "")
         jobs = f"{len(waiting)} more job{'s' * (len(waiting) != 1)}"
